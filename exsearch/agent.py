@@ -1,0 +1,308 @@
+"""The search agent: think → search → record → answer, run over many trajectories at once.
+
+Each round makes one batched generation over every live trajectory and one batched BM25 search
+over every query issued in it; trajectories that finish leave the batch. The same loop runs the
+`direct` and `rag` baselines, which start at the answer turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from tqdm.auto import tqdm
+
+from exsearch import prompts
+from exsearch.config import AgentConfig
+from exsearch.generation import Generator
+from exsearch.metrics import normalize_answer
+from exsearch.prompts import Step
+from exsearch.retrieval import format_passage
+from exsearch.schema import Passage, Question
+
+log = logging.getLogger(__name__)
+
+Method = Literal["agent", "rag", "direct"]
+FinishReason = Literal["final", "max_steps", "malformed", "length"]
+
+# Below this many words per passage the budget is met by dropping passages instead.
+_MIN_PASSAGE_WORDS = 8
+
+
+class Hit(Protocol):
+    """What the agent needs of a search result."""
+
+    passage: Passage
+
+
+class Retriever(Protocol):
+    """What the agent needs of a retriever: batched top-k search."""
+
+    def search(self, queries: list[str], k: int) -> list[Sequence[Hit]]:
+        """Top-`k` hits per query, best first; an empty query gets none."""
+        ...
+
+
+@dataclass
+class Sampling:
+    """Decoding settings of one run; temperature 0 is greedy."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class _Rollout:
+    """Mutable state of one trajectory while it is live."""
+
+    question: Question
+    sample: int
+    messages: list[dict]
+    phase: Literal["act", "answer", "done"] = "act"
+    steps: list[Step] = field(default_factory=list)
+    # Message index → passages shown there, so documents can be re-rendered shorter.
+    shown: dict[int, list[Passage]] = field(default_factory=dict)
+    passage_words: int = 0
+    rag: bool = False  # the rag baseline's one user turn holds passages and question together
+    finish_reason: FinishReason | None = None
+    prediction: str = ""
+    tokens_generated: int = 0
+    prompt_tokens: int = 0
+    logprob: float | None = 0.0
+
+    def prefill(self) -> str:
+        """Opening tag written for the model, to keep a small model inside the format."""
+        if self.phase == "answer":
+            return prompts.ANSWER_OPEN
+        last = self.messages[-1]["content"]
+        return prompts.RECORD_OPEN if last.startswith(prompts.DOCS_OPEN) else prompts.THINK_OPEN
+
+    def to_answer_phase(self, reason: FinishReason) -> None:
+        self.finish_reason = self.finish_reason or reason
+        self.phase = "answer"
+        self.messages.append(
+            {"role": "user", "content": prompts.answer_request(self.question.question)}
+        )
+
+
+class SearchAgent:
+    """Runs trajectories for a batch of questions with one generator and one retriever."""
+
+    def __init__(self, generator: Generator, retriever: Retriever | None, cfg: AgentConfig):
+        self.gen = generator
+        self.retriever = retriever
+        self.cfg = cfg
+
+    # ---------------------------------------------------------------- public
+    def run(
+        self,
+        questions: Sequence[Question],
+        *,
+        method: Method = "agent",
+        samples: int = 1,
+        sampling: Sampling | None = None,
+        progress: bool = True,
+    ) -> list[dict]:
+        """Run `samples` trajectories per question; return one record per trajectory."""
+        sampling = sampling or Sampling()
+        if method != "direct" and self.retriever is None:
+            raise ValueError(f"method '{method}' needs a retriever")
+        rollouts = [self._start(q, j, method) for q in questions for j in range(samples)]
+        started = time.perf_counter()
+        bar = tqdm(total=len(rollouts), desc=f"{method} trajectories", disable=not progress)
+        round_idx = 0
+        while live := [r for r in rollouts if r.phase != "done"]:
+            self._round(live, sampling, seed=sampling.seed + round_idx)
+            bar.update(sum(r.phase == "done" for r in live))
+            round_idx += 1
+        bar.close()
+        log.info(
+            "%s: %d trajectories in %d rounds, %.1fs",
+            method,
+            len(rollouts),
+            round_idx,
+            time.perf_counter() - started,
+        )
+        return [self._record(r, method, sampling) for r in rollouts]
+
+    # ---------------------------------------------------------------- rounds
+    def _start(self, q: Question, sample: int, method: Method) -> _Rollout:
+        if method == "agent":
+            msgs = [
+                {"role": "system", "content": prompts.SYSTEM_PROMPT},
+                {"role": "user", "content": prompts.question_turn(q.question)},
+            ]
+            return _Rollout(q, sample, msgs, passage_words=self.cfg.passage_max_words)
+        if method == "direct":
+            msgs = [
+                {"role": "system", "content": prompts.DIRECT_SYSTEM_PROMPT},
+                {"role": "user", "content": prompts.question_turn(q.question)},
+            ]
+            return _Rollout(q, sample, msgs, phase="answer", finish_reason="final")
+        hits = self.retriever.search([q.question], self.cfg.top_k)[0]
+        passages = [h.passage for h in hits]
+        r = _Rollout(
+            q,
+            sample,
+            [{"role": "system", "content": prompts.RAG_SYSTEM_PROMPT}],
+            phase="answer",
+            finish_reason="final",
+            passage_words=self.cfg.passage_max_words,
+            rag=True,
+        )
+        r.messages.append({"role": "user", "content": ""})
+        r.shown[1] = passages
+        r.steps.append(Step(query=q.question, passage_ids=[p.id for p in passages]))
+        self._render_documents(r)
+        return r
+
+    def _round(self, live: list[_Rollout], sampling: Sampling, seed: int) -> None:
+        ready, prompt_texts = [], []
+        for r in live:
+            text = self._fit_prompt(r)
+            if text is None and r.phase == "act":  # over budget even with the passages dropped
+                r.to_answer_phase("length")
+                text = self._fit_prompt(r)
+            if text is None:  # not even the answer request fits: no answer
+                r.finish_reason = r.finish_reason or "length"
+                self._finish(r, "")
+                continue
+            ready.append(r)
+            prompt_texts.append(text)
+        if not ready:
+            return
+        acting = any(r.phase == "act" for r in ready)
+        completions = self.gen.generate(
+            prompt_texts,
+            max_new_tokens=self.cfg.max_new_tokens if acting else self.cfg.answer_max_new_tokens,
+            stop=prompts.ACTION_STOPS + prompts.ANSWER_STOPS,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=seed,
+        )
+        searching: list[tuple[_Rollout, str]] = []
+        for r, c in zip(ready, completions, strict=True):
+            r.tokens_generated += c.n_tokens
+            r.logprob = None if (r.logprob is None or c.logprob is None) else r.logprob + c.logprob
+            text = r.prefill() + c.text
+            if r.phase == "answer":
+                self._take_answer(r, text)
+            elif (query := self._take_action(r, text, c.finish)) is not None:
+                searching.append((r, query))
+        if searching:
+            self._search(searching)
+
+    def _take_answer(self, r: _Rollout, text: str) -> None:
+        answer = prompts.parse_turn(text).answer or ""
+        self._finish(r, answer)
+
+    def _finish(self, r: _Rollout, answer: str) -> None:
+        r.prediction = answer
+        r.messages.append({"role": "assistant", "content": prompts.answer_turn(answer)})
+        r.phase = "done"
+
+    def _take_action(self, r: _Rollout, text: str, finish: str) -> str | None:
+        """Apply one action turn; return the query to search, if any."""
+        turn = prompts.parse_turn(text)
+        r.messages.append({"role": "assistant", "content": text})
+        if turn.record is not None and r.steps and r.steps[-1].record is None:
+            r.steps[-1].record = turn.record
+        if turn.answer is not None:  # answered without finishing first: accept it
+            r.finish_reason = "final"
+            r.prediction = turn.answer
+            r.messages[-1]["content"] = text[: text.index(prompts.ANSWER_OPEN)] + (
+                prompts.answer_turn(turn.answer)
+            )
+            r.phase = "done"
+        elif turn.finish:
+            r.to_answer_phase("final")
+        elif turn.query is None:
+            r.to_answer_phase("length" if finish == "length" else "malformed")
+        elif len(r.steps) >= self.cfg.max_steps:
+            r.to_answer_phase("max_steps")
+        else:
+            r.steps.append(Step(query=turn.query, think=turn.think))
+            if any(_same_query(turn.query, s.query) for s in r.steps[:-1]):
+                r.messages.append({"role": "user", "content": prompts.REPEATED_QUERY_NOTICE})
+            else:
+                return turn.query
+        return None
+
+    def _search(self, searching: list[tuple[_Rollout, str]]) -> None:
+        results = self.retriever.search([q for _, q in searching], self.cfg.top_k)
+        for (r, _), hits in zip(searching, results, strict=True):
+            passages = [h.passage for h in hits]
+            r.steps[-1].passage_ids = [p.id for p in passages]
+            r.messages.append({"role": "user", "content": ""})
+            r.shown[len(r.messages) - 1] = passages
+            self._render_documents(r)
+
+    # ---------------------------------------------------------------- budget
+    def _render_documents(self, r: _Rollout) -> None:
+        """(Re-)render every documents turn of `r` at its current passage length."""
+        for idx, passages in r.shown.items():
+            if r.passage_words >= _MIN_PASSAGE_WORDS:
+                rendered = [
+                    format_passage(p, i, max_words=r.passage_words)
+                    for i, p in enumerate(passages, 1)
+                ]
+            else:
+                rendered = ["(passages omitted to fit the context budget)"]
+            r.messages[idx]["content"] = (
+                prompts.rag_turn(r.question.question, rendered)
+                if r.rag
+                else prompts.documents_turn(rendered)
+            )
+
+    def _fit_prompt(self, r: _Rollout) -> str | None:
+        """The prompt for `r`'s next turn within the context budget, shortening passages first.
+
+        Passages are cut, never the question; returns None when even no passages do not fit.
+        """
+        max_new = self.cfg.max_new_tokens if r.phase == "act" else self.cfg.answer_max_new_tokens
+        budget = self.cfg.max_context_tokens - max_new
+        while True:
+            text = self.gen.chat_prompt(r.messages) + r.prefill()
+            r.prompt_tokens = self.gen.count_tokens([text])[0]
+            if r.prompt_tokens <= budget:
+                return text
+            if not r.shown or r.passage_words < _MIN_PASSAGE_WORDS:
+                return None
+            r.passage_words //= 2
+            self._render_documents(r)
+
+    # ---------------------------------------------------------------- output
+    def _record(self, r: _Rollout, method: Method, sampling: Sampling) -> dict:
+        q = r.question
+        return {
+            "qid": q.id,
+            "sample": r.sample,
+            "seed": sampling.seed,
+            "temperature": sampling.temperature,
+            "method": method,
+            "dataset": q.dataset,
+            "question": q.question,
+            "answers": q.answers,
+            "supporting_titles": q.supporting_titles,
+            "messages": r.messages,
+            "steps": [vars(s) for s in r.steps],
+            "prediction": r.prediction,
+            "finish_reason": r.finish_reason,
+            "n_searches": len(r.steps),
+            "tokens": {"generated": r.tokens_generated, "last_prompt": r.prompt_tokens},
+            "logprob": r.logprob,
+        }
+
+
+def _same_query(a: str, b: str) -> bool:
+    return normalize_answer(a) == normalize_answer(b)
+
+
+def finish_reason_counts(records: Sequence[dict]) -> dict[str, int]:
+    """How many trajectories ended for each reason."""
+    return dict(Counter(r["finish_reason"] for r in records))

@@ -1,0 +1,290 @@
+"""Typed, validated view of params.yaml: one section per stage, defaults in one place.
+
+Every stage calls `load_params()` once; a wrong type, a missing required key or an unknown key
+raises `ConfigError` naming the file and the dotted key, so a typo never silently falls back to a
+default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """params.yaml is malformed; the message names the file and the key."""
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are errors, values are checked strictly."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+DataFormat = Literal["hotpotqa", "ircot", "musique", "2wiki", "flashrag"]
+CorpusFormat = Literal["flashrag", "title_text", "title_sentences"]
+
+
+class DatasetFile(Section):
+    """One question file and how to read it."""
+
+    path: str = Field(description="Path of the file, relative to the project root.")
+    format: DataFormat = Field(description="Reader to use (see exsearch.data).")
+    dataset: str = Field(description="Dataset name carried into every question and metric table.")
+    limit: int | None = Field(default=None, ge=1, description="Keep only the first N questions.")
+
+
+class CorpusFile(Section):
+    """An extra passage file added to the corpus next to the question contexts."""
+
+    path: str
+    format: CorpusFormat
+    limit: int | None = Field(default=None, ge=1)
+
+
+class PrepareConfig(Section):
+    """`prepare`: read the raw datasets into one question schema and build the passage corpus."""
+
+    train: list[DatasetFile]
+    dev: list[DatasetFile]
+    corpus: list[CorpusFile] = Field(default_factory=list)
+    contexts_in_corpus: bool = Field(
+        default=True, description="Add every question's context paragraphs to the corpus."
+    )
+    skip_invalid: bool = Field(
+        default=False, description="Skip (and count) invalid rows instead of failing on the first."
+    )
+
+
+class IndexConfig(Section):
+    """`index`: BM25 over the prepared corpus."""
+
+    method: Literal["lucene", "robertson", "atire", "bm25l", "bm25+"] = "lucene"
+    k1: float = Field(default=1.5, gt=0)
+    b: float = Field(default=0.75, ge=0, le=1)
+    stemmer: str | None = Field(default="english", description="PyStemmer language, or null.")
+    stopwords: str | None = Field(default="en", description="bm25s stop-word list, or null.")
+
+
+class ModelConfig(Section):
+    """`model`: where iteration 0 comes from and how models are loaded."""
+
+    base: str = Field(
+        default="default",
+        description="'default' (the bundled SmolLM2-135M-Instruct GGUF), a hub id or a local dir.",
+    )
+    gguf_file: str = Field(
+        default="models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="The GGUF file used when base is 'default'.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class GenerationConfig(Section):
+    """`generation`: decoding settings shared by evaluation and sampling."""
+
+    backend: Literal["hf"] = "hf"
+    batch_size: int = Field(default=16, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+
+
+class AgentConfig(Section):
+    """`agent`: the think → search → record loop (METHOD.md §1)."""
+
+    top_k: int = Field(default=5, ge=1, description="Passages shown per search.")
+    max_steps: int = Field(
+        default=6, ge=1, description="Searches allowed before an answer is forced."
+    )
+    max_new_tokens: int = Field(default=96, ge=1, description="Tokens per assistant turn.")
+    answer_max_new_tokens: int = Field(default=24, ge=1)
+    max_context_tokens: int = Field(
+        default=2048, ge=256, description="Prompt budget; passages are truncated to fit it."
+    )
+    passage_max_words: int = Field(default=80, ge=1, description="Words kept of each passage.")
+
+
+Method = Literal["agent", "rag", "direct"]
+
+
+class EvaluateConfig(Section):
+    """`evaluate`: which methods to score on the dev questions."""
+
+    methods: list[Method] = Field(default_factory=lambda: ["agent"])
+    limit: int | None = Field(
+        default=None, ge=1, description="Evaluate only the first N questions."
+    )
+
+
+class WarmupConfig(Section):
+    """`warmup`: LLM-free warm-up trajectories from supporting facts, then SFT (METHOD.md §2)."""
+
+    enabled: bool = True
+    max_examples: int | None = Field(default=None, ge=1)
+    teacher_file: str | None = Field(
+        default=None,
+        description="JSONL trajectories written by a teacher, used instead of derived ones.",
+    )
+    epochs: float = Field(default=1.0, gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0)
+
+
+class SampleConfig(Section):
+    """`sample`: E-step exploration, K trajectories per training question."""
+
+    k: int = Field(default=4, ge=1)
+    temperature: float = Field(default=0.8, ge=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_steps: int = Field(default=4, ge=1)
+    questions: int | None = Field(
+        default=None, ge=1, description="Use the first N training questions."
+    )
+    shard_size: int = Field(default=16, ge=1, description="Questions per resumable shard.")
+    seed: int = 0
+
+
+class WeighConfig(Section):
+    """`weigh`: E-step importance weights (METHOD.md §2)."""
+
+    scheme: Literal["softmax", "exp", "uniform", "f1", "filter"] = "softmax"
+    tau: float = Field(default=1.0, gt=0, description="Softmax temperature.")
+    c: float = Field(default=4.0, gt=0, description="Scale of the `exp` scheme.")
+    batch_size: int = Field(default=8, ge=1)
+
+
+class TrainConfig(Section):
+    """`train`: the weighted M-step."""
+
+    lora: bool = True
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    merge_lora: bool = Field(default=True, description="Merge the adapter into the saved model.")
+    learning_rate: float = Field(default=1e-4, gt=0)
+    epochs: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=4, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    max_length: int = Field(default=1024, ge=64)
+    bf16: bool = False
+    seed: int = 0
+
+
+class IterLink(Section):
+    """One EM iteration: which iteration's model it starts from."""
+
+    prev: str
+
+
+class EmConfig(Section):
+    """`em`: the chain of iterations; dvc.yaml's foreach groups iterate over these.
+
+    DVC templating has no arithmetic and no "previous item", so each iteration names the one it
+    starts from. `evaluate` lists the checkpoints scored on the dev set: `base` (the model before
+    warm-up), `iter_0` (after warm-up) and every EM iteration.
+    """
+
+    iters: dict[str, IterLink]
+    evaluate: list[str]
+
+    @model_validator(mode="after")
+    def _chain_is_linear(self) -> EmConfig:
+        seen = {"iter_0"}
+        for name, link in self.iters.items():
+            if name in seen or not name.startswith("iter_"):
+                raise ValueError(f"iters.{name}: iteration names are iter_1, iter_2, … each once")
+            if link.prev not in seen:
+                raise ValueError(
+                    f"iters.{name}.prev: '{link.prev}' is not iter_0 or an earlier iteration"
+                )
+            seen.add(name)
+        allowed = {"base"} | seen
+        if bad := [c for c in self.evaluate if c not in allowed]:
+            raise ValueError(f"evaluate: {bad} are not checkpoints (base, iter_0 or em.iters)")
+        if missing := [c for c in sorted(seen) if c not in self.evaluate]:
+            raise ValueError(f"evaluate: add {missing} so every iteration is evaluated")
+        return self
+
+
+class TrackingConfig(Section):
+    """`tracking`: MLflow settings."""
+
+    experiment: str = "exsearch"
+    required: bool = Field(default=True, description="Fail if MLflow is unreachable.")
+    log_models: bool = Field(default=False, description="Log model weights as artifacts (large).")
+
+
+class Params(Section):
+    """The whole params.yaml."""
+
+    seed: int = 0
+    prepare: PrepareConfig
+    index: Annotated[IndexConfig, Field(default_factory=IndexConfig)]
+    model: Annotated[ModelConfig, Field(default_factory=ModelConfig)]
+    generation: Annotated[GenerationConfig, Field(default_factory=GenerationConfig)]
+    agent: Annotated[AgentConfig, Field(default_factory=AgentConfig)]
+    evaluate: Annotated[EvaluateConfig, Field(default_factory=EvaluateConfig)]
+    warmup: Annotated[WarmupConfig, Field(default_factory=WarmupConfig)]
+    sample: Annotated[SampleConfig, Field(default_factory=SampleConfig)]
+    weigh: Annotated[WeighConfig, Field(default_factory=WeighConfig)]
+    train: Annotated[TrainConfig, Field(default_factory=TrainConfig)]
+    em: Annotated[EmConfig, Field(default_factory=lambda: EmConfig(iters={}, evaluate=["iter_0"]))]
+    tracking: Annotated[TrackingConfig, Field(default_factory=TrackingConfig)]
+
+    def section_hash(self, name: str) -> str:
+        """Short stable hash of one section, for run tags."""
+        blob = json.dumps(getattr(self, name).model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _describe(err: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key (typo? see exsearch/config.py for the allowed keys)"
+    if err["type"] == "missing":
+        return f"{key}: required key is missing"
+    return f"{key}: {err['msg']} (got {err.get('input')!r})"
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate an already-parsed mapping; errors name `source` and every bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        lines = "\n".join(f"  - {_describe(err)}" for err in e.errors())
+        raise ConfigError(f"{source}: invalid parameters\n{lines}") from None
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-4` as a string; accept the exponent forms researchers write."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (run from the project root)") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse_params(raw, str(path))

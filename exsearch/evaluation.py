@@ -1,0 +1,93 @@
+"""Score agent records: answer quality, retrieval quality and behaviour, per dataset and overall."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from statistics import fmean
+
+from exsearch.metrics import cover_em, exact_match, f1_score, normalize_answer
+from exsearch.schema import Passage
+
+ANSWER_METRICS = ("em", "f1", "acc")
+
+
+def _contains_answer(text: str, answers: Sequence[str]) -> bool:
+    norm = f" {normalize_answer(text)} "
+    return any(f" {a} " in norm for a in (normalize_answer(x) for x in answers) if a)
+
+
+def score_record(record: dict, passages: Mapping[str, Passage]) -> dict:
+    """Per-trajectory scores; retrieval scores are None when nothing was retrieved."""
+    pred, golds = record["prediction"], record["answers"]
+    seen: dict[str, Passage] = {}
+    for step in record["steps"]:
+        for pid in step["passage_ids"]:
+            if pid in passages:
+                seen.setdefault(pid, passages[pid])
+    retrieved = list(seen.values())
+    scores = {
+        "em": exact_match(pred, golds),
+        "f1": f1_score(pred, golds),
+        "acc": cover_em(pred, golds),
+        "searches": len(record["steps"]),
+        "tokens": record["tokens"]["generated"],
+        "recall": None,
+        "precision": None,
+        "support_recall": None,
+    }
+    if retrieved:
+        hits = [_contains_answer(f"{p.title} {p.text}", golds) for p in retrieved]
+        scores["recall"] = float(any(hits))
+        scores["precision"] = sum(hits) / len(hits)
+    titles = record.get("supporting_titles") or []
+    if titles and record["steps"]:
+        got = {p.title for p in retrieved}
+        scores["support_recall"] = sum(t in got for t in titles) / len(titles)
+    return scores
+
+
+def _aggregate(rows: Sequence[dict], records: Sequence[dict]) -> dict:
+    out: dict = {"n": len(rows)}
+    for key in (*ANSWER_METRICS, "recall", "precision", "support_recall"):
+        vals = [r[key] for r in rows if r[key] is not None]
+        out[key] = round(100 * fmean(vals), 2) if vals else None
+    out["searches_per_question"] = round(fmean(r["searches"] for r in rows), 3) if rows else 0.0
+    out["tokens_generated"] = sum(r["tokens"] for r in rows)
+    reasons: dict[str, int] = defaultdict(int)
+    for rec in records:
+        reasons[rec["finish_reason"]] += 1
+    out["finish_reasons"] = dict(sorted(reasons.items()))
+    return out
+
+
+def summarize(records: Sequence[dict], passages: Mapping[str, Passage]) -> dict:
+    """Scores in percent, overall and per dataset, plus the per-trajectory list.
+
+    Retrieval recall/precision count a passage as relevant when it contains a gold answer
+    (METHOD.md §4); `support_recall` is the share of gold supporting titles retrieved.
+    """
+    rows = [score_record(r, passages) for r in records]
+    by_dataset: dict[str, list[int]] = defaultdict(list)
+    for i, rec in enumerate(records):
+        by_dataset[rec["dataset"]].append(i)
+    return {
+        "overall": _aggregate(rows, records),
+        "by_dataset": {
+            name: _aggregate([rows[i] for i in idx], [records[i] for i in idx])
+            for name, idx in sorted(by_dataset.items())
+        },
+        "per_sample": rows,
+    }
+
+
+def markdown_table(results: Mapping[str, dict]) -> str:
+    """One row per method and dataset: the table the evaluate stage writes."""
+    cols = ["em", "f1", "acc", "recall", "precision", "support_recall", "searches_per_question"]
+    head = "| method | dataset | n | " + " | ".join(cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 3)]
+    for method, res in results.items():
+        for name, agg in [("all", res["overall"]), *res["by_dataset"].items()]:
+            cells = ["–" if agg[c] is None else f"{agg[c]:g}" for c in cols]
+            lines.append(f"| {method} | {name} | {agg['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,227 @@
+"""Answer and retrieval metrics (METHOD.md §4), SQuAD-style, max over gold aliases.
+
+Per-answer functions (`exact_match`, `f1_score`, `cover_em`) score one prediction against its
+gold aliases; the aggregate functions return a `MetricResult` holding the mean and the
+per-sample list, so a report can show both the headline number and which questions moved.
+
+Normalisation (`normalize_answer`): NFKC, lower-case, drop punctuation (ASCII and every Unicode
+punctuation character), drop the articles a/an/the as whole words, fold whitespace. Accents are
+kept ("Röntgen" ≠ "Rontgen"). Punctuation is deleted, not replaced by a space, as in the SQuAD
+script: "1,000" and "1000" match, and so do "U.S." and "US".
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import fmean
+from typing import Any
+
+from exsearch.schema import Passage
+
+_ASCII_PUNCT = frozenset(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+# HotpotQA's official script gives F1 = 0 when one side is one of these and the other differs.
+_SPECIAL = frozenset({"yes", "no", "noanswer"})
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """A metric over a set of questions: `value` is the mean of the defined per-sample scores.
+
+    `per_sample` is aligned with the input; an entry is None where the metric is undefined for
+    that question (e.g. supporting recall for a dataset without supporting titles), and `value`
+    is None when no entry is defined.
+    """
+
+    value: float | None
+    per_sample: list[float | None]
+
+    @property
+    def n(self) -> int:
+        """How many questions the mean is over."""
+        return sum(x is not None for x in self.per_sample)
+
+
+class _DropPunctuation(dict):
+    """str.translate table deleting punctuation, filled lazily one code point at a time."""
+
+    def __missing__(self, code: int) -> int | None:
+        ch = chr(code)
+        keep = ch not in _ASCII_PUNCT and not unicodedata.category(ch).startswith("P")
+        self[code] = code if keep else None
+        return self[code]
+
+
+_DROP_PUNCT = _DropPunctuation()
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD normalisation made Unicode-aware (see the module docstring)."""
+    s = unicodedata.normalize("NFKC", s).lower().translate(_DROP_PUNCT)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
+def _golds(golds: Sequence[str] | str) -> list[str]:
+    # A bare string would otherwise be iterated character by character.
+    if isinstance(golds, str):
+        golds = [golds]
+    golds = list(golds)
+    if not golds:
+        raise ValueError("no gold answers given: every question needs at least one gold alias")
+    return golds
+
+
+def exact_match(prediction: str, golds: Sequence[str] | str) -> float:
+    """1.0 if the normalised prediction equals a normalised gold alias, else 0.0."""
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(g) for g in _golds(golds)))
+
+
+def _f1(pred: str, gold: str) -> float:
+    if (pred in _SPECIAL or gold in _SPECIAL) and pred != gold:
+        return 0.0
+    p, g = pred.split(), gold.split()
+    if not p or not g:
+        # Both empty counts as a match (as EM would), one empty as a miss.
+        return float(p == g)
+    same = sum((Counter(p) & Counter(g)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p), same / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def f1_score(prediction: str, golds: Sequence[str] | str) -> float:
+    """Token F1 of normalised strings, max over aliases; yes/no/noanswer must match exactly."""
+    pred = normalize_answer(prediction)
+    return max(_f1(pred, normalize_answer(g)) for g in _golds(golds))
+
+
+def _contains(haystack_norm: str, needle_norm: str, whole_words: bool) -> bool:
+    if not needle_norm:
+        return False  # an empty gold (e.g. "The") would be found in everything
+    if whole_words:
+        return f" {needle_norm} " in f" {haystack_norm} "
+    return needle_norm in haystack_norm
+
+
+def cover_em(prediction: str, golds: Sequence[str] | str, *, whole_words: bool = True) -> float:
+    """Acc (cover-EM): 1.0 if a normalised gold alias occurs in the normalised prediction.
+
+    With `whole_words` (the default) the gold must sit on word boundaries, so gold "no" is not
+    found in "not known" nor "us" in "russia"; `whole_words=False` is the plain substring test
+    of FlashRAG's `acc`, which counts those. A gold that normalises to "" never matches.
+    """
+    pred = normalize_answer(prediction)
+    return float(any(_contains(pred, normalize_answer(g), whole_words) for g in _golds(golds)))
+
+
+def _mean(per_sample: list[float | None]) -> MetricResult:
+    vals = [x for x in per_sample if x is not None]
+    return MetricResult(fmean(vals) if vals else None, per_sample)
+
+
+def _check_lengths(a: Sequence, b: Sequence, what: str) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"{what}: {len(a)} items but {len(b)} gold answer lists")
+    if not a:
+        raise ValueError(f"{what}: nothing to score (empty input)")
+
+
+def qa_scores(
+    predictions: Sequence[str], golds: Sequence[Sequence[str]]
+) -> dict[str, MetricResult]:
+    """EM, F1 and Acc over aligned predictions and gold alias lists: {"em", "f1", "acc"}."""
+    _check_lengths(predictions, golds, "predictions")
+    for i, g in enumerate(golds):
+        if isinstance(g, str) or not g:
+            raise ValueError(f"golds[{i}]: expected a non-empty list of aliases, got {g!r}")
+    return {
+        "em": _mean([exact_match(p, g) for p, g in zip(predictions, golds, strict=True)]),
+        "f1": _mean([f1_score(p, g) for p, g in zip(predictions, golds, strict=True)]),
+        "acc": _mean([cover_em(p, g) for p, g in zip(predictions, golds, strict=True)]),
+    }
+
+
+# --------------------------------------------------------------------------- retrieval
+def _as_passage_text(item: Any) -> tuple[str, str]:
+    """(title, text) of a Passage, a search hit (anything with `.passage`), or a bare text."""
+    item = getattr(item, "passage", item)
+    if isinstance(item, Passage):
+        return item.title, item.text
+    if isinstance(item, str):
+        return "", item
+    raise TypeError(f"expected a Passage, a hit or a str, got {type(item).__name__}")
+
+
+def passage_has_answer(item: Passage | str, golds: Sequence[str] | str) -> bool:
+    """Tell whether a passage (title + text) contains a normalised gold on word boundaries."""
+    title, text = _as_passage_text(item)
+    norm = normalize_answer(f"{title} {text}")
+    return any(_contains(norm, normalize_answer(g), True) for g in _golds(golds))
+
+
+def _relevance(retrieved: Sequence[Sequence[Any]], golds: Sequence[Sequence[str]], k: int):
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    _check_lengths(retrieved, golds, "retrieved")
+    return [
+        [passage_has_answer(p, g) for p in list(ps)[:k]]
+        for ps, g in zip(retrieved, golds, strict=True)
+    ]
+
+
+def retrieval_recall_at_k(
+    retrieved: Sequence[Sequence[Any]], golds: Sequence[Sequence[str]], k: int
+) -> MetricResult:
+    """Per question 1.0 if any of its top-k passages contains a gold answer (0.0 if none came)."""
+    return _mean([float(any(r)) for r in _relevance(retrieved, golds, k)])
+
+
+def retrieval_precision_at_k(
+    retrieved: Sequence[Sequence[Any]], golds: Sequence[Sequence[str]], k: int
+) -> MetricResult:
+    """Per question the share of its top-k passages that contain a gold answer.
+
+    The denominator is the number of passages actually returned (at most k), so a retriever
+    that returns fewer than k passages is not charged for the missing ones; none returned
+    scores 0.0.
+    """
+    return _mean([sum(r) / len(r) if r else 0.0 for r in _relevance(retrieved, golds, k)])
+
+
+def _title_key(title: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", title).casefold().split())
+
+
+def supporting_recall(
+    retrieved: Sequence[Sequence[Any]],
+    supporting_titles: Sequence[Sequence[str]],
+    k: int | None = None,
+) -> MetricResult:
+    """Per question the share of its gold supporting titles among the retrieved passages' titles.
+
+    `retrieved` holds Passages, hits or bare titles (str); titles are compared after NFKC,
+    case folding and whitespace folding. Questions without supporting titles are None.
+    `k` limits each list to its first k items (None: all).
+    """
+    if len(retrieved) != len(supporting_titles):
+        raise ValueError(
+            f"retrieved: {len(retrieved)} items but {len(supporting_titles)} supporting-title lists"
+        )
+    out: list[float | None] = []
+    for ps, gold in zip(retrieved, supporting_titles, strict=True):
+        wanted = {_title_key(t) for t in gold}
+        if not wanted:
+            out.append(None)
+            continue
+        items = list(ps) if k is None else list(ps)[:k]
+        got = {_title_key(p if isinstance(p, str) else _as_passage_text(p)[0]) for p in items}
+        out.append(len(wanted & got) / len(wanted))
+    return _mean(out)

@@ -1,0 +1,175 @@
+"""Action tags, prompt wording and the parser for the think → search → record agent, in one place.
+
+A trajectory is a chat. Assistant turns hold the model's actions; the environment answers a
+search with a user turn holding the passages, and asks for the final answer in a last user turn:
+
+    system     task description
+    user       the question
+    assistant  <think>…</think><search>sub-query</search>
+    user       <documents>[1] Title: … Content: …</documents>
+    assistant  <record>evidence</record><think>…</think><search>next query</search>
+    user       <documents>…</documents>
+    assistant  <record>evidence</record><finish>
+    user       request for the final answer
+    assistant  <answer>short answer</answer>
+
+As in the authors' released code, the record of step i and the query of step i+1 share one
+assistant turn, and the final answer has a turn of its own. Generation stops at `</search>` and
+`<finish>` (control passes to the environment) and at `</answer>`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
+DOCS_OPEN, DOCS_CLOSE = "<documents>", "</documents>"
+RECORD_OPEN, RECORD_CLOSE = "<record>", "</record>"
+FINISH = "<finish>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+
+# Strings at which generation hands control back to the environment.
+ACTION_STOPS = [SEARCH_CLOSE, FINISH]
+ANSWER_STOPS = [ANSWER_CLOSE]
+
+SYSTEM_PROMPT = f"""You answer questions by searching a Wikipedia passage collection step by step.
+In each turn:
+1. If passages were just shown, write the facts they give for your last query inside \
+{RECORD_OPEN}{RECORD_CLOSE} (a short fact, or "nothing relevant").
+2. Think about what you still need inside {THINK_OPEN}{THINK_CLOSE}.
+3. Either search for one missing fact with {SEARCH_OPEN}a short query{SEARCH_CLOSE}, \
+or write {FINISH} once your records are enough to answer.
+After {FINISH} you will be asked for the final answer: give it inside \
+{ANSWER_OPEN}{ANSWER_CLOSE}, as a few words, with no explanation."""
+
+DIRECT_SYSTEM_PROMPT = f"""You answer questions from your own knowledge. Give only the answer, \
+as a few words, inside {ANSWER_OPEN}{ANSWER_CLOSE}."""
+
+RAG_SYSTEM_PROMPT = f"""You answer questions using the passages you are given. Give only the \
+answer, as a few words, inside {ANSWER_OPEN}{ANSWER_CLOSE}."""
+
+ANSWER_REQUEST = (
+    f"Search finished. Using your records, give the final answer to the question "
+    f'"{{question}}" inside {ANSWER_OPEN}{ANSWER_CLOSE}: only the answer, a few words.'
+)
+REPEATED_QUERY_NOTICE = (
+    "You already searched for this. Search for something different, or write " + FINISH + "."
+)
+
+
+def question_turn(question: str) -> str:
+    """The user's first turn."""
+    return f"Question: {question}"
+
+
+def documents_turn(rendered_passages: list[str]) -> str:
+    """The environment's reply to a search: numbered passages (1-based, as the model sees them)."""
+    body = "\n".join(rendered_passages) if rendered_passages else "(no passages found)"
+    return f"{DOCS_OPEN}\n{body}\n{DOCS_CLOSE}"
+
+
+def answer_request(question: str) -> str:
+    """The environment's last turn, asking for the short final answer."""
+    return ANSWER_REQUEST.format(question=question)
+
+
+def rag_turn(question: str, rendered_passages: list[str]) -> str:
+    """The single user turn of the `rag` baseline: passages, then the question."""
+    return f"{documents_turn(rendered_passages)}\n{question_turn(question)}\n" + answer_request(
+        question
+    )
+
+
+def answer_turn(answer: str) -> str:
+    """The assistant's final turn holding `answer`."""
+    return f"{ANSWER_OPEN}{answer}{ANSWER_CLOSE}"
+
+
+def action_turn(
+    *, record: str | None = None, think: str | None = None, query: str | None = None
+) -> str:
+    """Render an assistant action turn; `query=None` means the search is finished."""
+    parts = []
+    if record is not None:
+        parts.append(f"{RECORD_OPEN}{record}{RECORD_CLOSE}")
+    if think is not None:
+        parts.append(f"{THINK_OPEN}{think}{THINK_CLOSE}")
+    parts.append(f"{SEARCH_OPEN}{query}{SEARCH_CLOSE}" if query is not None else FINISH)
+    return "".join(parts)
+
+
+@dataclass
+class Turn:
+    """What one assistant turn said; fields are None when the tag is absent."""
+
+    record: str | None = None
+    think: str | None = None
+    query: str | None = None
+    finish: bool = False
+    answer: str | None = None
+
+    @property
+    def is_action(self) -> bool:
+        """Whether the turn hands control to the environment (a search, a finish or an answer)."""
+        return self.query is not None or self.finish or self.answer is not None
+
+
+def _between(text: str, open_tag: str, close_tag: str) -> str | None:
+    m = re.search(re.escape(open_tag) + r"(.*?)" + re.escape(close_tag), text, re.DOTALL)
+    return m.group(1).strip() if m else None
+
+
+def parse_turn(text: str) -> Turn:
+    """Parse assistant text; unclosed tags count as absent, so a runaway turn is never an action.
+
+    An unclosed `<answer>` is the exception: the answer is the text after it up to the first line
+    break, because the answer turn is often cut by the token limit.
+    """
+    turn = Turn(
+        record=_between(text, RECORD_OPEN, RECORD_CLOSE),
+        think=_between(text, THINK_OPEN, THINK_CLOSE),
+        query=_between(text, SEARCH_OPEN, SEARCH_CLOSE),
+        finish=FINISH in text,
+        answer=_between(text, ANSWER_OPEN, ANSWER_CLOSE),
+    )
+    if turn.answer is None and ANSWER_OPEN in text:
+        tail = text.split(ANSWER_OPEN, 1)[1].strip()
+        turn.answer = tail.splitlines()[0].strip() if tail else ""
+    # A query and a finish in one turn: the earlier one is what the model did.
+    if turn.query is not None and turn.finish:
+        if text.index(FINISH) < text.index(SEARCH_OPEN):
+            turn.query = None
+        else:
+            turn.finish = False
+    return turn
+
+
+@dataclass
+class Step:
+    """One search step of a trajectory: the query, what came back, what the model kept."""
+
+    query: str
+    passage_ids: list[str] = field(default_factory=list)
+    record: str | None = None
+    think: str | None = None
+
+
+def parse_steps(messages: list[dict]) -> tuple[list[Step], str | None]:
+    """Turn a whole chat back into its search steps and final answer (None if absent).
+
+    Passage ids are not in the chat; the agent's records carry them next to the steps.
+    """
+    steps: list[Step] = []
+    answer = None
+    for msg in messages:
+        if msg["role"] == "assistant":
+            turn = parse_turn(msg["content"])
+            if turn.record is not None and steps and steps[-1].record is None:
+                steps[-1].record = turn.record
+            if turn.query is not None:
+                steps.append(Step(query=turn.query, think=turn.think))
+            if turn.answer is not None:
+                answer = turn.answer
+    return steps, answer

@@ -1,0 +1,248 @@
+"""E-step importance weights: how much each sampled trajectory counts in the next M-step.
+
+For every trajectory z_k of a question the model's answer is replaced by the gold answer y and
+scored under the current model θ_t (METHOD.md §2):
+
+    s_k = (1/|y|) Σ_{tokens of y} log p(y_tok | x, z_k; θ_t)
+
+Only the tokens of y count, not the `<answer>` tags around it. A higher score means the trajectory
+made the gold answer more likely, so it gets a higher weight under every likelihood-based scheme
+(the authors' code divided by a sum of negative log-likelihoods, which inverts the ranking;
+METHOD.md §6). Schemes, over a table with one row per trajectory (`qid`, `sample`, `score`, `f1`,
+`correct`):
+
+- `softmax`: w_k = exp(s_k/τ) / Σ_j exp(s_j/τ) within each question (the default);
+- `exp`:     w_k = c·exp(s_k), not normalised (the authors' code);
+- `uniform`: w_k = 1 (plain SFT on own samples);
+- `f1`:      w_k = token F1 of the sampled answer against the gold aliases;
+- `filter`:  w_k = 1 if the sampled answer is correct, else 0 (rejection sampling).
+
+`correct` is exact match (SQuAD normalisation, any gold alias), not cover-EM: cover-EM would keep
+verbose answers that merely contain the gold string and teach the model to hedge.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from exsearch.metrics import exact_match, f1_score
+from exsearch.prompts import ANSWER_OPEN, answer_turn
+
+log = logging.getLogger(__name__)
+
+Scheme = Literal["softmax", "exp", "uniform", "f1", "filter"]
+SCHEMES: tuple[str, ...] = ("softmax", "exp", "uniform", "f1", "filter")
+
+
+def with_gold_answer(messages: Sequence[dict[str, str]], gold: str) -> list[dict[str, str]]:
+    """Return a copy of the chat whose final assistant turn answers `gold` (whitespace-stripped)."""
+    if not messages or messages[-1].get("role") != "assistant":
+        last = messages[-1].get("role") if messages else "nothing"
+        raise ValueError(f"the chat must end with the assistant's answer turn, it ends with {last}")
+    return [dict(m) for m in messages[:-1]] + [
+        {"role": "assistant", "content": answer_turn(gold.strip())}
+    ]
+
+
+def _trajectory_id(traj: dict[str, Any]) -> str:
+    return f"qid={traj.get('qid')!r} sample={traj.get('sample')!r}"
+
+
+def gold_answer_tokens(tokenizer: Any, trajectory: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """Token ids of the chat with the gold answer, and the positions of the gold answer's tokens.
+
+    The whole chat is rendered and tokenised once, as training will see it, and the ids are cut
+    after the last answer token. Answer tokens are those whose characters overlap the gold string
+    inside the final `<answer>…</answer>`. An empty gold answer gives no positions.
+    """
+    try:
+        gold = trajectory["answers"][0].strip()
+        messages = with_gold_answer(trajectory["messages"], gold)
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise ValueError(f"trajectory {_trajectory_id(trajectory)}: {e}") from e
+    prefix = tokenizer.apply_chat_template(
+        messages[:-1], tokenize=False, add_generation_prompt=True
+    )
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    start = full.find(ANSWER_OPEN + gold, len(prefix)) if full.startswith(prefix) else -1
+    if start < 0:
+        raise ValueError(
+            f"trajectory {_trajectory_id(trajectory)}: the chat template does not render the "
+            "answer turn after the generation prompt; cannot locate the gold answer"
+        )
+    a = start + len(ANSWER_OPEN)
+    b = a + len(gold)
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    positions = [j for j, (s, e) in enumerate(enc["offset_mapping"]) if s < b and e > a]
+    if not positions:
+        return enc["input_ids"], []
+    return enc["input_ids"][: positions[-1] + 1], positions
+
+
+def _accepts_logits_to_keep(model: Any) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+@torch.inference_mode()
+def gold_answer_scores(
+    model: Any,
+    tokenizer: Any,
+    trajectories: Sequence[dict[str, Any]],
+    batch_size: int = 8,
+    *,
+    progress: bool = True,
+) -> list[float]:
+    """Length-normalised log-likelihood of each trajectory's gold answer (`answers[0]`).
+
+    Batched, right-padded forward passes (sorted by length to waste little padding); logits are
+    computed only at the positions that predict answer tokens when the model supports
+    `logits_to_keep`. A trajectory whose gold answer is empty scores NaN (weight 0 downstream).
+    Returns one float per trajectory, in input order.
+    """
+    encoded = [gold_answer_tokens(tokenizer, t) for t in trajectories]
+    for traj, (_, pos) in zip(trajectories, encoded, strict=True):
+        if not pos:
+            log.warning(
+                "trajectory %s has an empty gold answer; score is NaN", _trajectory_id(traj)
+            )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    sliced = _accepts_logits_to_keep(model)
+    scores = [math.nan] * len(encoded)
+    order = sorted(
+        (i for i, (_, pos) in enumerate(encoded) if pos), key=lambda i: -len(encoded[i][0])
+    )
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc="scoring gold answers", disable=not progress):
+        width = max(len(encoded[i][0]) for i in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            seq = encoded[i][0]
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        # The logit at position p predicts the token at p + 1.
+        wanted = sorted({p - 1 for i in batch for p in encoded[i][1]})
+        kwargs = {"logits_to_keep": torch.tensor(wanted, device=device)} if sliced else {}
+        logits = model(
+            input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **kwargs
+        ).logits
+        column = {p: c for c, p in enumerate(wanted)} if sliced else {p: p for p in wanted}
+        for row, i in enumerate(batch):
+            seq, pos = encoded[i]
+            cols = torch.tensor([column[p - 1] for p in pos], device=device)
+            logp = torch.log_softmax(logits[row, cols].float(), dim=-1)
+            targets = torch.tensor([seq[p] for p in pos], device=device)
+            scores[i] = logp.gather(1, targets[:, None]).mean().item()
+    return scores
+
+
+def score_table(trajectories: Sequence[dict[str, Any]], scores: Sequence[float]) -> pd.DataFrame:
+    """One row per trajectory: `qid`, `sample`, `score`, `prediction`, `gold`, `f1`, `correct`.
+
+    `f1` and `correct` (exact match) compare the model's own prediction with every gold alias.
+    """
+    if len(trajectories) != len(scores):
+        raise ValueError(f"{len(trajectories)} trajectories but {len(scores)} scores")
+    rows = []
+    for traj, score in zip(trajectories, scores, strict=True):
+        pred = traj.get("prediction") or ""
+        golds = list(traj.get("answers") or [])
+        if not golds:
+            raise ValueError(f"trajectory {_trajectory_id(traj)}: no gold answers")
+        rows.append(
+            {
+                "qid": traj["qid"],
+                "sample": int(traj["sample"]),
+                "score": float(score),
+                "prediction": pred,
+                "gold": golds[0] if golds else "",
+                "f1": float(f1_score(pred, golds)),
+                "correct": bool(exact_match(pred, golds)),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _need(df: pd.DataFrame, columns: Sequence[str], scheme: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"scheme {scheme!r} needs column(s) {missing}; table has {list(df.columns)}"
+        )
+
+
+def compute_weights(
+    df: pd.DataFrame, scheme: Scheme, tau: float = 1.0, c: float = 4.0
+) -> pd.DataFrame:
+    """Return a copy of `df` with a `weight` column and a `scheme` column.
+
+    Likelihood schemes (`softmax`, `exp`) give weight 0 to a NaN score. Softmax is computed
+    stably (scores shifted by the question's maximum), so its weights sum to 1 per question.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown weighting scheme {scheme!r}; choose one of {list(SCHEMES)}")
+    out = df.copy()
+    if scheme == "softmax":
+        _need(df, ["qid", "score"], scheme)
+        if tau <= 0:
+            raise ValueError(f"softmax temperature tau must be > 0, got {tau}")
+        z = out["score"].astype(float) / tau
+        shifted = z - z.groupby(out["qid"]).transform("max")
+        e = np.exp(shifted).fillna(0.0)
+        total = e.groupby(out["qid"]).transform("sum")
+        out["weight"] = (e / total.where(total > 0, 1.0)).astype(float)
+    elif scheme == "exp":
+        _need(df, ["score"], scheme)
+        out["weight"] = (c * np.exp(out["score"].astype(float))).fillna(0.0)
+    elif scheme == "uniform":
+        out["weight"] = 1.0
+    elif scheme == "f1":
+        _need(df, ["f1"], scheme)
+        out["weight"] = out["f1"].astype(float)
+    else:
+        _need(df, ["correct"], scheme)
+        out["weight"] = out["correct"].astype(bool).astype(float)
+    out["scheme"] = scheme
+    return out
+
+
+def weight_stats(df: pd.DataFrame) -> dict[str, float]:
+    """Summary of a weight table, for logging.
+
+    Per question, weights are normalised to sum to 1 for the entropy (nats) and the effective
+    sample size ESS = (Σw)² / Σw² (K for uniform weights, 1 for one-hot). A question whose weights
+    are all zero has ESS 0 and is left out of the mean entropy; `frac_questions_all_zero` counts it.
+    """
+    w = df["weight"].astype(float)
+    groups = w.groupby(df["qid"])
+    total = groups.sum()
+    ess = (total**2 / groups.apply(lambda g: float((g**2).sum()))).where(total > 0, 0.0)
+
+    def entropy(g: pd.Series) -> float:
+        p = g[g > 0] / g.sum()
+        return float(-(p * np.log(p)).sum())
+
+    live = total > 0
+    entropies = groups.apply(entropy)[live] if live.any() else pd.Series(dtype=float)
+    return {
+        "n_trajectories": len(df),
+        "n_questions": int(total.size),
+        "weight_mean": float(w.mean()),
+        "weight_min": float(w.min()),
+        "weight_max": float(w.max()),
+        "entropy_mean": float(entropies.mean()) if len(entropies) else math.nan,
+        "ess_mean": float(ess.mean()),
+        "frac_zero_weight": float((w == 0).mean()),
+        "frac_questions_all_zero": float((~live).mean()),
+    }

@@ -1,0 +1,292 @@
+"""`exsearch`: run, schedule, compare and browse EM campaigns (also `python -m flows`).
+
+exsearch run                          # every stage DVC finds out of date, in order
+exsearch run -S train.epochs=2 --name ep2    # a named DVC experiment
+exsearch serve --cron "0 3 * * *" --extend   # a scheduled deployment, +1 iteration per run
+exsearch compare                      # campaigns × iterations from MLflow → reports/compare.*
+exsearch ui                           # the MLflow UI on http://127.0.0.1:5000
+exsearch repro                        # plain `dvc repro` under one MLflow parent run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from flows.dag import iteration_number, project_root
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-C", "--project-dir", default=".", help="DVC project directory (default: current)"
+    )
+
+
+def _override(text: str) -> str:
+    key, eq, _ = text.partition("=")
+    if not eq or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. train.epochs=2")
+    return text
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=_override,
+        help="override a params.yaml value (dotted key, repeatable); makes a DVC experiment",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: one subcommand per action, each with its own --help."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="exsearch", description=__doc__, formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        formatter_class=fmt,
+        help="run the campaign once (Prefect flow over DVC stages)",
+        description="Run the campaign's DVC stages in DAG order, one Prefect task each\n"
+        "(`dvc repro --single-item`), under one MLflow parent run. DVC skips up-to-date\n"
+        "stages, so a rerun after a failure resumes at the failed stage. With -S or --name\n"
+        "the whole run is one `dvc exp run` and becomes a named DVC experiment.",
+    )
+    _add_common(run)
+    run.add_argument(
+        "--iterations",
+        nargs="+",
+        metavar="ITER",
+        help="only these checkpoints (iter_1 … or base) and the stages they depend on",
+    )
+    _add_overrides(run)
+    run.add_argument("--name", help="DVC experiment name (implies `dvc exp run`)")
+    run.add_argument("--dry-run", action="store_true", help="list the stages that would run")
+    run.add_argument("--rerun", action="store_true", help="force stages DVC finds up to date")
+    run.add_argument("--extend", action="store_true", help="first add the next EM iteration")
+
+    serve = sub.add_parser(
+        "serve",
+        formatter_class=fmt,
+        help="serve a scheduled deployment of the campaign",
+        description="Create a Prefect deployment with a schedule and serve it (blocks until\n"
+        "Ctrl-C, which pauses the schedule). Each scheduled run reruns the campaign, or with\n"
+        "--extend first adds the next EM iteration to params.yaml. Against a `prefect server\n"
+        "start` on 127.0.0.1 (PREFECT_API_URL=http://127.0.0.1:4200/api) the schedule\n"
+        "persists; without one Prefect starts a temporary local server.",
+    )
+    _add_common(serve)
+    when = serve.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help='cron schedule, e.g. "0 3 * * *" (03:00 daily)')
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="run every N seconds")
+    serve.add_argument("--extend", action="store_true", help="each run adds one EM iteration")
+    serve.add_argument("--deployment", default="em-campaign", help="deployment name")
+    _add_overrides(serve)
+
+    compare = sub.add_parser(
+        "compare",
+        formatter_class=fmt,
+        help="table of campaigns × iterations from MLflow",
+        description="Read every evaluate run of the MLflow experiment and print one row per\n"
+        "campaign and iteration; also write it to <out-dir>/compare.csv and compare.md.",
+    )
+    _add_common(compare)
+    compare.add_argument("--experiment", help="MLflow experiment (default: params.yaml)")
+    compare.add_argument("--metrics", default="overall/", help="metric name prefix to show")
+    compare.add_argument("--out-dir", default="reports", help="where to write (default reports)")
+
+    ui = sub.add_parser(
+        "ui",
+        formatter_class=fmt,
+        help="start the MLflow UI on 127.0.0.1",
+        description="Start `mlflow ui` on this project's tracking store (MLFLOW_TRACKING_URI,\n"
+        "default sqlite:///mlflow.db), listening on 127.0.0.1 only.",
+    )
+    _add_common(ui)
+    ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+
+    repro = sub.add_parser(
+        "repro",
+        formatter_class=fmt,
+        help="plain `dvc repro` under one MLflow parent run",
+        description="Run `dvc repro [ARGS]` as is (no Prefect), with the stages' MLflow runs\n"
+        "nested under one new parent run. Example: exsearch repro -- train@iter_1 --force",
+    )
+    _add_common(repro)
+    repro.add_argument("dvc_args", nargs=argparse.REMAINDER, help="arguments for dvc repro")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace, root: Path) -> int:
+    from flows.campaign import em_campaign
+
+    em_campaign(
+        iterations=args.iterations,
+        overrides=args.overrides,
+        dry_run=args.dry_run,
+        exp_name=args.name,
+        rerun=args.rerun,
+        extend=args.extend,
+        project_dir=str(root),
+    )
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace, root: Path) -> int:
+    from flows.campaign import serve
+
+    serve(args.deployment, args.cron, args.interval, args.extend, args.overrides, str(root))
+    return 0
+
+
+def compare_rows(experiment: str, prefix: str = "overall/") -> list[dict[str, Any]]:
+    """One row per (campaign, iteration): the latest evaluate run's metrics under `prefix`."""
+    import mlflow
+
+    from stages._tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    if mlflow.get_experiment_by_name(experiment) is None:
+        raise LookupError(f"no MLflow experiment {experiment!r} in {tracking_uri()}")
+    evals = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string="tags.stage = 'evaluate'",
+        order_by=["start_time DESC"],
+        output_format="list",
+    )
+    parent_ids = {r.data.tags.get("mlflow.parentRunId") for r in evals} - {None}
+    parents = {pid: mlflow.get_run(pid) for pid in parent_ids}
+    rows, seen = [], set()
+    for r in evals:
+        pid, it = r.data.tags.get("mlflow.parentRunId"), r.data.tags.get("iteration", "")
+        if (pid, it) in seen:
+            continue
+        seen.add((pid, it))
+        parent = parents.get(pid)
+        row = {
+            "campaign": parent.info.run_name if parent else "",
+            "dvc_exp": r.data.tags.get("dvc_exp", ""),
+            "git_commit": r.data.tags.get("git_commit", "")[:12],
+            "iteration": it,
+            "status": r.info.status,
+            "started": parent.info.start_time if parent else r.info.start_time,
+        }
+        row.update({k: v for k, v in sorted(r.data.metrics.items()) if k.startswith(prefix)})
+        rows.append(row)
+    rows.sort(key=lambda x: (x["started"], iteration_number(x["iteration"])))
+    for row in rows:
+        row["started"] = _iso(row["started"])
+    return rows
+
+
+def _iso(ms: int) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ms / 1000).isoformat(timespec="seconds")
+
+
+def _cmd_compare(args: argparse.Namespace, root: Path) -> int:
+    import csv
+
+    from exsearch.config import load_params
+    from exsearch.io import atomic_path, write_text
+    from flows.campaign import markdown_table
+
+    experiment = args.experiment or load_params().tracking.experiment
+    rows = compare_rows(experiment, args.metrics)
+    if not rows:
+        print(f"no evaluate runs yet in MLflow experiment {experiment!r}")
+        return 0
+    table = markdown_table(rows)
+    print(table, end="")
+    out = Path(args.out_dir)
+    with atomic_path(out / "compare.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+    write_text(out / "compare.md", f"# Campaigns in MLflow experiment {experiment}\n\n{table}")
+    print(f"wrote {out / 'compare.csv'} and {out / 'compare.md'}")
+    return 0
+
+
+def ui_command(uri: str, port: int) -> list[str]:
+    """The `mlflow ui` command line for `uri`, bound to 127.0.0.1."""
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
+def _cmd_ui(args: argparse.Namespace, root: Path) -> int:
+    import subprocess
+
+    from flows.campaign import absolute_uri
+    from stages._tracking import tracking_uri
+
+    cmd = ui_command(absolute_uri(tracking_uri(), root), args.port)
+    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
+    return subprocess.call(cmd)
+
+
+def _cmd_repro(args: argparse.Namespace, root: Path) -> int:
+    from exsearch.config import load_params
+    from flows.campaign import StageFailed, absolute_uri, stream, subprocess_env
+    from stages import _tracking
+
+    dvc_args = [a for a in args.dvc_args if a != "--"]
+    parent = _tracking.start_campaign_run(load_params(), "repro " + " ".join(dvc_args))
+    env = {"MLFLOW_TRACKING_URI": absolute_uri(_tracking.tracking_uri(), root)}
+    if parent:
+        env[_tracking.PARENT_ENV] = parent
+    cmd = [sys.executable, "-m", "dvc", "repro", *dvc_args]
+    status = "FAILED"
+    try:
+        stream(cmd, root, subprocess_env(env), print)
+        status = "FINISHED"
+    except StageFailed:
+        return 1
+    finally:
+        _tracking.record_lock_hashes(parent)
+        _tracking.end_campaign_run(parent, status)
+    return 0
+
+
+COMMANDS = {
+    "run": _cmd_run,
+    "serve": _cmd_serve,
+    "compare": _cmd_compare,
+    "ui": _cmd_ui,
+    "repro": _cmd_repro,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `exsearch` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        root = project_root(args.project_dir)
+        os.chdir(root)
+        return COMMANDS[args.command](args, root)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a human-readable line, not a traceback, for expected failures
+        if os.environ.get("EXSEARCH_DEBUG"):
+            raise
+        print(f"exsearch {args.command}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1

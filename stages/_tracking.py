@@ -1,0 +1,455 @@
+"""MLflow record of a campaign: one parent run per campaign, one nested run per stage execution.
+
+Every stage wraps its work in `stage_run` and logs through the handle it yields::
+
+    params = setup(args)
+    with stage_run(params, stage="train", iteration="iter_2") as run:
+        ...  # compute, then write the outputs atomically
+        run.log_metrics({"loss": 0.12})
+        run.log_model_dir("runs/iter_2/model")
+
+Where runs go: `MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` in the working directory (the
+project root under DVC), experiment `params.tracking.experiment`. `EXSEARCH_TRACKING=off` turns
+tracking off (tests, quick trials).
+
+Which parent: `EXSEARCH_PARENT_RUN_ID`, set by the Prefect flow and by `exsearch repro`. Not
+`MLFLOW_RUN_ID`: when it is set MLflow ignores `parent_run_id` (mlflow/mlflow#15713). Under a bare
+`dvc repro` / `dvc exp run` the stages find-or-create the parent tagged with the same
+`campaign_key` (see stages/_provenance.py): one parent per DVC invocation.
+
+Tracking never costs a stage its outputs: an unusable store is detected before the stage's work
+starts (an error, or a warning and no tracking when `tracking.required: false`), and a logging
+error afterwards is a warning, never an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from exsearch.config import Params
+from stages._provenance import campaign_key, git_commit, lock_outs
+
+PARENT_ENV = "EXSEARCH_PARENT_RUN_ID"
+SWITCH_ENV = "EXSEARCH_TRACKING"
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+# Set before mlflow is imported (lazily, below): nothing may call out to the internet.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+log = logging.getLogger(__name__)
+_ACTIVE: list[StageRun] = []
+
+
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be used; the message names the URI and what to do."""
+
+
+def tracking_uri() -> str:
+    """The store every stage and flow of this project writes to."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def tracking_enabled() -> bool:
+    """False when `EXSEARCH_TRACKING` is off/0/false/no."""
+    return os.environ.get(SWITCH_ENV, "on").strip().lower() not in {"off", "0", "false", "no"}
+
+
+def _unusable(params: Params, what: str, err: Exception) -> None:
+    """Raise TrackingError if tracking is required, else warn (the caller goes on untracked)."""
+    msg = (
+        f"MLflow tracking store {tracking_uri()}: could not {what} ({type(err).__name__}: {err}). "
+        "Start the tracking server or set MLFLOW_TRACKING_URI to a reachable store (default "
+        "sqlite:///mlflow.db in the project root); or set `tracking.required: false` in "
+        f"params.yaml (or {SWITCH_ENV}=off) to run without tracking."
+    )
+    if params.tracking.required:
+        raise TrackingError(msg) from err
+    log.warning("%s Continuing without tracking.", msg)
+
+
+def connect(params: Params) -> tuple[Any, str] | None:
+    """Open the store and the project's experiment: `(MlflowClient, experiment_id)`.
+
+    None when tracking is switched off, or when the store is unusable and `tracking.required`
+    is false (with a warning); TrackingError when it is unusable and required.
+    """
+    if not tracking_enabled():
+        return None
+    uri = tracking_uri()
+    try:
+        if uri.startswith(("http://", "https://")):
+            # Probe first: the MLflow REST client retries for minutes before giving up.
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()  # noqa: S310
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        name = params.tracking.experiment
+        if (exp := client.get_experiment_by_name(name)) is not None:
+            return client, exp.experiment_id
+        try:
+            return client, client.create_experiment(name)
+        except Exception:  # another process created it first
+            return client, client.get_experiment_by_name(name).experiment_id
+    except Exception as e:
+        _unusable(params, "open the experiment", e)
+        return None
+
+
+def _warn_on_error(what: str, fn: Any, *args: Any, **kwargs: Any) -> bool:
+    try:
+        fn(*args, **kwargs)
+        return True
+    except Exception as e:
+        log.warning("MLflow: could not %s in %s: %s: %s", what, tracking_uri(), type(e).__name__, e)
+        return False
+
+
+def _campaign_tags(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    tags = {"role": "campaign", "git_commit": git_commit()}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp"] = os.environ["DVC_EXP_NAME"]
+    return {**tags, **(extra or {})}
+
+
+def start_campaign_run(
+    params: Params, name: str | None = None, tags: Mapping[str, str] | None = None
+) -> str | None:
+    """Open a parent run for a campaign (flow run, `exsearch repro`); None if tracking is off.
+
+    Pass its id to the stage processes as `EXSEARCH_PARENT_RUN_ID`; close it with
+    `end_campaign_run`.
+    """
+    conn = connect(params)
+    if conn is None:
+        return None
+    client, exp_id = conn
+    try:
+        run_id = client.create_run(exp_id, run_name=name, tags=_campaign_tags(tags)).info.run_id
+    except Exception as e:
+        _unusable(params, "create the campaign run", e)
+        return None
+    if Path("params.yaml").is_file():
+        _warn_on_error("log params.yaml", client.log_artifact, run_id, "params.yaml")
+    return run_id
+
+
+def _client() -> Any:
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=tracking_uri())
+
+
+def end_campaign_run(run_id: str | None, status: str = "FINISHED") -> None:
+    """Close a parent run opened by `start_campaign_run` (FINISHED, FAILED or KILLED)."""
+    if run_id:
+        _warn_on_error("close the campaign run", _client().set_terminated, run_id, status)
+
+
+def _resolve_parent(client: Any, exp_id: str) -> tuple[str, bool]:
+    """`(parent_run_id, owned)`; an owned (auto-created) parent follows its stages' status."""
+    if parent := os.environ.get(PARENT_ENV):
+        try:
+            client.get_run(parent)
+        except Exception as e:
+            raise TrackingError(
+                f"{PARENT_ENV}={parent}: no such run in {tracking_uri()} ({e}). Unset it, or "
+                "point MLFLOW_TRACKING_URI at the store the campaign was started with."
+            ) from e
+        return parent, False
+    key = campaign_key()
+    found = client.search_runs(
+        [exp_id], f"tags.campaign_key = '{key}'", max_results=1, order_by=["start_time DESC"]
+    )
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id, True
+    label = os.environ.get("DVC_EXP_NAME") or git_commit()[:8] or "no-git"
+    tags = _campaign_tags({"campaign_key": key})
+    return client.create_run(
+        exp_id, run_name=f"repro {label} {key[:6]}", tags=tags
+    ).info.run_id, True
+
+
+def iteration_step(iteration: str) -> int:
+    """`iter_3` → 3: the step of per-iteration metrics; `base` (before warm-up) → -1."""
+    if iteration == "base":
+        return -1
+    if not (m := re.fullmatch(r"\D*?(\d+)", iteration)):
+        raise ValueError(f"iteration {iteration!r}: expected base or a name ending in a number")
+    return int(m.group(1))
+
+
+def flatten(
+    tree: Mapping[str, Any], sep: str = ".", prefix: str = "", expand_lists: bool = True
+) -> dict[str, Any]:
+    """Nested mappings (and lists of mappings, if `expand_lists`) → one level, `sep`-joined keys."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if expand_lists and isinstance(value, list) and any(isinstance(v, Mapping) for v in value):
+            value = {str(i): v for i, v in enumerate(value)}
+        if isinstance(value, Mapping):
+            out.update(flatten(value, sep, name + sep, expand_lists))
+        else:
+            out[name] = value
+    return out
+
+
+def _chunks(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+class StageRun:
+    """Logging handle for one stage execution; every method is a no-op when tracking is off.
+
+    Logging errors are warnings (counted in `errors`): the outputs matter more than the record.
+    """
+
+    def __init__(
+        self,
+        client: Any = None,
+        run_id: str | None = None,
+        parent_id: str | None = None,
+        log_models: bool = False,
+    ) -> None:
+        self.client, self.run_id, self.parent_id = client, run_id, parent_id
+        self.log_models = log_models
+        self.errors = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.run_id is not None
+
+    def _do(self, what: str, method: str, *args: Any, **kwargs: Any) -> None:
+        """Call `self.client.<method>` if tracking is on; count (and warn about) a failure."""
+        if self.enabled and not _warn_on_error(what, getattr(self.client, method), *args, **kwargs):
+            self.errors += 1
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log (nested) params, flattened to dotted keys."""
+        if not self.enabled:
+            return
+        from mlflow.entities import Param
+
+        flat = [
+            Param(k, json.dumps(v) if isinstance(v, list) else str(v)[:6000])
+            for k, v in flatten(params).items()
+        ]
+        for chunk in _chunks(flat, 100):
+            self._do("log params", "log_batch", self.run_id, params=chunk)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for k, v in tags.items():
+            self._do(f"set tag {k}", "set_tag", self.run_id, k, str(v))
+
+    def log_metrics(
+        self, metrics: Mapping[str, Any], step: int | None = None, run_id: str | None = None
+    ) -> None:
+        """Log the numbers of a (nested) dict as `a/b` keys; lists, strings, None are skipped."""
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        flat = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in flatten(metrics, sep="/", expand_lists=False).items()
+            if isinstance(v, int | float)
+        ]
+        for chunk in _chunks(flat, 1000):
+            self._do("log metrics", "log_batch", run_id or self.run_id, metrics=chunk)
+
+    def log_history(self, rows: list[Mapping[str, Any]], step_key: str = "step") -> None:
+        """Log a series (e.g. a loss history), each row at its own `step_key` step."""
+        for i, row in enumerate(rows):
+            step = row.get(step_key, i)
+            self.log_metrics({k: v for k, v in row.items() if k != step_key}, step=int(step))
+
+    def log_iteration_metrics(self, iteration: str, metrics: Mapping[str, Any]) -> None:
+        """Log on this run and on the parent with step = iteration number (the EM curve)."""
+        step = iteration_step(iteration)
+        self.log_metrics(metrics, step=step)
+        if self.parent_id:
+            self.log_metrics(metrics, step=step, run_id=self.parent_id)
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self._do(f"log {path}", "log_artifact", self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, directory: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self._do(
+            f"log {directory}",
+            "log_artifacts",
+            self.run_id,
+            str(directory),
+            artifact_path,
+        )
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Save `text` as an artifact (e.g. a sample of trajectories) without a local file."""
+        self._do(f"log {artifact_file}", "log_text", self.run_id, text, artifact_file)
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        """Save a JSON-able object (e.g. a few sample trajectories) as a JSON/YAML artifact."""
+        self._do(f"log {artifact_file}", "log_dict", self.run_id, obj, artifact_file)
+
+    def log_model_dir(self, path: str | os.PathLike, artifact_path: str = "model") -> None:
+        """Upload a model directory if `tracking.log_models` (weights are large); tag its path."""
+        self.set_tags({"model_dir": str(path)})
+        if self.log_models:
+            self.log_artifacts(path, artifact_path)
+
+
+def record_lock_hashes(parent_id: str | None, lock_file: str | os.PathLike = "dvc.lock") -> int:
+    """Tag the finished stage runs under `parent_id` with their outs' md5 from dvc.lock.
+
+    DVC writes a stage's hashes only after the stage exits, so a stage cannot log its own:
+    the flow calls this after each stage, `exsearch repro` at the end, and each stage at its
+    start (catching up on the ones before it). Returns how many runs were tagged.
+    """
+    if not parent_id or not tracking_enabled():
+        return 0
+    client, tagged, seen = _client(), 0, set()
+    try:
+        outs = lock_outs(lock_file)
+        runs = client.search_runs(
+            [client.get_run(parent_id).info.experiment_id],
+            f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'FINISHED'",
+            order_by=["start_time DESC"],
+        )
+    except Exception as e:
+        log.warning("MLflow: could not read %s or the runs under %s: %s", lock_file, parent_id, e)
+        return 0
+    for run in runs:  # newest first: only a stage's latest run owns the current hashes
+        address = run.data.tags.get("dvc_stage")
+        if address in seen or address not in outs:
+            continue
+        seen.add(address)
+        if "dvc.outs_recorded" not in run.data.tags:
+            tags = {
+                "dvc.out." + re.sub(r"[^\w./ -]", "_", p): md5 for p, md5 in outs[address].items()
+            }
+            StageRun(client, run.info.run_id).set_tags({**tags, "dvc.outs_recorded": "true"})
+            tagged += 1
+    return tagged
+
+
+def _sections_hash(params: Params, sections: list[str]) -> str:
+    if len(sections) == 1:
+        return params.section_hash(sections[0])
+    blob = "".join(params.section_hash(s) for s in sections)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _open_stage_run(
+    params: Params, stage: str, iteration: str | None, sections: list[str] | None
+) -> tuple[StageRun, bool]:
+    """Create the nested run: `(run, parent_is_owned)`; a no-op run when tracking is off."""
+    if (conn := connect(params)) is None:
+        return StageRun(), False
+    client, exp_id = conn
+    if sections is None:
+        sections = [stage] if stage in Params.model_fields else []
+    try:
+        parent_id, owned = _resolve_parent(client, exp_id)
+        tags = {
+            "mlflow.parentRunId": parent_id,
+            "role": "stage",
+            "stage": stage,
+            "dvc_stage": os.environ.get("DVC_STAGE") or "@".join(filter(None, [stage, iteration])),
+            "iteration": iteration or "",
+            "git_commit": git_commit(),
+            "dvc_exp": os.environ.get("DVC_EXP_NAME", ""),
+            "params_hash": _sections_hash(params, sections) if sections else "",
+        }
+        run_id = client.create_run(
+            client.get_run(parent_id).info.experiment_id,
+            run_name="/".join(filter(None, [iteration, stage])),
+            tags={k: v for k, v in tags.items() if v},
+        ).info.run_id
+    except TrackingError:
+        raise
+    except Exception as e:
+        _unusable(params, f"open the run of stage {stage}", e)
+        return StageRun(), False
+    run = StageRun(client, run_id, parent_id, params.tracking.log_models)
+    run.log_params({s: getattr(params, s).model_dump(mode="json") for s in sections})
+    record_lock_hashes(parent_id)
+    return run, owned
+
+
+@contextlib.contextmanager
+def stage_run(
+    params: Params, stage: str, iteration: str | None = None, sections: list[str] | None = None
+) -> Iterator[StageRun]:
+    """Record one stage execution as a nested run named `iteration/stage` (or `stage`).
+
+    Logs the params `sections` (default: the section named like the stage, if any) and tags
+    stage, iteration, DVC stage address, git commit, DVC experiment and params hash. Inside the
+    block the run is also MLflow's active run, so `mlflow.log_*` calls and the transformers
+    MLflow callback land on it. An exception marks the run (and an auto-created parent) FAILED
+    and propagates. Exits with the TrackingError message, before the block runs, if the store
+    is unusable and tracking is required.
+    """
+    try:
+        run, owned = _open_stage_run(params, stage, iteration, sections)
+    except TrackingError as e:  # a stage is a CLI: the message, not a traceback
+        raise SystemExit(f"error: {e}") from None
+    _ACTIVE.append(run)
+    if not run.enabled:
+        try:
+            yield run
+        finally:
+            _ACTIVE.pop()
+        return
+
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    _warn_on_error("activate the run", mlflow.start_run, run_id=run.run_id)
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+    except SystemExit as e:
+        status = "FINISHED" if e.code in (None, 0) else "FAILED"
+        raise
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except Exception as e:
+        run.set_tags({"error": f"{type(e).__name__}: {e}"[:5000]})
+        raise
+    finally:
+        _ACTIVE.pop()
+        active = mlflow.active_run()
+        if active and active.info.run_id == run.run_id:
+            _warn_on_error("close the stage run", mlflow.end_run, status=status)
+        else:
+            _warn_on_error("close the stage run", run.client.set_terminated, run.run_id, status)
+        if owned:
+            _warn_on_error(
+                "close the campaign run", run.client.set_terminated, run.parent_id, status
+            )
+
+
+def log_iteration_metrics(params: Params, iteration: str, metrics: Mapping[str, Any]) -> None:
+    """Log one iteration's evaluation metrics on the stage run and, with step k, on the parent.
+
+    Call inside `stage_run` (the evaluate stage); `params` keeps the call shape uniform, the
+    enclosing `stage_run` decides where the metrics go. Nested dicts become `a/b` keys.
+    """
+    del params
+    if not _ACTIVE:
+        raise RuntimeError("log_iteration_metrics must be called inside `with stage_run(...)`")
+    _ACTIVE[-1].log_iteration_metrics(iteration, metrics)

@@ -1,0 +1,93 @@
+"""Evaluate one iteration's model on the dev questions, for every method in `evaluate.methods`.
+
+    python -m stages.evaluate --iteration iter_0
+
+Reads runs/<iteration>/model, runs/index and data/prepared/dev.jsonl; writes
+runs/<iteration>/predictions.jsonl (one record per question and method), metrics.json (EM, F1,
+Acc, retrieval recall/precision, supporting-passage recall, searches per question, finish
+reasons, tokens, seconds; per dataset and overall) and metrics.md (the same as a table).
+Decoding is greedy (temperature 0) whatever `generation` says, so evaluation is deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from exsearch import io
+from exsearch.agent import Sampling, SearchAgent
+from exsearch.evaluation import markdown_table, summarize
+from exsearch.generation import HFGenerator
+from exsearch.retrieval import BM25Retriever
+from exsearch.schema import Question
+from stages import _common
+from stages._tracking import log_iteration_metrics, stage_run
+
+log = logging.getLogger("stages.evaluate")
+
+
+def evaluate(
+    questions: list[Question], agent: SearchAgent, methods: list[str], seed: int
+) -> tuple[list[dict], dict]:
+    """Run each method greedily; return all records and the metrics document."""
+    records, results, seconds = [], {}, {}
+    for method in methods:
+        started = time.perf_counter()
+        recs = agent.run(questions, method=method, sampling=Sampling(temperature=0.0, seed=seed))
+        seconds[method] = round(time.perf_counter() - started, 1)
+        records.extend(recs)
+        passages = agent.retriever.passages_by_id() if agent.retriever else {}
+        results[method] = summarize(recs, passages)
+    primary = methods[0]
+    doc = {
+        "primary": primary,
+        "overall": results[primary]["overall"],
+        "by_dataset": results[primary]["by_dataset"],
+        "seconds": seconds,
+        "methods": {
+            m: {k: v for k, v in r.items() if k != "per_sample"} for m, r in results.items()
+        },
+    }
+    return records, doc
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point."""
+    p = _common.parser(__doc__)
+    p.add_argument("--iteration", default="iter_0", help="iteration to evaluate (default iter_0)")
+    p.add_argument("--model", help="model directory (default runs/<iteration>/model)")
+    p.add_argument("--index", default="runs/index", help="BM25 index directory")
+    p.add_argument("--questions", default="data/prepared/dev.jsonl", help="dev questions")
+    p.add_argument("--out", help="output directory (default runs/<iteration>)")
+    args = p.parse_args(argv)
+    params = _common.setup(args)
+    with stage_run(params, "evaluate", args.iteration, ["evaluate", "agent", "generation"]) as run:
+        out = Path(args.out or f"runs/{args.iteration}")
+        model_dir = args.model or f"runs/{args.iteration}/model"
+
+        questions = [Question.from_dict(d) for d in io.read_jsonl(args.questions)]
+        if params.evaluate.limit:
+            questions = questions[: params.evaluate.limit]
+        log.info(
+            "evaluating %s on %d questions: %s", model_dir, len(questions), params.evaluate.methods
+        )
+        generator = HFGenerator.from_config(model_dir, params.model, params.generation)
+        retriever = BM25Retriever.load(args.index)
+        agent = SearchAgent(generator, retriever, params.agent)
+        records, doc = evaluate(questions, agent, params.evaluate.methods, params.seed)
+        doc = {"iteration": args.iteration, "model": model_dir, **doc}
+
+        io.write_jsonl(out / "predictions.jsonl", records)
+        io.write_json(out / "metrics.json", doc)
+        table = markdown_table(doc["methods"])
+        io.write_text(out / "metrics.md", f"# Evaluation of {args.iteration}\n\n{table}")
+        log.info("results\n%s", table)
+        scores = {"overall": doc["overall"], **doc["by_dataset"]}
+        log_iteration_metrics(params, args.iteration, scores)
+        for name in ("metrics.json", "metrics.md", "predictions.jsonl"):
+            run.log_artifact(out / name)
+
+
+if __name__ == "__main__":
+    main()

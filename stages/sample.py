@@ -1,0 +1,102 @@
+"""E-step sampling: K trajectories per training question with the previous iteration's model.
+
+    python -m stages.sample --iteration iter_1 --prev iter_0
+
+Reads runs/<prev>/model, runs/index and data/prepared/train.jsonl; writes
+runs/<iteration>/trajectories.jsonl and runs/<iteration>/sample_stats.json. Work is done in
+shards kept under runs/<iteration>/.sample_shards/<fingerprint>/ until the stage succeeds, so a
+crashed run resumes where it stopped and yields the same trajectories (same seed, same shards).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from statistics import fmean
+
+from exsearch import io
+from exsearch.agent import SearchAgent
+from exsearch.generation import HFGenerator
+from exsearch.retrieval import BM25Retriever
+from exsearch.sampling import fingerprint, sample_in_shards
+from exsearch.schema import Question
+from stages import _common
+from stages._tracking import stage_run
+
+log = logging.getLogger("stages.sample")
+
+
+def _model_signature(model_dir: Path) -> list:
+    return sorted(
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in model_dir.iterdir() if f.is_file()
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point."""
+    p = _common.parser(__doc__)
+    p.add_argument("--iteration", required=True, help="the EM iteration being built, e.g. iter_1")
+    p.add_argument("--prev", required=True, help="the iteration whose model samples, e.g. iter_0")
+    p.add_argument("--index", default="runs/index", help="BM25 index directory")
+    p.add_argument("--questions", default="data/prepared/train.jsonl", help="training questions")
+    args = p.parse_args(argv)
+    params = _common.setup(args)
+    with stage_run(params, "sample", args.iteration, ["sample", "agent", "generation"]) as run:
+        cfg = params.sample
+        out = Path("runs") / args.iteration
+        model_dir = Path("runs") / args.prev / "model"
+
+        questions = [Question.from_dict(d) for d in io.read_jsonl(args.questions)]
+        if cfg.questions and cfg.questions < len(questions):
+            # A seeded draw, not the head: the training files are grouped by dataset.
+            questions = random.Random(params.seed).sample(questions, cfg.questions)
+        agent_cfg = params.agent.model_copy(update={"max_steps": cfg.max_steps})
+        key = fingerprint(
+            cfg.model_dump(),
+            agent_cfg.model_dump(),
+            params.generation.model_dump(),
+            params.model.model_dump(),
+            _model_signature(model_dir),
+            hashlib.sha256(Path(args.questions).read_bytes()).hexdigest(),
+            len(questions),
+        )
+        shard_dir = out / ".sample_shards" / key
+        log.info("sampling %d × %d trajectories with %s", len(questions), cfg.k, model_dir)
+
+        started = time.perf_counter()
+        generator = HFGenerator.from_config(model_dir, params.model, params.generation)
+        agent = SearchAgent(generator, BM25Retriever.load(args.index), agent_cfg)
+        records = sample_in_shards(
+            questions,
+            agent,
+            k=cfg.k,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            seed=cfg.seed + params.seed,
+            shard_size=cfg.shard_size,
+            shard_dir=shard_dir,
+        )
+        io.write_jsonl(out / "trajectories.jsonl", records)
+        stats = {
+            "trajectories": len(records),
+            "questions": len(questions),
+            "k": cfg.k,
+            "searches_per_trajectory": round(fmean(r["n_searches"] for r in records), 3),
+            "tokens_generated": sum(r["tokens"]["generated"] for r in records),
+            "finish_reasons": dict(Counter(r["finish_reason"] for r in records)),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        io.write_json(out / "sample_stats.json", stats)
+        shutil.rmtree(out / ".sample_shards", ignore_errors=True)
+        log.info("sampled: %s", stats)
+        run.log_metrics(stats)
+        run.log_dict(records[:20], "trajectories_sample.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""M-step: fine-tune the previous iteration's model on its weighted trajectories.
+
+    python -m stages.train --iteration iter_1 --prev iter_0
+
+Reads runs/<prev>/model, runs/<iteration>/trajectories.jsonl and weights.parquet; writes
+runs/<iteration>/model (full model, or LoRA merged into it, or an adapter naming its base, per
+the `train` params) and runs/<iteration>/train_stats.json with the loss curve. Each trajectory's
+loss is its weight × the mean cross-entropy of the tokens the assistant wrote, with the sampled
+answer replaced by the gold one (METHOD.md §2).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from exsearch import io
+from exsearch.training import train_weighted
+from exsearch.weighting import with_gold_answer
+from stages import _common
+from stages._tracking import stage_run
+
+log = logging.getLogger("stages.train")
+
+
+def weighted_examples(trajectories: list[dict], weights: pd.DataFrame) -> list[dict]:
+    """Pair every trajectory (answer replaced by the gold one) with its E-step weight."""
+    by_key = {(str(r.qid), int(r.sample)): float(r.weight) for r in weights.itertuples()}
+    examples = []
+    for t in trajectories:
+        key = (str(t["qid"]), int(t["sample"]))
+        if key not in by_key:
+            raise ValueError(f"trajectory qid={key[0]} sample={key[1]} has no weight")
+        examples.append(
+            {"messages": with_gold_answer(t["messages"], t["answers"][0]), "weight": by_key[key]}
+        )
+    return examples
+
+
+def run_stats(result) -> dict:
+    """The JSON-able summary of a training run."""
+    return {
+        "examples": result.n_examples,
+        "zero_weight_dropped": result.n_zero_weight_dropped,
+        "truncated": result.n_truncated,
+        "too_long": result.n_too_long,
+        "tokens_trained": result.n_tokens_trained,
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+        "final_loss": result.loss_history[-1]["loss"] if result.loss_history else None,
+        "loss_history": result.loss_history,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point."""
+    p = _common.parser(__doc__)
+    p.add_argument("--iteration", required=True, help="the EM iteration being built, e.g. iter_1")
+    p.add_argument("--prev", required=True, help="the iteration to continue from, e.g. iter_0")
+    args = p.parse_args(argv)
+    params = _common.setup(args)
+    with stage_run(params, "train", args.iteration) as run:
+        out = Path("runs") / args.iteration
+
+        trajectories = list(io.read_jsonl(out / "trajectories.jsonl"))
+        examples = weighted_examples(trajectories, pd.read_parquet(out / "weights.parquet"))
+        result = train_weighted(
+            Path("runs") / args.prev / "model", examples, out / "model", params.train
+        )
+        stats = run_stats(result)
+        io.write_json(out / "train_stats.json", stats)
+        log.info(
+            "trained %s: %d steps, final loss %s", out / "model", result.steps, stats["final_loss"]
+        )
+        run.log_metrics(stats)
+        run.log_history(result.loss_history)
+        run.log_model_dir(out / "model")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Warm-up (iteration 0): SFT the base model on trajectories derived from supporting facts.
+
+    python -m stages.warmup
+
+Builds one trajectory per training question that has supporting facts (exsearch.warmup: no
+LLM involved), or reads them from `warmup.teacher_file` (JSONL in the same schema, e.g. written
+by a larger model), and fine-tunes runs/base/model on them with the `train` settings and the
+`warmup` epochs and learning rate. Writes runs/warmup/trajectories.jsonl, runs/iter_0/model and
+runs/warmup/train_stats.json. With `warmup.enabled: false` the base model is copied unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from pathlib import Path
+
+from exsearch import io
+from exsearch.retrieval import BM25Retriever
+from exsearch.schema import Question
+from exsearch.training import train_weighted
+from exsearch.warmup import build_trajectories
+from stages import _common
+from stages._tracking import stage_run
+from stages.train import run_stats
+
+log = logging.getLogger("stages.warmup")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point."""
+    p = _common.parser(__doc__)
+    p.add_argument("--base", default="runs/base/model", help="model to warm up")
+    p.add_argument("--index", default="runs/index", help="BM25 index directory")
+    p.add_argument("--questions", default="data/prepared/train.jsonl", help="training questions")
+    p.add_argument("--out", default="runs/iter_0/model", help="where the warmed-up model goes")
+    p.add_argument("--workdir", default="runs/warmup", help="trajectories and stats")
+    args = p.parse_args(argv)
+    params = _common.setup(args)
+    with stage_run(params, "warmup", sections=["warmup", "train"]) as run:
+        cfg = params.warmup
+        work = Path(args.workdir)
+
+        if cfg.teacher_file:
+            trajectories = list(io.read_jsonl(cfg.teacher_file))
+            log.info("read %d teacher trajectories from %s", len(trajectories), cfg.teacher_file)
+        else:
+            questions = [Question.from_dict(d) for d in io.read_jsonl(args.questions)]
+            retriever = BM25Retriever.load(args.index)
+            trajectories, skipped = build_trajectories(
+                questions,
+                retriever,
+                retriever.passages_by_id().values(),
+                top_k=params.agent.top_k,
+                passage_max_words=params.agent.passage_max_words,
+                seed=params.seed,
+            )
+            log.info(
+                "built %d warm-up trajectories (%d questions without supporting facts)",
+                len(trajectories),
+                skipped,
+            )
+        if cfg.max_examples and cfg.max_examples < len(trajectories):
+            # A seeded draw, not the head: the training files are grouped by dataset.
+            trajectories = random.Random(params.seed).sample(trajectories, cfg.max_examples)
+        io.write_jsonl(work / "trajectories.jsonl", trajectories)
+
+        if not cfg.enabled:
+            with io.atomic_path(args.out, is_dir=True) as tmp:
+                shutil.copytree(args.base, tmp, dirs_exist_ok=True)
+            io.write_json(work / "train_stats.json", {"enabled": False})
+            log.info("warm-up disabled: %s is a copy of %s", args.out, args.base)
+            return
+        train_cfg = params.train.model_copy(
+            update={"epochs": cfg.epochs, "learning_rate": cfg.learning_rate}
+        )
+        examples = [{"messages": t["messages"], "weight": 1.0} for t in trajectories]
+        result = train_weighted(args.base, examples, args.out, train_cfg)
+        io.write_json(work / "train_stats.json", {"enabled": True, **run_stats(result)})
+        run.log_metrics(run_stats(result))
+        run.log_history(result.loss_history)
+        run.log_model_dir(args.out)
+
+
+if __name__ == "__main__":
+    main()

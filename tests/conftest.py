@@ -1,0 +1,28 @@
+"""Shared pytest fixtures: tiny local models and data, built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model hub: everything they load is built locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Stage mains called in-process must not write runs to the project's mlflow.db; the tracking
+# tests turn it back on against a temporary store.
+os.environ.setdefault("EXSEARCH_TRACKING", "off")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny 2-layer Llama chat model with a locally trained BPE tokenizer (tests/tiny_model.py).
+
+    Session-scoped: built once (a second or two); tests must not modify the directory.
+    """
+    from tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_model") / "model")

@@ -1,0 +1,210 @@
+"""The agent loop: finish reasons, forced answers, context budget, batching and seeding."""
+
+from __future__ import annotations
+
+import pytest
+
+from exsearch import prompts
+from exsearch.agent import Sampling, SearchAgent
+from exsearch.config import AgentConfig, IndexConfig
+from exsearch.generation import Completion, cut_at_stop
+from exsearch.retrieval import BM25Retriever
+from exsearch.schema import Passage, Question
+
+CORPUS = [
+    Passage(
+        "p0",
+        "Kiss and Tell (1945 film)",
+        "Kiss and Tell is a 1945 comedy starring Shirley Temple as Corliss Archer.",
+    ),
+    Passage(
+        "p1",
+        "Shirley Temple",
+        "Shirley Temple Black was an actress who later served as Chief of Protocol of the United States.",
+    ),
+    Passage(
+        "p2",
+        "Meet Corliss Archer",
+        "Meet Corliss Archer was a radio sitcom from the Golden Age of radio.",
+    ),
+    Passage("p3", "Paris", "Paris is the capital and most populous city of France."),
+    *[Passage(f"f{i}", f"Filler {i}", " ".join(["filler word text"] * 60)) for i in range(8)],
+]
+
+QUESTION = Question(
+    id="q1",
+    question="What government position was held by the woman who portrayed Corliss Archer in Kiss and Tell?",
+    answers=["Chief of Protocol"],
+    dataset="hotpotqa",
+    supporting_titles=["Kiss and Tell (1945 film)", "Shirley Temple"],
+)
+
+
+@pytest.fixture(scope="module")
+def retriever():
+    return BM25Retriever.build(CORPUS, IndexConfig())
+
+
+class ScriptedGenerator:
+    """A stand-in for a model: `policy(prompt) -> text`, one whitespace token per word."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.calls: list[list[str]] = []
+
+    def chat_prompt(self, messages, *, add_generation_prompt=True):
+        body = "".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in messages)
+        return body + ("<|assistant|>" if add_generation_prompt else "")
+
+    def count_tokens(self, texts):
+        return [len(t.split()) for t in texts]
+
+    def generate(self, prompts_, *, max_new_tokens, stop, temperature, top_p, seed):
+        self.calls.append(list(prompts_))
+        out = []
+        for p in prompts_:
+            words = self.policy(p).split(" ")
+            text = " ".join(words[:max_new_tokens])
+            cut, hit = cut_at_stop(text, stop)
+            finish = "stop" if hit else ("length" if len(words) > max_new_tokens else "stop")
+            out.append(Completion(cut, min(len(words), max_new_tokens), -1.0, finish, hit))
+        return out
+
+
+def expert(prompt: str) -> str:
+    """Searches for the film, then the actress, then finishes and answers."""
+    if prompt.endswith(prompts.ANSWER_OPEN):
+        return "Chief of Protocol</answer>"
+    n_docs = prompt.count(prompts.DOCS_OPEN)
+    if n_docs == 0:
+        return "need the film</think><search>Kiss and Tell 1945 film</search>"
+    if n_docs == 1:
+        return "Shirley Temple played Corliss Archer</record><think>her position</think><search>Shirley Temple position</search>"
+    return "Chief of Protocol</record><think>enough</think><finish>"
+
+
+def run(policy, cfg=None, retriever=None, **kw):
+    cfg = cfg or AgentConfig(max_steps=3, max_new_tokens=40, max_context_tokens=600)
+    gen = ScriptedGenerator(policy)
+    agent = SearchAgent(gen, retriever, cfg)
+    return agent.run([QUESTION], progress=False, **kw)[0], gen
+
+
+def test_a_good_trajectory_searches_records_and_answers(retriever):
+    rec, _ = run(expert, retriever=retriever)
+    assert rec["finish_reason"] == "final"
+    assert rec["prediction"] == "Chief of Protocol"
+    assert [s["query"] for s in rec["steps"]] == [
+        "Kiss and Tell 1945 film",
+        "Shirley Temple position",
+    ]
+    assert [s["record"] for s in rec["steps"]] == [
+        "Shirley Temple played Corliss Archer",
+        "Chief of Protocol",
+    ]
+    assert rec["steps"][0]["passage_ids"][0] == "p0"
+    assert rec["messages"][-1] == {
+        "role": "assistant",
+        "content": "<answer>Chief of Protocol</answer>",
+    }
+    # The chat parses back into the same steps.
+    steps, answer = prompts.parse_steps(rec["messages"])
+    assert [s.query for s in steps] == [
+        s["query"] for s in rec["steps"]
+    ] and answer == "Chief of Protocol"
+
+
+def test_a_model_that_never_finishes_stops_at_max_steps_with_a_forced_answer(retriever):
+    counter = iter(range(1000))
+
+    def searcher(p):
+        if p.endswith(prompts.ANSWER_OPEN):
+            return "Paris</answer>"
+        return f"x</record><think>more</think><search>query number {next(counter)}</search>"
+
+    rec, _ = run(searcher, retriever=retriever)
+    assert rec["finish_reason"] == "max_steps"
+    assert len(rec["steps"]) == 3
+    assert rec["prediction"] == "Paris"
+
+
+def test_garbage_is_malformed_and_still_answered(retriever):
+    rec, _ = run(
+        lambda p: "Paris</answer>" if p.endswith("<answer>") else "blah blah", retriever=retriever
+    )
+    assert rec["finish_reason"] == "malformed"
+    assert rec["prediction"] == "Paris"
+
+
+def test_a_tag_never_closed_ends_with_length_and_a_forced_answer(retriever):
+    rec, _ = run(
+        lambda p: "" if p.endswith("<answer>") else "<search>" + "word " * 200, retriever=retriever
+    )
+    assert rec["finish_reason"] == "length"
+    assert rec["prediction"] == ""
+    assert rec["messages"][-1]["content"] == "<answer></answer>"
+
+
+def test_repeated_queries_get_a_notice_and_count_as_steps(retriever):
+    rec, _ = run(
+        lambda p: "x</answer>" if p.endswith("<answer>") else "t</think><search>Paris</search>",
+        retriever=retriever,
+    )
+    notices = [m for m in rec["messages"] if m["content"] == prompts.REPEATED_QUERY_NOTICE]
+    assert rec["finish_reason"] == "max_steps" and len(notices) == 2
+
+
+def test_passages_never_exceed_the_context_budget(retriever):
+    cfg = AgentConfig(max_steps=6, max_new_tokens=20, max_context_tokens=300, passage_max_words=80)
+    seen = []
+
+    def policy(p):
+        seen.append(len(p.split()))
+        if p.endswith(prompts.ANSWER_OPEN):
+            return "x</answer>"
+        return f"r</record><think>t</think><search>filler word text {len(seen)}</search>"
+
+    rec, _ = run(policy, cfg=cfg, retriever=retriever)
+    budget_act = cfg.max_context_tokens - cfg.max_new_tokens
+    assert max(seen) <= budget_act
+    assert QUESTION.question in rec["messages"][1]["content"]  # the question is never cut
+    assert rec["finish_reason"] in {"length", "max_steps"}
+
+
+def test_one_generation_call_per_round_over_all_live_trajectories(retriever):
+    gen = ScriptedGenerator(expert)
+    agent = SearchAgent(gen, retriever, AgentConfig(max_steps=3, max_context_tokens=2048))
+    recs = agent.run([QUESTION] * 5, samples=2, progress=False)
+    assert len(recs) == 10 and all(r["finish_reason"] == "final" for r in recs)
+    assert [len(c) for c in gen.calls] == [10, 10, 10, 10]  # search, search, finish, answer
+    assert sorted({r["sample"] for r in recs}) == [0, 1]
+
+
+def test_baselines_run_in_the_same_harness(retriever):
+    direct, gen = run(lambda p: "Paris</answer>", method="direct")
+    assert direct["steps"] == [] and direct["prediction"] == "Paris"
+    assert prompts.DOCS_OPEN not in gen.calls[0][0]
+    rag, gen = run(lambda p: "Chief of Protocol</answer>", method="rag", retriever=retriever)
+    assert len(rag["steps"]) == 1 and rag["steps"][0]["query"] == QUESTION.question
+    assert prompts.DOCS_OPEN in gen.calls[0][0] and len(gen.calls) == 1
+
+
+def test_real_model_never_hangs_and_always_answers(tiny_model_dir, retriever):
+    from exsearch.config import GenerationConfig, ModelConfig
+    from exsearch.generation import HFGenerator
+
+    gen = HFGenerator.from_config(tiny_model_dir, ModelConfig(), GenerationConfig(batch_size=4))
+    cfg = AgentConfig(
+        max_steps=2, max_new_tokens=16, answer_max_new_tokens=8, max_context_tokens=512
+    )
+    agent = SearchAgent(gen, retriever, cfg)
+    recs = agent.run(
+        [QUESTION] * 3, samples=2, sampling=Sampling(temperature=1.0, seed=7), progress=False
+    )
+    assert len(recs) == 6
+    assert all(r["finish_reason"] in {"final", "max_steps", "malformed", "length"} for r in recs)
+    assert all(r["messages"][-1]["content"].startswith(prompts.ANSWER_OPEN) for r in recs)
+    again = agent.run(
+        [QUESTION] * 3, samples=2, sampling=Sampling(temperature=1.0, seed=7), progress=False
+    )
+    assert [r["messages"] for r in again] == [r["messages"] for r in recs]  # seeded: reproducible

@@ -1,0 +1,167 @@
+"""flows/cli.py: the `exsearch` command line."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import mlflow
+import pytest
+from toy_project import make_toy_project, mlflow_store, offline_env
+
+from flows import cli
+from stages import _tracking
+
+COMMANDS = ["run", "serve", "compare", "ui", "repro"]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project directory (dvc.yaml + params.yaml) as cwd, with its own MLflow store."""
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text(
+        "prepare: {train: [], dev: []}\ntracking: {experiment: cli}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    for name in (_tracking.PARENT_ENV, "DVC_EXP_NAME", "DVC_STAGE", _tracking.SWITCH_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path / "mlflow.db"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_explains_itself_in_help(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main([command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert f"usage: exsearch {command}" in text
+    assert len(text.split("\n\n")[1]) > 60  # a description, not just the usage line
+
+
+def test_run_hands_its_options_to_the_flow(project, monkeypatch):
+    calls = []
+    monkeypatch.setattr("flows.campaign.em_campaign", lambda **kw: calls.append(kw))
+    argv = [
+        "run",
+        "--iterations",
+        "iter_1",
+        "iter_2",
+        "-S",
+        "seed=3",
+        "--set",
+        "train.epochs=2",
+        "--name",
+        "ep2",
+        "--rerun",
+    ]
+    assert cli.main(argv) == 0
+    assert calls == [
+        {
+            "iterations": ["iter_1", "iter_2"],
+            "overrides": ["seed=3", "train.epochs=2"],
+            "dry_run": False,
+            "exp_name": "ep2",
+            "rerun": True,
+            "extend": False,
+            "project_dir": str(project),
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv", [["run", "-S", "seed"], ["serve"], ["serve", "--cron", "x", "--interval", "5"]]
+)
+def test_malformed_arguments_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(argv)
+    assert done.value.code == 2
+    assert "exsearch" in capsys.readouterr().err
+
+
+def test_missing_project_is_a_readable_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["compare"]) == 1
+    assert "no dvc.yaml" in capsys.readouterr().err
+
+
+def test_compare_tabulates_campaigns_by_iteration_and_saves_csv_and_markdown(
+    project, monkeypatch, capsys
+):
+    from exsearch.config import load_params
+
+    params = load_params()
+    for campaign, ems in [("first", [0.1, 0.2]), ("second", [0.3, 0.5])]:
+        parent = _tracking.start_campaign_run(params, campaign)
+        monkeypatch.setenv(_tracking.PARENT_ENV, parent)
+        for i, em in enumerate(ems, 1):
+            with _tracking.stage_run(params, "evaluate", f"iter_{i}"):
+                _tracking.log_iteration_metrics(
+                    params, f"iter_{i}", {"overall": {"em": em}, "x": 1}
+                )
+        _tracking.end_campaign_run(parent)
+    assert cli.main(["compare"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "| campaign | dvc_exp | git_commit | iteration | status | started | overall/em |" in printed
+    )
+    with (project / "reports/compare.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["campaign"], r["iteration"], float(r["overall/em"])) for r in rows] == [
+        ("first", "iter_1", 0.1),
+        ("first", "iter_2", 0.2),
+        ("second", "iter_1", 0.3),
+        ("second", "iter_2", 0.5),
+    ]
+    assert "x" not in rows[0]
+    assert (project / "reports/compare.md").read_text().count("| first |") == 2
+
+
+def test_ui_serves_the_project_store_on_localhost_only(project, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    started = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: started.append(cmd) or 0)
+    assert cli.main(["ui", "--port", "5123"]) == 0
+    cmd = started[0]
+    assert cmd[1:4] == ["-m", "mlflow", "ui"]
+    assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{project / 'mlflow.db'}"
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--port") + 1] == "5123"
+
+
+@pytest.mark.slow
+def test_repro_runs_dvc_under_one_new_parent_run(tmp_path, monkeypatch):
+    root = make_toy_project(tmp_path / "toy")
+    for key, value in offline_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv(_tracking.SWITCH_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["repro", "-C", str(root), "--", "train@iter_1"]) == 0
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("toy").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("role") == "campaign")
+    nested = [r for r in runs if r is not parent]
+    assert parent.info.run_name == "repro train@iter_1"
+    assert parent.info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in nested) == ["iter_1/train", "prepare"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in nested)
+    assert all(r.data.tags["dvc.outs_recorded"] == "true" for r in nested)
+
+
+@pytest.mark.slow
+def test_python_m_flows_dry_run_works_without_a_prefect_server(tmp_path):
+    root = make_toy_project(tmp_path / "toy", store=False)
+    env = offline_env(PREFECT_HOME=str(tmp_path / "prefect"))
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows", "run", "--dry-run", "--iterations", "iter_1"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "would run: ['prepare', 'train@iter_1', 'evaluate@iter_1']" in done.stdout + done.stderr
+    assert not (root / "runs").exists()

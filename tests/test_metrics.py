@@ -1,0 +1,163 @@
+import pytest
+
+from exsearch.metrics import (
+    MetricResult,
+    cover_em,
+    exact_match,
+    f1_score,
+    normalize_answer,
+    passage_has_answer,
+    qa_scores,
+    retrieval_precision_at_k,
+    retrieval_recall_at_k,
+    supporting_recall,
+)
+from exsearch.retrieval import Hit
+from exsearch.schema import Passage
+
+
+@pytest.mark.parametrize(
+    ("raw", "norm"),
+    [
+        ("The Beatles", "beatles"),
+        ("  A   tale of   an apple ", "tale of apple"),
+        ("Hello, World!", "hello world"),
+        ("“Quoted” – text…", "quoted text"),  # Unicode quotes, dash and ellipsis
+        ("ＡＢＣ", "abc"),  # full-width letters (NFKC)
+        ("Röntgen", "röntgen"),  # accents are kept
+        ("theatre banana", "theatre banana"),  # articles only as whole words
+        ("1,000", "1000"),
+        ("U.S.", "us"),
+        ("", ""),
+    ],
+)
+def test_normalize_answer(raw, norm):
+    assert normalize_answer(raw) == norm
+
+
+def test_decomposed_and_composed_accents_normalise_alike():
+    assert normalize_answer("Ro\u0308ntgen") == normalize_answer("Röntgen")
+    assert exact_match("Rontgen", ["Röntgen"]) == 0.0
+
+
+def test_exact_match_ignores_case_articles_and_punctuation():
+    assert exact_match("the eiffel tower.", ["Eiffel Tower"]) == 1.0
+    assert exact_match("1,000", ["1000"]) == 1.0
+    assert exact_match("Paris, France", ["Paris"]) == 0.0
+
+
+def test_multiple_aliases_take_the_best():
+    golds = ["Barack Obama", "Obama", "Barack Hussein Obama II"]
+    assert exact_match("obama", golds) == 1.0
+    assert f1_score("president obama", golds) == pytest.approx(2 / 3)
+    assert cover_em("It was Barack Obama.", ["Bush", "Barack Obama"]) == 1.0
+
+
+def test_f1_partial_overlap():
+    # prediction tokens: new york city; gold: new york -> p = 2/3, r = 1
+    assert f1_score("New York City", ["New York"]) == pytest.approx(0.8)
+    assert f1_score("Boston", ["New York"]) == 0.0
+
+
+def test_f1_counts_repeated_tokens_once_per_occurrence():
+    assert f1_score("new new new", ["new york"]) == pytest.approx(2 * (1 / 3) * 0.5 / (1 / 3 + 0.5))
+
+
+@pytest.mark.parametrize(
+    ("pred", "gold"),
+    [("yes", "yes it is"), ("no", "no way"), ("noanswer", "answer"), ("yes", "no")],
+)
+def test_f1_yes_no_must_match_exactly(pred, gold):
+    assert f1_score(pred, [gold]) == 0.0
+
+
+def test_f1_yes_matches_yes():
+    assert f1_score("Yes.", ["yes"]) == 1.0
+
+
+def test_empty_prediction_scores_zero():
+    assert exact_match("", ["Paris"]) == 0.0
+    assert f1_score("", ["Paris"]) == 0.0
+    assert cover_em("", ["Paris"]) == 0.0
+
+
+def test_empty_gold_list_is_an_error():
+    for fn in (exact_match, f1_score, cover_em):
+        with pytest.raises(ValueError, match="no gold answers"):
+            fn("Paris", [])
+
+
+def test_a_bare_string_gold_is_one_alias():
+    assert exact_match("paris", "Paris") == 1.0
+
+
+def test_cover_em_matches_whole_words_by_default():
+    assert cover_em("The answer is Paris, France", ["paris"]) == 1.0
+    assert cover_em("I do not know", ["no"]) == 0.0
+    assert cover_em("Russia", ["US"]) == 0.0
+    assert cover_em("Russia", ["US"], whole_words=False) == 1.0
+
+
+def test_cover_em_ignores_golds_that_normalise_to_nothing():
+    assert cover_em("anything", ["The", "..."]) == 0.0
+
+
+def test_qa_scores_returns_mean_and_per_sample():
+    scores = qa_scores(["Paris", "a cat", "no"], [["Paris"], ["the cat", "kitty"], ["yes"]])
+    assert scores["em"] == MetricResult(2 / 3, [1.0, 1.0, 0.0])
+    assert scores["f1"].per_sample == [1.0, 1.0, 0.0]
+    assert scores["acc"].value == pytest.approx(2 / 3)
+    assert scores["acc"].n == 3
+
+
+def test_qa_scores_rejects_misaligned_or_empty_input():
+    with pytest.raises(ValueError, match="2 items but 1"):
+        qa_scores(["a", "b"], [["a"]])
+    with pytest.raises(ValueError, match="empty input"):
+        qa_scores([], [])
+    with pytest.raises(ValueError, match=r"golds\[0\]"):
+        qa_scores(["a"], [[]])
+
+
+LIMA = Passage("1", "Lima", "Lima is the capital of Peru.")
+PARIS = Passage("2", "Paris", "Paris is the capital of France.")
+EVEREST = Passage("3", "Mount Everest", "The highest mountain, 8,849 m.")
+
+
+def test_passage_has_answer_looks_at_title_and_text_on_word_boundaries():
+    assert passage_has_answer(LIMA, ["lima"])
+    assert passage_has_answer(EVEREST, ["8849 m"])
+    assert passage_has_answer(EVEREST, ["mount everest"])
+    assert not passage_has_answer(PARIS, ["Par"])
+    assert passage_has_answer("the city of Lima", ["Lima"])
+
+
+def test_retrieval_recall_and_precision_at_k():
+    retrieved = [[LIMA, PARIS, EVEREST], [PARIS, EVEREST], []]
+    golds = [["Peru"], ["Lima"], ["Lima"]]
+    assert retrieval_recall_at_k(retrieved, golds, k=3).per_sample == [1.0, 0.0, 0.0]
+    assert retrieval_recall_at_k([[PARIS, LIMA]], [["Peru"]], k=1).value == 0.0
+    precision = retrieval_precision_at_k(retrieved, golds, k=2)
+    assert precision.per_sample == [0.5, 0.0, 0.0]
+    assert retrieval_precision_at_k([[LIMA]], [["Lima"]], k=5).value == 1.0
+
+
+def test_retrieval_metrics_accept_hits():
+    hits = [[Hit(PARIS, 2.0, 1), Hit(LIMA, 1.0, 2)]]
+    assert retrieval_recall_at_k(hits, [["Lima"]], k=2).value == 1.0
+
+
+def test_retrieval_metrics_reject_bad_k():
+    with pytest.raises(ValueError, match="k must be"):
+        retrieval_recall_at_k([[LIMA]], [["Lima"]], k=0)
+
+
+def test_supporting_recall():
+    retrieved = [[LIMA, PARIS], [PARIS], [LIMA]]
+    titles = [["Lima", "Mount Everest"], ["paris"], []]
+    result = supporting_recall(retrieved, titles)
+    assert result.per_sample == [0.5, 1.0, None]
+    assert result.value == 0.75 and result.n == 2
+    assert supporting_recall(retrieved, titles, k=1).per_sample == [0.5, 1.0, None]
+    assert supporting_recall([["Lima"]], [["Lima"]]).value == 1.0
+    assert supporting_recall([[LIMA]], [[]]).value is None

@@ -1,0 +1,296 @@
+"""stages/_tracking.py: parent/nested runs, tags, per-iteration metrics, failures, stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+from toy_project import mlflow_store, offline_env
+
+from exsearch.config import load_params
+from stages import _tracking
+from stages._tracking import (
+    PARENT_ENV,
+    TrackingError,
+    end_campaign_run,
+    log_iteration_metrics,
+    record_lock_hashes,
+    stage_run,
+    start_campaign_run,
+)
+
+PARAMS = """\
+prepare:
+  train: []
+  dev: []
+train:
+  learning_rate: 2.0e-4
+tracking:
+  experiment: unit
+  required: {required}
+  log_models: {log_models}
+"""
+
+
+def write_params(root: Path, required: bool = True, log_models: bool = False):
+    (root / "params.yaml").write_text(
+        PARAMS.format(required=str(required).lower(), log_models=str(log_models).lower())
+    )
+    return load_params(root / "params.yaml")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A cwd with params.yaml and a fresh MLflow store; no parent id, DVC or switch in the env."""
+    monkeypatch.chdir(tmp_path)
+    for name in (PARENT_ENV, "DVC_EXP_NAME", "DVC_STAGE", _tracking.SWITCH_ENV, "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path / "mlflow.db"))
+    yield tmp_path
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def client():
+    return mlflow.MlflowClient(_tracking.tracking_uri())
+
+
+def runs(experiment="unit"):
+    c = client()
+    return c.search_runs([c.get_experiment_by_name(experiment).experiment_id])
+
+
+def test_stage_run_nests_under_the_parent_named_in_the_env(project, monkeypatch):
+    params = write_params(project)
+    parent = start_campaign_run(params, "campaign test")
+    monkeypatch.setenv(PARENT_ENV, parent)
+    with stage_run(params, stage="train", iteration="iter_2") as run:
+        run.log_metrics({"loss": 0.5, "note": "skipped"}, step=3)
+        mlflow.log_metric("from_fluent", 1.0)  # the stage run is MLflow's active run
+    stage = client().get_run(run.run_id)
+    tags = stage.data.tags
+    assert stage.info.run_name == "iter_2/train"
+    assert stage.info.status == "FINISHED"
+    assert tags["mlflow.parentRunId"] == parent
+    assert (tags["stage"], tags["iteration"], tags["dvc_stage"]) == (
+        "train",
+        "iter_2",
+        "train@iter_2",
+    )
+    assert tags["params_hash"] == params.section_hash("train")
+    assert stage.data.params["train.learning_rate"] == "0.0002"
+    assert set(stage.data.metrics) == {"loss", "from_fluent"}
+    assert [m.step for m in client().get_metric_history(run.run_id, "loss")] == [3]
+    assert client().get_run(parent).info.status == "RUNNING"  # the flow owns its parent
+    end_campaign_run(parent, "FINISHED")
+    assert client().get_run(parent).info.status == "FINISHED"
+    assert [a.path for a in client().list_artifacts(parent)] == ["params.yaml"]
+
+
+def test_stages_without_parent_share_one_auto_parent_per_campaign_key(project):
+    params = write_params(project)
+    with stage_run(params, stage="prepare") as first:
+        pass
+    with stage_run(params, stage="index") as second:
+        pass
+    assert first.parent_id == second.parent_id
+    parent = client().get_run(first.parent_id)
+    assert parent.data.tags["role"] == "campaign"
+    assert parent.info.status == "FINISHED"
+    (project / "params.yaml").write_text((project / "params.yaml").read_text() + "seed: 3\n")
+    with stage_run(load_params(), stage="prepare") as third:
+        pass
+    assert third.parent_id != first.parent_id  # other params, other campaign
+
+
+def test_iteration_metrics_land_on_the_parent_with_the_iteration_as_step(project):
+    params = write_params(project)
+    for it, em in [("iter_0", 0.1), ("iter_1", 0.2), ("iter_2", 0.4)]:
+        with stage_run(params, stage="evaluate", iteration=it) as run:
+            log_iteration_metrics(params, it, {"overall": {"em": em}, "count": 5, "tag": "x"})
+    history = client().get_metric_history(run.parent_id, "overall/em")
+    assert sorted((m.step, m.value) for m in history) == [(0, 0.1), (1, 0.2), (2, 0.4)]
+    assert client().get_run(run.run_id).data.metrics == {"overall/em": 0.4, "count": 5.0}
+
+
+def test_failing_stage_marks_its_run_and_auto_parent_failed_and_propagates(project):
+    params = write_params(project)
+    with (
+        pytest.raises(ValueError),
+        stage_run(params, stage="train", iteration="iter_1") as run,
+    ):
+        raise ValueError("bad record 7")
+    failed = client().get_run(run.run_id)
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["error"] == "ValueError: bad record 7"
+    assert client().get_run(run.parent_id).info.status == "FAILED"
+    with pytest.raises(SystemExit), stage_run(params, stage="index") as ok:
+        sys.exit(0)
+    assert client().get_run(ok.run_id).info.status == "FINISHED"
+
+
+def test_unreachable_required_store_fails_before_the_stage_runs(project, monkeypatch):
+    params = write_params(project, required=True)
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    ran = []
+    with pytest.raises(SystemExit, match="127.0.0.1") as err:
+        with stage_run(params, stage="prepare"):
+            ran.append(True)
+    assert not ran
+    assert "tracking.required: false" in str(err.value.code)
+    with pytest.raises(TrackingError, match="127.0.0.1"):
+        start_campaign_run(params)
+
+
+def test_unreachable_optional_store_runs_the_stage_untracked(project, monkeypatch):
+    params = write_params(project, required=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    with stage_run(params, stage="prepare") as run:
+        (project / "out.txt").write_text("done")
+        run.log_metrics({"n": 1})
+        log_iteration_metrics(params, "iter_1", {"em": 1.0})
+    assert not run.enabled
+    assert (project / "out.txt").read_text() == "done"
+
+
+def test_logging_error_after_the_work_is_a_warning_not_a_failure(project, caplog):
+    params = write_params(project)
+    with stage_run(params, stage="prepare") as run:
+        (project / "out.txt").write_text("done")
+        run.log_artifact(project / "missing.json")
+    assert run.errors == 1
+    assert "could not log" in caplog.text
+    assert client().get_run(run.run_id).info.status == "FINISHED"
+    assert (project / "out.txt").read_text() == "done"
+
+
+@pytest.mark.parametrize("log_models", [False, True])
+def test_model_directory_is_uploaded_only_with_log_models(project, log_models):
+    params = write_params(project, log_models=log_models)
+    model = project / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with stage_run(params, stage="train", iteration="iter_1") as run:
+        run.log_model_dir(model)
+    artifacts = [a.path for a in client().list_artifacts(run.run_id, "model")]
+    assert artifacts == (["model/config.json"] if log_models else [])
+    assert client().get_run(run.run_id).data.tags["model_dir"] == str(model)
+
+
+def test_iteration_metrics_outside_a_stage_run_are_an_error(project):
+    with pytest.raises(RuntimeError, match="inside"):
+        log_iteration_metrics(write_params(project), "iter_1", {"em": 1.0})
+
+
+def test_finished_stage_runs_get_their_outs_hashes_from_dvc_lock(project):
+    params = write_params(project)
+    with stage_run(params, stage="prepare") as run:
+        pass
+    lock = {
+        "schema": "2.0",
+        "stages": {"prepare": {"outs": [{"path": "data/x.jsonl", "md5": "ab"}]}},
+    }
+    (project / "dvc.lock").write_text(json.dumps(lock))
+    assert record_lock_hashes(run.parent_id) == 1
+    tags = client().get_run(run.run_id).data.tags
+    assert tags["dvc.out.data/x.jsonl"] == "ab"
+    assert record_lock_hashes(run.parent_id) == 0  # already recorded
+
+
+def test_tracking_switched_off_touches_no_store(project, monkeypatch):
+    monkeypatch.setenv(_tracking.SWITCH_ENV, "off")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'never.db'}")
+    params = write_params(project)
+    assert start_campaign_run(params) is None
+    with stage_run(params, stage="evaluate", iteration="iter_1") as run:
+        run.log_params({"a": 1})
+        run.log_metrics({"a": 1})
+        run.set_tags({"a": 1})
+        run.log_artifact(project / "params.yaml")
+        run.log_artifacts(project)
+        run.log_text("x", "x.txt")
+        run.log_model_dir(project)
+        log_iteration_metrics(params, "iter_1", {"em": 1.0})
+    assert not run.enabled and run.errors == 0
+    assert not (project / "never.db").exists()
+
+
+def test_iteration_step_reads_the_iteration_number():
+    assert [_tracking.iteration_step(i) for i in ("base", "iter_0", "iter_12")] == [-1, 0, 12]
+    with pytest.raises(ValueError, match="iteration"):
+        _tracking.iteration_step("final")
+
+
+@pytest.mark.slow
+def test_runs_logged_to_an_mlflow_server_are_read_back_over_http(project, monkeypatch):
+    port = free_port()
+    db = mlflow_store(project / "server.db")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            db,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=project,
+        env=offline_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2).close()
+                break
+            except OSError:
+                assert server.poll() is None, "mlflow server exited"
+                assert time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        params = write_params(project)
+        (project / "metrics.json").write_text('{"em": 0.5}')
+        with stage_run(params, stage="evaluate", iteration="iter_1") as run:
+            log_iteration_metrics(params, "iter_1", {"overall": {"em": 0.5}})
+            run.log_artifact(project / "metrics.json")
+        request = urllib.request.Request(
+            f"{uri}/api/2.0/mlflow/runs/search",
+            data=json.dumps(
+                {"experiment_ids": [client().get_run(run.run_id).info.experiment_id]}
+            ).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            found = json.load(response)["runs"]
+        names = sorted(r["info"]["run_name"] for r in found)
+        assert names[0] == "iter_1/evaluate" and names[1].startswith("repro ")
+        assert [a.path for a in client().list_artifacts(run.run_id)] == ["metrics.json"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
