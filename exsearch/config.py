@@ -92,10 +92,39 @@ class ModelConfig(Section):
 class GenerationConfig(Section):
     """`generation`: decoding settings shared by evaluation and sampling."""
 
-    backend: Literal["hf"] = "hf"
+    backend: Literal["hf", "openai"] = Field(
+        default="hf",
+        description="'hf' (transformers, in-process) or 'openai' (an OpenAI-compatible "
+        "completions server such as `vllm serve`; see docs/serving.md).",
+    )
     batch_size: int = Field(default=16, ge=1)
     temperature: float = Field(default=0.0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
+    base_url: str = Field(
+        default="http://127.0.0.1:8000/v1",
+        description="openai backend: the server's API root; requests go to <base_url>/completions.",
+    )
+    model_name: str | None = Field(
+        default=None,
+        description="openai backend: the served model name (`--served-model-name`); null takes "
+        "the one model the server lists.",
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        description="openai backend: environment variable holding the server's API key, or null.",
+    )
+    max_concurrency: int = Field(
+        default=64, ge=1, description="openai backend: requests in flight at once."
+    )
+    timeout_s: float = Field(
+        default=600.0, gt=0, description="openai backend: seconds to wait for one request."
+    )
+    max_retries: int = Field(
+        default=5,
+        ge=0,
+        description="openai backend: retries (exponential backoff) on connection errors, "
+        "timeouts, 429 and 5xx.",
+    )
 
 
 class AgentConfig(Section):
@@ -178,6 +207,15 @@ class TrainConfig(Section):
     max_length: int = Field(default=1024, ge=64)
     bf16: bool = False
     seed: int = 0
+    launcher: str = Field(
+        default="none",
+        description="'none' (one process), or an accelerate config file such as "
+        "configs/accelerate/ddp.yaml: the train and warmup stages then run themselves under "
+        "`accelerate launch` (stages/_launch.py).",
+    )
+    num_processes: int = Field(
+        default=1, ge=1, description="Processes (GPUs) the launcher starts; unused with 'none'."
+    )
 
 
 class IterLink(Section):

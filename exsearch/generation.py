@@ -424,4 +424,8 @@ def make_generator(
     """The backend named by `generation.backend`, loaded from `model_path`."""
     if gen_cfg.backend == "hf":
         return HFGenerator.from_config(model_path, model_cfg, gen_cfg)
+    if gen_cfg.backend == "openai":
+        from exsearch.served import OpenAIGenerator  # imports this module
+
+        return OpenAIGenerator.from_config(model_path, gen_cfg)
     raise ValueError(f"generation.backend: unknown backend {gen_cfg.backend!r}")

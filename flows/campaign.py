@@ -125,14 +125,6 @@ def dvc(args: list[str], root: str, env: dict[str, str], label: str) -> str:
     return "restored" if "is cached - skipping run" in text else "ran"
 
 
-def absolute_uri(uri: str, root: Path) -> str:
-    """`sqlite:///mlflow.db` (relative to the cwd) → an absolute URI that works from any cwd."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str((root / uri[len(prefix) :]).resolve())
-    return uri
-
-
 def extend_iterations(params_file: str | os.PathLike = "params.yaml") -> str:
     """Append the next EM iteration to params.yaml (`iter_{n+1}: {prev: iter_n}`); return its name.
 
@@ -145,6 +137,9 @@ def extend_iterations(params_file: str | os.PathLike = "params.yaml") -> str:
     yaml = YAML()
     yaml.indent(mapping=2, sequence=4, offset=2)
     yaml.width = 4096
+    yaml.representer.add_representer(  # keep `key: null`, not `key:`
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
     data = yaml.load(path.read_text(encoding="utf-8"))
     em = data.setdefault("em", {})
     iters = em.get("iters") or {}
@@ -237,7 +232,7 @@ def em_campaign(
         if exp_name:
             tags["dvc_exp"] = exp_name
         parent = _tracking.start_campaign_run(params, f"campaign {flow_run.name}", tags)
-        env = {"MLFLOW_TRACKING_URI": absolute_uri(_tracking.tracking_uri(), root)}
+        env = {"MLFLOW_TRACKING_URI": _tracking.tracking_uri()}
         if parent:
             env[_tracking.PARENT_ENV] = parent
         force = ["--force"] if rerun else []
@@ -250,22 +245,35 @@ def em_campaign(
                 targets = [s.address for s in stages] if iterations else []
                 exp = dvc(["exp", "run", *sets, *name, *force, *targets], str(root), env, "exp run")
                 outcome["exp run"] = exp
-                if parent and exp and not exp_name:
-                    _tracking.StageRun(_tracking._client(), parent).set_tags({"dvc_exp": exp})
+                if exp and not exp_name:
+                    _tracking.tag_run(parent, {"dvc_exp": exp})
             else:
                 for s in stages:
                     args = ["repro", "--single-item", *force, s.address]
                     outcome[s.address] = dvc(args, str(root), env, s.address)
                     _tracking.record_lock_hashes(parent)
             status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
         finally:
-            _tracking.record_lock_hashes(parent)
-            rows = summarize(root)
-            table = markdown_table(rows)
-            create_markdown_artifact(f"## EM campaign\n\n{table}", key="em-campaign-summary")
-            logger.info("summary:\n%s", table)
-            _tracking.end_campaign_run(parent, status)
+            rows = _wrap_up(root, parent, status, logger)
     return {"parent_run_id": parent, "stages": outcome, "summary": rows}
+
+
+def _wrap_up(root: Path, parent: str | None, status: str, logger: Any) -> list[dict[str, Any]]:
+    """Record out hashes, publish the summary table, close the parent run; never raises."""
+    rows: list[dict[str, Any]] = []
+    try:
+        _tracking.record_lock_hashes(parent)
+        rows = summarize(root)
+        table = markdown_table(rows)
+        create_markdown_artifact(f"## EM campaign\n\n{table}", key="em-campaign-summary")
+        logger.info("summary:\n%s", table)
+    except Exception as e:  # don't mask the campaign's own outcome
+        logger.warning("could not publish the campaign summary: %s", e)
+    _tracking.end_campaign_run(parent, status)
+    return rows
 
 
 def serve(
@@ -278,11 +286,21 @@ def serve(
 ) -> None:
     """Serve a scheduled deployment of the campaign (blocks; Ctrl-C stops and pauses it).
 
+    Needs a Prefect server (`PREFECT_API_URL`): the temporary one Prefect starts otherwise has
+    no scheduler.
+
     Each scheduled run extends the campaign by one EM iteration (`extend`) or reruns it (DVC
     skips what is up to date). One run at a time: DVC locks the workspace.
     """
     if (cron is None) == (interval is None):
         raise ValueError("give exactly one of cron or interval")
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():  # Prefect's temporary server runs no scheduler
+        raise RuntimeError(
+            "a schedule needs a Prefect server: run `prefect server start --host 127.0.0.1` "
+            "and set PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
     root = str(project_root(project_dir or "."))
     _check_overrides(list(overrides or []))
     parameters = {"extend": extend, "overrides": list(overrides or []), "project_dir": root}

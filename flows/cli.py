@@ -79,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a scheduled deployment of the campaign",
         description="Create a Prefect deployment with a schedule and serve it (blocks until\n"
         "Ctrl-C, which pauses the schedule). Each scheduled run reruns the campaign, or with\n"
-        "--extend first adds the next EM iteration to params.yaml. Against a `prefect server\n"
-        "start` on 127.0.0.1 (PREFECT_API_URL=http://127.0.0.1:4200/api) the schedule\n"
-        "persists; without one Prefect starts a temporary local server.",
+        "--extend first adds the next EM iteration to params.yaml. Needs a Prefect server:\n"
+        "  prefect server start --host 127.0.0.1 &\n"
+        "  export PREFECT_API_URL=http://127.0.0.1:4200/api",
     )
     _add_common(serve)
     when = serve.add_mutually_exclusive_group(required=True)
@@ -236,22 +236,21 @@ def ui_command(uri: str, port: int) -> list[str]:
 def _cmd_ui(args: argparse.Namespace, root: Path) -> int:
     import subprocess
 
-    from flows.campaign import absolute_uri
     from stages._tracking import tracking_uri
 
-    cmd = ui_command(absolute_uri(tracking_uri(), root), args.port)
+    cmd = ui_command(tracking_uri(), args.port)
     print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
     return subprocess.call(cmd)
 
 
 def _cmd_repro(args: argparse.Namespace, root: Path) -> int:
     from exsearch.config import load_params
-    from flows.campaign import StageFailed, absolute_uri, stream, subprocess_env
+    from flows.campaign import StageFailed, stream, subprocess_env
     from stages import _tracking
 
     dvc_args = [a for a in args.dvc_args if a != "--"]
     parent = _tracking.start_campaign_run(load_params(), "repro " + " ".join(dvc_args))
-    env = {"MLFLOW_TRACKING_URI": absolute_uri(_tracking.tracking_uri(), root)}
+    env = {"MLFLOW_TRACKING_URI": _tracking.tracking_uri()}
     if parent:
         env[_tracking.PARENT_ENV] = parent
     cmd = [sys.executable, "-m", "dvc", "repro", *dvc_args]

@@ -6,7 +6,6 @@ Pure reads of the workspace and the process table, kept apart from the MLflow ca
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -18,11 +17,7 @@ import yaml
 
 def git_commit(cwd: str | os.PathLike = ".") -> str:
     """HEAD's sha, with `-dirty` when tracked files differ from it; '' outside a git repo."""
-    return _git_commit(str(Path(cwd).resolve()))
 
-
-@functools.cache
-def _git_commit(cwd: str) -> str:
     def git(*args: str) -> str:
         out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
         return out.stdout.strip() if out.returncode == 0 else ""

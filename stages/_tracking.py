@@ -55,8 +55,26 @@ class TrackingError(RuntimeError):
 
 
 def tracking_uri() -> str:
-    """The store every stage and flow of this project writes to."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """The store every stage and flow of this project writes to, a SQLite path made absolute.
+
+    A relative SQLite path is taken from `DVC_ROOT` when DVC sets it (for `dvc exp run --temp`
+    or queued experiments that is the workspace, not the executor's temp copy), else from the
+    cwd. Absolute also because MLflow caches stores by URI: a relative one would keep pointing
+    at the first directory it was opened from after a chdir (flows, tests).
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        base = Path(os.environ.get("DVC_ROOT") or ".")
+        return prefix + str((base / uri[len(prefix) :]).resolve())
+    return uri
+
+
+def _artifact_location(uri: str) -> str | None:
+    """`mlruns/` beside a SQLite store, wherever the experiment happens to be created from."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlruns").as_uri()
+    return None  # a server decides
 
 
 def tracking_enabled() -> bool:
@@ -89,7 +107,7 @@ def connect(params: Params) -> tuple[Any, str] | None:
     try:
         if uri.startswith(("http://", "https://")):
             # Probe first: the MLflow REST client retries for minutes before giving up.
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()  # noqa: S310
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
         import mlflow
 
         client = mlflow.MlflowClient(tracking_uri=uri)
@@ -97,7 +115,7 @@ def connect(params: Params) -> tuple[Any, str] | None:
         if (exp := client.get_experiment_by_name(name)) is not None:
             return client, exp.experiment_id
         try:
-            return client, client.create_experiment(name)
+            return client, client.create_experiment(name, _artifact_location(uri))
         except Exception:  # another process created it first
             return client, client.get_experiment_by_name(name).experiment_id
     except Exception as e:
@@ -153,6 +171,12 @@ def end_campaign_run(run_id: str | None, status: str = "FINISHED") -> None:
     """Close a parent run opened by `start_campaign_run` (FINISHED, FAILED or KILLED)."""
     if run_id:
         _warn_on_error("close the campaign run", _client().set_terminated, run_id, status)
+
+
+def tag_run(run_id: str | None, tags: Mapping[str, Any]) -> None:
+    """Set tags on a run by id (e.g. the DVC experiment name, known only after `dvc exp run`)."""
+    if run_id:
+        StageRun(_client(), run_id).set_tags(tags)
 
 
 def _resolve_parent(client: Any, exp_id: str) -> tuple[str, bool]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from exsearch import io
 from exsearch.agent import Sampling, SearchAgent
 from exsearch.evaluation import markdown_table, summarize
-from exsearch.generation import HFGenerator
+from exsearch.generation import make_generator
 from exsearch.retrieval import BM25Retriever
 from exsearch.schema import Question
 from stages import _common
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info(
             "evaluating %s on %d questions: %s", model_dir, len(questions), params.evaluate.methods
         )
-        generator = HFGenerator.from_config(model_dir, params.model, params.generation)
+        generator = make_generator(model_dir, params.model, params.generation)
         retriever = BM25Retriever.load(args.index)
         agent = SearchAgent(generator, retriever, params.agent)
         records, doc = evaluate(questions, agent, params.evaluate.methods, params.seed)

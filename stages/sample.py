@@ -21,7 +21,7 @@ from statistics import fmean
 
 from exsearch import io
 from exsearch.agent import SearchAgent
-from exsearch.generation import HFGenerator
+from exsearch.generation import make_generator
 from exsearch.retrieval import BM25Retriever
 from exsearch.sampling import fingerprint, sample_in_shards
 from exsearch.schema import Question
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("sampling %d × %d trajectories with %s", len(questions), cfg.k, model_dir)
 
         started = time.perf_counter()
-        generator = HFGenerator.from_config(model_dir, params.model, params.generation)
+        generator = make_generator(model_dir, params.model, params.generation)
         agent = SearchAgent(generator, BM25Retriever.load(args.index), agent_cfg)
         records = sample_in_shards(
             questions,

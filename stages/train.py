@@ -6,12 +6,14 @@ Reads runs/<prev>/model, runs/<iteration>/trajectories.jsonl and weights.parquet
 runs/<iteration>/model (full model, or LoRA merged into it, or an adapter naming its base, per
 the `train` params) and runs/<iteration>/train_stats.json with the loss curve. Each trajectory's
 loss is its weight × the mean cross-entropy of the tokens the assistant wrote, with the sampled
-answer replaced by the gold one (METHOD.md §2).
+answer replaced by the gold one (METHOD.md §2). With `train.launcher` set to an accelerate
+config file, the stage runs itself on `train.num_processes` processes (stages/_launch.py).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +21,7 @@ import pandas as pd
 from exsearch import io
 from exsearch.training import train_weighted
 from exsearch.weighting import with_gold_answer
-from stages import _common
+from stages import _common, _launch
 from stages._tracking import stage_run
 
 log = logging.getLogger("stages.train")
@@ -61,6 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prev", required=True, help="the iteration to continue from, e.g. iter_0")
     args = p.parse_args(argv)
     params = _common.setup(args)
+    if (status := _launch.relaunch(params.train, "stages.train", argv)) is not None:
+        if status:  # it ran under `accelerate launch` (train.launcher)
+            sys.exit(f"error: stages.train under {params.train.launcher} exited with {status}")
+        return
     with stage_run(params, "train", args.iteration) as run:
         out = Path("runs") / args.iteration
 
@@ -69,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         result = train_weighted(
             Path("runs") / args.prev / "model", examples, out / "model", params.train
         )
+        if not _launch.is_main_process():
+            return  # rank 0 writes the outputs
         stats = run_stats(result)
         io.write_json(out / "train_stats.json", stats)
         log.info(

@@ -7,6 +7,8 @@ LLM involved), or reads them from `warmup.teacher_file` (JSONL in the same schem
 by a larger model), and fine-tunes runs/base/model on them with the `train` settings and the
 `warmup` epochs and learning rate. Writes runs/warmup/trajectories.jsonl, runs/iter_0/model and
 runs/warmup/train_stats.json. With `warmup.enabled: false` the base model is copied unchanged.
+With `train.launcher` set to an accelerate config file, the stage runs itself on
+`train.num_processes` processes (stages/_launch.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+import sys
 from pathlib import Path
 
 from exsearch import io
@@ -21,7 +24,7 @@ from exsearch.retrieval import BM25Retriever
 from exsearch.schema import Question
 from exsearch.training import train_weighted
 from exsearch.warmup import build_trajectories
-from stages import _common
+from stages import _common, _launch
 from stages._tracking import stage_run
 from stages.train import run_stats
 
@@ -38,6 +41,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workdir", default="runs/warmup", help="trajectories and stats")
     args = p.parse_args(argv)
     params = _common.setup(args)
+    if (
+        params.warmup.enabled
+        and (status := _launch.relaunch(params.train, "stages.warmup", argv)) is not None
+    ):
+        if status:  # it ran under `accelerate launch` (train.launcher)
+            sys.exit(f"error: stages.warmup under {params.train.launcher} exited with {status}")
+        return
+    main_process = _launch.is_main_process()  # the one that writes, under a launcher
     with stage_run(params, "warmup", sections=["warmup", "train"]) as run:
         cfg = params.warmup
         work = Path(args.workdir)
@@ -64,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         if cfg.max_examples and cfg.max_examples < len(trajectories):
             # A seeded draw, not the head: the training files are grouped by dataset.
             trajectories = random.Random(params.seed).sample(trajectories, cfg.max_examples)
-        io.write_jsonl(work / "trajectories.jsonl", trajectories)
+        if main_process:
+            io.write_jsonl(work / "trajectories.jsonl", trajectories)
 
         if not cfg.enabled:
             with io.atomic_path(args.out, is_dir=True) as tmp:
@@ -77,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         examples = [{"messages": t["messages"], "weight": 1.0} for t in trajectories]
         result = train_weighted(args.base, examples, args.out, train_cfg)
+        if not main_process:
+            return
         io.write_json(work / "train_stats.json", {"enabled": True, **run_stats(result)})
         run.log_metrics(run_stats(result))
         run.log_history(result.loss_history)

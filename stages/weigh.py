@@ -16,6 +16,7 @@ from pathlib import Path
 
 from exsearch import io
 from exsearch.modeling import load_model
+from exsearch.served import OpenAIGenerator
 from exsearch.weighting import compute_weights, gold_answer_scores, score_table, weight_stats
 from stages import _common
 from stages._tracking import stage_run
@@ -38,10 +39,13 @@ def main(argv: list[str] | None = None) -> None:
         trajectories = list(io.read_jsonl(out / "trajectories.jsonl"))
         if not trajectories:
             raise SystemExit(f"error: {out / 'trajectories.jsonl'} holds no trajectory")
-        model, tokenizer = load_model(
-            Path("runs") / args.prev / "model", params.model.dtype, params.model.device
-        )
-        scores = gold_answer_scores(model, tokenizer, trajectories, cfg.batch_size)
+        model_dir = Path("runs") / args.prev / "model"
+        if params.generation.backend == "openai":
+            with OpenAIGenerator.from_config(model_dir, params.generation) as server:
+                scores = server.gold_answer_scores(trajectories)
+        else:
+            model, tokenizer = load_model(model_dir, params.model.dtype, params.model.device)
+            scores = gold_answer_scores(model, tokenizer, trajectories, cfg.batch_size)
         table = compute_weights(score_table(trajectories, scores), cfg.scheme, tau=cfg.tau, c=cfg.c)
         stats = {
             "scheme": cfg.scheme,

@@ -8,7 +8,7 @@ import sys
 
 import mlflow
 import pytest
-from toy_project import make_toy_project, mlflow_store, offline_env
+from toy_project import OUTER_VARS, make_toy_project, mlflow_store, offline_env
 
 from flows import cli
 from stages import _tracking
@@ -24,7 +24,7 @@ def project(tmp_path, monkeypatch):
         "prepare: {train: [], dev: []}\ntracking: {experiment: cli}\n"
     )
     monkeypatch.chdir(tmp_path)
-    for name in (_tracking.PARENT_ENV, "DVC_EXP_NAME", "DVC_STAGE", _tracking.SWITCH_ENV):
+    for name in OUTER_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path / "mlflow.db"))
     return tmp_path
@@ -135,7 +135,8 @@ def test_repro_runs_dvc_under_one_new_parent_run(tmp_path, monkeypatch):
     root = make_toy_project(tmp_path / "toy")
     for key, value in offline_env().items():
         monkeypatch.setenv(key, value)
-    monkeypatch.delenv(_tracking.SWITCH_ENV, raising=False)
+    for name in OUTER_VARS:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     assert cli.main(["repro", "-C", str(root), "--", "train@iter_1"]) == 0
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")

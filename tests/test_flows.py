@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -15,12 +16,13 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+from dvc.lock import make_lock
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 from prefect.states import Failed
 from prefect.testing.utilities import prefect_test_harness
-from toy_project import make_toy_project, offline_env
+from toy_project import OUTER_VARS, make_toy_project, offline_env
 
 from exsearch.config import load_params
 from flows import campaign
@@ -43,7 +45,7 @@ def env(monkeypatch):
     """Offline, telemetry-free environment inherited by the DVC and stage subprocesses."""
     for key, value in offline_env().items():
         monkeypatch.setenv(key, value)
-    for key in ("MLFLOW_TRACKING_URI", "EXSEARCH_PARENT_RUN_ID", "EXSEARCH_TRACKING"):
+    for key in OUTER_VARS:
         monkeypatch.delenv(key, raising=False)
 
 
@@ -77,9 +79,15 @@ def test_stage_order_and_iteration_filter_come_from_dvc(tmp_path):
 
 def test_extend_appends_the_next_iteration_and_keeps_comments(tmp_path):
     root = make_toy_project(tmp_path / "toy", commit=False, store=False)
+    before = (root / "params.yaml").read_text().splitlines()
     assert extend_iterations(root / "params.yaml") == "iter_3"
-    text = (root / "params.yaml").read_text()
-    assert "# toy campaign" in text and "# the chain" in text
+    after = (root / "params.yaml").read_text().splitlines()
+    assert [line for line in after if line not in before] == [
+        "    iter_3:",
+        "      prev: iter_2",
+        "    - iter_3",
+    ]
+    assert set(before) <= set(after)  # comments, nulls and layout kept
     em = load_params(root / "params.yaml").em
     assert em.iters["iter_3"].prev == "iter_2"
     assert em.evaluate[-1] == "iter_3"
@@ -198,6 +206,33 @@ def test_failed_stage_fails_the_flow_and_a_rerun_resumes_there(tmp_path, env, ha
         **dict.fromkeys(ORDER[3:], "ran"),
     }
     assert (root / "executions.log").read_text().split() == ORDER[:4] + ORDER[3:]
+
+
+@pytest.mark.slow
+def test_a_busy_dvc_lock_is_retried_until_it_is_free(tmp_path, env, harness, monkeypatch):
+    monkeypatch.setenv("EXSEARCH_TRACKING", "off")
+    root = make_toy_project(tmp_path / "toy", store=False)
+    (root / ".dvc/tmp").mkdir(exist_ok=True)
+    held = make_lock(str(root / ".dvc/tmp/lock"), tmp_dir=str(root / ".dvc/tmp"))
+    held.lock()  # as another DVC process would
+    busy = []
+
+    class ReleaseWhenRefused(logging.Handler):
+        def emit(self, record):
+            if "Unable to acquire lock" in record.getMessage() and not busy:
+                busy.append(record.getMessage())
+                held.unlock()
+
+    handler, logger = ReleaseWhenRefused(), logging.getLogger("prefect.task_runs")
+    logger.addHandler(handler)
+    try:
+        result = em_campaign(iterations=["iter_1"], project_dir=str(root))
+    finally:
+        logger.removeHandler(handler)
+        if held.is_locked:
+            held.unlock()
+    assert busy  # the first attempt met the lock …
+    assert result["stages"] == dict.fromkeys(ORDER[:3], "ran")  # … and the retry ran the stage
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from toy_project import mlflow_store, offline_env
+from toy_project import OUTER_VARS, mlflow_store, offline_env
 
 from exsearch.config import load_params
 from stages import _tracking
@@ -58,7 +58,7 @@ def free_port() -> int:
 def project(tmp_path, monkeypatch):
     """A cwd with params.yaml and a fresh MLflow store; no parent id, DVC or switch in the env."""
     monkeypatch.chdir(tmp_path)
-    for name in (PARENT_ENV, "DVC_EXP_NAME", "DVC_STAGE", _tracking.SWITCH_ENV, "MLFLOW_RUN_ID"):
+    for name in OUTER_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path / "mlflow.db"))
     yield tmp_path
@@ -100,6 +100,18 @@ def test_stage_run_nests_under_the_parent_named_in_the_env(project, monkeypatch)
     end_campaign_run(parent, "FINISHED")
     assert client().get_run(parent).info.status == "FINISHED"
     assert [a.path for a in client().list_artifacts(parent)] == ["params.yaml"]
+    assert (project / "mlruns").is_dir()  # artifacts live beside the store
+
+
+def test_relative_sqlite_store_is_resolved_against_the_dvc_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert _tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "workspace"))  # e.g. `dvc exp run --temp`
+    assert _tracking.tracking_uri() == f"sqlite:///{tmp_path / 'workspace' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert _tracking.tracking_uri() == "http://127.0.0.1:5000"
 
 
 def test_stages_without_parent_share_one_auto_parent_per_campaign_key(project):
@@ -191,6 +203,20 @@ def test_model_directory_is_uploaded_only_with_log_models(project, log_models):
     artifacts = [a.path for a in client().list_artifacts(run.run_id, "model")]
     assert artifacts == (["model/config.json"] if log_models else [])
     assert client().get_run(run.run_id).data.tags["model_dir"] == str(model)
+
+
+def test_history_rows_are_logged_at_their_own_steps(project):
+    params = write_params(project)
+    history = [{"step": 5, "loss": 2.0, "lr": 0.1}, {"step": 10, "loss": 1.5, "lr": 0.05}]
+    with stage_run(params, stage="train", iteration="iter_1") as run:
+        run.log_history(history)
+        run.log_metrics({"loss_history": history, "final_loss": 1.5})
+        run.log_dict(history, "history.json")
+    steps = [(m.step, m.value) for m in client().get_metric_history(run.run_id, "loss")]
+    assert sorted(steps) == [(5, 2.0), (10, 1.5)]
+    assert "step" not in client().get_run(run.run_id).data.metrics
+    assert not any(k.startswith("loss_history") for k in client().get_run(run.run_id).data.metrics)
+    assert [a.path for a in client().list_artifacts(run.run_id)] == ["history.json"]
 
 
 def test_iteration_metrics_outside_a_stage_run_are_an_error(project):

@@ -95,11 +95,24 @@ em:
     - iter_0
     - iter_1
     - iter_2
+evaluate:
+  limit: null
 tracking:
   experiment: toy
 """
 
 GITIGNORE = "mlflow.db\n/mlruns/\n/mlartifacts/\nexecutions.log\nfail_at.txt\n.prefect/\n"
+
+
+# Set by an enclosing campaign (or, for EXSEARCH_TRACKING, by tests/conftest.py): never inherited.
+OUTER_VARS = (
+    "EXSEARCH_PARENT_RUN_ID",
+    "EXSEARCH_TRACKING",
+    "MLFLOW_TRACKING_URI",
+    "DVC_ROOT",
+    "DVC_STAGE",
+    "DVC_EXP_NAME",
+)
 
 
 def offline_env(**extra: str) -> dict[str, str]:
@@ -114,9 +127,8 @@ def offline_env(**extra: str) -> dict[str, str]:
         PYTHONPATH=str(REPO),
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
     )
-    env.pop("EXSEARCH_PARENT_RUN_ID", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("EXSEARCH_TRACKING", None)  # tests/conftest.py turns it off by default
+    for name in OUTER_VARS:
+        env.pop(name, None)
     env.update(extra)
     return env
 

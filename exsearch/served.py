@@ -1,0 +1,400 @@
+"""The `openai` backend: generate and score through an OpenAI-compatible completions server.
+
+Any server speaking the legacy `/v1/completions` API works (`vllm serve`, SGLang, llama.cpp's
+server); docs/serving.md shows how to run one per EM iteration. Prompts are rendered and counted
+with the model's own tokenizer, loaded from the model directory, and sent as raw text, so the
+trajectories have exactly the format the `hf` backend gives. Differences between servers are
+smoothed over here:
+
+- servers strip the stop string from the text, the `hf` backend keeps it: the matched stop is
+  put back (from vLLM's `stop_reason`, SGLang's `matched_stop`, or else the returned tokens);
+- per-sequence seeds are `sequence_seed(seed, i)`, as in `HFGenerator`, one request per prompt;
+- `add_special_tokens` / `skip_special_tokens` are sent as false (vLLM and SGLang honour them)
+  so the server neither adds a second BOS to the templated prompt nor hides special tokens, and
+  `top_k`, `min_p`, `repetition_penalty` are sent neutral so no model default changes sampling.
+
+Requests run concurrently (at most `max_concurrency` in flight) and are retried with exponential
+backoff on connection errors, timeouts, 429 and 5xx; other errors fail at once with the server's
+message.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+from exsearch.config import GenerationConfig
+from exsearch.generation import Completion, _row_seeds, cut_at_stop
+from exsearch.modeling import prepare_tokenizer
+from exsearch.prompts import ANSWER_OPEN
+from exsearch.weighting import gold_answer_tokens, with_gold_answer
+
+log = logging.getLogger(__name__)
+
+_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+_MAX_BACKOFF_S = 60.0
+
+
+class ServerError(RuntimeError):
+    """The completions server could not be reached or answered with an error."""
+
+
+class OpenAIGenerator:
+    """A `Generator` (and gold-answer scorer) backed by an OpenAI-compatible completions server.
+
+    Thread-safe; one HTTP client with a connection pool sized to `max_concurrency`. Call
+    `close()` (or use it as a context manager) to release the connections.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        base_url: str,
+        model_name: str | None = None,
+        *,
+        api_key: str | None = None,
+        max_concurrency: int = 64,
+        timeout_s: float = 600.0,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        progress_min: int = 256,
+        model_path: str | Path | None = None,
+    ):
+        if max_concurrency < 1 or max_retries < 0 or timeout_s <= 0:
+            raise ValueError(
+                "need max_concurrency >= 1, max_retries >= 0 and timeout_s > 0, got "
+                f"{max_concurrency}, {max_retries}, {timeout_s}"
+            )
+        self.tokenizer = tokenizer
+        self.base_url = base_url.rstrip("/")
+        self.max_concurrency = max_concurrency
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.progress_min = progress_min
+        self._warned_stop = False
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=timeout_s,
+            limits=httpx.Limits(
+                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+            ),
+        )
+        self.model_name = model_name or self._served_model(model_path)
+
+    @classmethod
+    def from_config(cls, model_path: str | Path, gen_cfg: GenerationConfig) -> OpenAIGenerator:
+        """Tokenizer from `model_path`; server, key and limits from the `generation` params."""
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(model_path))
+        api_key = os.environ.get(gen_cfg.api_key_env) if gen_cfg.api_key_env else None
+        if gen_cfg.api_key_env and not api_key:
+            log.warning(
+                "generation.api_key_env: $%s is not set; sending no key", gen_cfg.api_key_env
+            )
+        return cls(
+            tokenizer,
+            gen_cfg.base_url,
+            gen_cfg.model_name,
+            api_key=api_key,
+            max_concurrency=gen_cfg.max_concurrency,
+            timeout_s=gen_cfg.timeout_s,
+            max_retries=gen_cfg.max_retries,
+            model_path=model_path,
+        )
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self._client.close()
+
+    def __enter__(self) -> OpenAIGenerator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- Generator protocol
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Token count of each text, without added special tokens (as in `HFGenerator`)."""
+        if not texts:
+            return []
+        return [
+            len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        ]
+
+    def chat_prompt(self, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
+        """Render `messages` with the tokenizer's chat template."""
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | Sequence[int] | None = None,
+    ) -> list[Completion]:
+        """Continue each prompt on the server; same contract as `HFGenerator.generate`."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(
+                f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}"
+            )
+        if not prompts:
+            return []
+        stops = [s for s in stop if s]
+        seeds = _row_seeds(seed, len(prompts)) if temperature > 0 else None
+        bodies = []
+        for i, prompt in enumerate(prompts):
+            if not prompt:
+                raise ValueError(f"prompt {i} is empty; a prompt needs at least one token")
+            body = self._body(prompt, max_tokens=max_new_tokens, temperature=temperature)
+            # Neutral values for knobs a server may otherwise fill from the model's
+            # generation_config.json (vLLM does), as `HFGenerator` pins them too.
+            body.update(top_p=top_p, top_k=-1, min_p=0.0, repetition_penalty=1.0, logprobs=1)
+            if stops:
+                body["stop"] = stops
+            if seeds is not None:
+                body["seed"] = seeds[i]
+            bodies.append(body)
+        answers = self._post_all(bodies, "generating", len(bodies) >= self.progress_min)
+        return [self._completion(a, stops) for a in answers]
+
+    # ---------------------------------------------------------------- scoring
+    def gold_answer_scores(
+        self, trajectories: Sequence[dict[str, Any]], *, progress: bool = True
+    ) -> list[float]:
+        """Length-normalised log-likelihood of each trajectory's gold answer, as the server sees it.
+
+        Same definition as `weighting.gold_answer_scores`: the chat with the gold answer is
+        scored in one pass (`echo` + `logprobs`) and the log-probs of the tokens overlapping
+        the gold string are averaged. NaN (with a warning) for an empty gold answer.
+        """
+        jobs, scores = [], [math.nan] * len(trajectories)
+        for i, traj in enumerate(trajectories):
+            _, positions = gold_answer_tokens(self.tokenizer, traj)  # validates the trajectory
+            if not positions:
+                log.warning("trajectory %s has an empty gold answer; score is NaN", _tid(traj))
+                continue
+            jobs.append((i, len(positions), *_gold_span(self.tokenizer, traj)))
+        bodies = []
+        for *_, text, _, _ in jobs:
+            body = self._body(text, max_tokens=1, temperature=0.0)
+            body.update(echo=True, logprobs=1)
+            bodies.append(body)
+        answers = self._post_all(bodies, "scoring gold answers", progress)
+        for (i, n_gold, text, a, b), answer in zip(jobs, answers, strict=True):
+            lps = self._gold_logprobs(answer, text, a, b, n_gold, trajectories[i])
+            scores[i] = sum(lps) / len(lps)
+        return scores
+
+    def _gold_logprobs(
+        self, answer: dict, text: str, a: int, b: int, n_gold: int, traj: dict[str, Any]
+    ) -> list[float]:
+        """Log-probs of the prompt tokens that overlap characters [a, b) of `text`.
+
+        `n_gold` is the number of gold tokens the local tokenizer finds, a check that the
+        server tokenises like the model directory's tokenizer.
+        """
+        choice = answer["choices"][0]
+        lp = choice.get("logprobs") or {}
+        tokens, token_lps = lp.get("tokens") or [], lp.get("token_logprobs") or []
+        offsets = lp.get("text_offset") or []
+        n_prompt = (answer.get("usage") or {}).get("prompt_tokens") or len(token_lps) - 1
+        if len(token_lps) < n_prompt:
+            raise ServerError(
+                f"trajectory {_tid(traj)}: the server returned no prompt log-probs; it must "
+                "support `echo` with `logprobs` (vLLM, SGLang do)"
+            )
+        if "".join(tokens[:n_prompt]) == text and len(offsets) >= n_prompt:
+            # The tokens spell the text exactly, so the offsets are true character offsets.
+            ends = [*offsets[1:n_prompt], len(text)]
+            pos = [j for j in range(n_prompt) if offsets[j] < b and ends[j] > a]
+        else:
+            # Token strings that do not spell the text (raw BPE symbols, replacement characters
+            # of split multi-byte characters) make offsets drift. The same tokenizer gives the
+            # same tokens, so align with the local tokenization, plus a BOS the server added.
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            shift = n_prompt - len(enc["input_ids"])
+            spans = enumerate(enc["offset_mapping"])
+            pos = [j + shift for j, (s, e) in spans if s < b and e > a] if shift in (0, 1) else []
+        if len(pos) != n_gold or any(token_lps[j] is None for j in pos):
+            raise ServerError(
+                f"trajectory {_tid(traj)}: the server finds {len(pos)} gold-answer tokens among "
+                f"{n_prompt} prompt tokens, the local tokenizer {n_gold}; is the server serving "
+                f"this model (model {self.model_name!r} at {self.base_url}) and not adding "
+                "special tokens?"
+            )
+        return [float(token_lps[j]) for j in pos]
+
+    # ---------------------------------------------------------------- HTTP
+    def _body(self, prompt: str, *, max_tokens: int, temperature: float) -> dict[str, Any]:
+        return {
+            "model": self.model_name,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "add_special_tokens": False,
+            "skip_special_tokens": False,
+        }
+
+    def _served_model(self, model_path: str | Path | None) -> str:
+        """The one model the server lists; warn if it was not loaded from `model_path`."""
+        data = self._request("GET", "/models").get("data") or []
+        ids = [m.get("id") for m in data]
+        if len(ids) != 1:
+            raise ServerError(
+                f"{self.base_url}/models lists {ids}; set generation.model_name to one of them"
+            )
+        root = data[0].get("root")
+        if model_path is not None and root and Path(root).resolve() != Path(model_path).resolve():
+            log.warning(
+                "the server at %s serves %s, not %s: restart it on this checkpoint "
+                "(docs/serving.md) unless they are the same model",
+                self.base_url,
+                root,
+                model_path,
+            )
+        return ids[0]
+
+    def _post_all(self, bodies: list[dict], desc: str, progress: bool) -> list[dict]:
+        """POST every body to /completions, at most `max_concurrency` at once; answers in order."""
+        answers: list[dict] = [{}] * len(bodies)
+        if not bodies:
+            return answers
+        bar = tqdm(total=len(bodies), desc=desc, disable=not progress, leave=False)
+        pool = ThreadPoolExecutor(min(self.max_concurrency, len(bodies)), "completions")
+        try:
+            futures = {
+                pool.submit(self._request, "POST", "/completions", b): i
+                for i, b in enumerate(bodies)
+            }
+            for future in as_completed(futures):
+                answers[futures[future]] = future.result()
+                bar.update()
+        finally:
+            # On an error, drop the queued requests instead of waiting for them.
+            pool.shutdown(wait=False, cancel_futures=True)
+            bar.close()
+        return answers
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        """One request, retried with exponential backoff (and jitter) on transient failures."""
+        url = f"{self.base_url}{path}"
+        error = ""
+        for attempt in range(self.max_retries + 1):
+            wait = self.backoff_s * 2**attempt * (0.5 + random.random() / 2)
+            try:
+                r = self._client.request(method, path, json=body)
+            except httpx.TimeoutException:
+                error = f"no answer within generation.timeout_s = {self.timeout_s:g}s"
+            except httpx.TransportError as e:
+                error = f"cannot reach the server ({type(e).__name__}: {e})"
+            else:
+                if r.status_code == 200:
+                    try:
+                        return r.json()
+                    except ValueError:
+                        raise ServerError(f"{method} {url}: not JSON: {r.text[:300]!r}") from None
+                detail = f"HTTP {r.status_code}: {r.text[:300]}"
+                if r.status_code not in _RETRY_STATUS:
+                    raise ServerError(f"{method} {url} failed with {detail}")
+                error = detail
+                retry_after = r.headers.get("retry-after", "")
+                if retry_after.replace(".", "", 1).isdigit():
+                    wait = max(wait, float(retry_after))
+            if attempt < self.max_retries:
+                time.sleep(min(wait, _MAX_BACKOFF_S))
+        raise ServerError(
+            f"{method} {url} failed after {self.max_retries + 1} attempt(s); last error: {error}. "
+            "Is the server running and serving this model (generation.base_url, "
+            "docs/serving.md)? A loaded server needs a larger generation.timeout_s or a smaller "
+            "generation.max_concurrency."
+        )
+
+    # ---------------------------------------------------------------- answers → Completion
+    def _completion(self, answer: dict, stops: list[str]) -> Completion:
+        try:
+            choice = answer["choices"][0]
+            text = choice.get("text") or ""
+        except (KeyError, IndexError, TypeError):
+            raise ServerError(
+                f"{self.base_url}: malformed completion: {str(answer)[:300]}"
+            ) from None
+        lp = choice.get("logprobs") or {}
+        token_lps = lp.get("token_logprobs")
+        logprob = float(sum(x for x in token_lps if x is not None)) if token_lps else None
+        finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        cut, which = cut_at_stop(text, stops)  # a server that keeps the stop string
+        if which is not None:
+            text, finish = cut, "stop"
+        elif finish == "stop":
+            which = self._matched_stop(choice, text, stops)
+            if which is not None:
+                text += which
+            elif self.tokenizer.eos_token and text.endswith(self.tokenizer.eos_token):
+                text = text[: -len(self.tokenizer.eos_token)]
+        n = (answer.get("usage") or {}).get("completion_tokens")
+        if n is None:
+            n = len(token_lps) if token_lps else self.count_tokens([text])[0] + (finish == "stop")
+        return Completion(text, int(n), logprob, finish, which)
+
+    def _matched_stop(self, choice: dict, text: str, stops: list[str]) -> str | None:
+        """Which stop string ended a 'stop' completion whose text lost it; None for EOS."""
+        for key in ("stop_reason", "matched_stop"):  # vLLM, SGLang: a string, or a token id
+            if key in choice:
+                value = choice[key]
+                return value if isinstance(value, str) and value in stops else None
+        # Otherwise the generated tokens tell: the last one completed the stop string. (Tokens
+        # decoded one by one need not spell the text: split multi-byte characters.)
+        tokens = (choice.get("logprobs") or {}).get("tokens")
+        if tokens:
+            joined = "".join(tokens)
+            last_start = len(joined) - len(tokens[-1])
+            hits = [s for s in stops if s in joined and joined.rindex(s) + len(s) > last_start]
+            return min(hits, key=lambda s: joined.rindex(s) + len(s)) if hits else None
+        if stops and not self._warned_stop:
+            self._warned_stop = True
+            log.warning(
+                "%s reports neither the matched stop string nor the generated tokens; "
+                "'stop' completions are taken as ended by EOS",
+                self.base_url,
+            )
+        return None
+
+
+def _gold_span(tokenizer: Any, traj: dict[str, Any]) -> tuple[str, int, int]:
+    """The chat with the gold answer, rendered whole, and the gold answer's character span.
+
+    The whole text is scored rather than a prefix, so its tokens are exactly those
+    `weighting.gold_answer_tokens` cuts from (causal log-probs ignore what follows).
+    """
+    gold = traj["answers"][0].strip()
+    messages = with_gold_answer(traj["messages"], gold)
+    prefix = tokenizer.apply_chat_template(
+        messages[:-1], tokenize=False, add_generation_prompt=True
+    )
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    a = full.find(ANSWER_OPEN + gold, len(prefix)) + len(ANSWER_OPEN)
+    return full, a, a + len(gold)
+
+
+def _tid(traj: dict[str, Any]) -> str:
+    return f"qid={traj.get('qid')!r} sample={traj.get('sample')!r}"

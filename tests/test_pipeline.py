@@ -1,0 +1,119 @@
+"""The real `dvc repro` of the whole campaign, on a tiny local model and a few questions."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from exsearch.config import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_PARAMS = ROOT / "tests" / "testdata" / "params.tiny.yaml"
+
+
+def project_copy(dest: Path) -> Path:
+    """The project's files (tracked or new, not ignored) in a fresh git repo at `dest`."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout.split("\0")
+    for rel in filter(None, files):
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
+    return dest
+
+
+def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
+        "EXSEARCH_TRACKING": "on",
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_campaign(tmp_path_factory, tiny_model_dir):
+    project = project_copy(tmp_path_factory.mktemp("campaign"))
+    params = yaml.safe_load(TINY_PARAMS.read_text())
+    params["model"]["base"] = str(tiny_model_dir)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run = dvc(project, "repro")
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    return project, run
+
+
+def test_the_dvc_chain_names_each_iterations_predecessor():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name in ("sample", "weigh", "train"):
+        assert stages[name]["foreach"] == "${em.iters}"
+        assert "runs/${item.prev}/model" in stages[name]["do"]["deps"]
+    assert stages["evaluate"]["foreach"] == "${em.evaluate}"
+    params = load_params(ROOT / "params.yaml")
+    assert params.em.iters["iter_1"].prev == "iter_0"
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_warmup_and_two_iterations(tiny_campaign):
+    project, run = tiny_campaign
+    for ckpt in ("base", "iter_0", "iter_1", "iter_2"):
+        assert (project / "runs" / ckpt / "model" / "config.json").is_file()
+        metrics = json.loads((project / "runs" / ckpt / "metrics.json").read_text())
+        assert metrics["overall"]["n"] == 4 and set(metrics["methods"]) == {"agent", "rag", "direct"}
+        assert (project / "runs" / ckpt / "predictions.jsonl").is_file()
+    for it in ("iter_1", "iter_2"):
+        trajectories = (project / "runs" / it / "trajectories.jsonl").read_text().splitlines()
+        assert len(trajectories) == 4 * 2  # questions × K
+        weights = pd.read_parquet(project / "runs" / it / "weights.parquet")
+        assert weights.groupby("qid")["weight"].sum().round(6).eq(1).all()  # softmax per question
+        stats = json.loads((project / "runs" / it / "train_stats.json").read_text())
+        assert stats["steps"] >= 1
+    assert (project / "runs" / "warmup" / "trajectories.jsonl").is_file()
+    curve = json.loads((project / "reports" / "em_curve.json").read_text())
+    assert [r["checkpoint"] for r in curve] == ["base", "iter_0", "iter_1", "iter_2"]
+    assert (project / "reports" / "em_curve.png").stat().st_size > 0
+    assert "## Dev metrics per checkpoint" in (project / "reports" / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_second_dvc_repro_does_nothing(tiny_campaign):
+    project, _ = tiny_campaign
+    again = dvc(project, "repro")
+    assert again.returncode == 0, again.stderr
+    assert "Running stage" not in again.stdout
+    status = dvc(project, "status")
+    assert "up to date" in status.stdout
+
+
+@pytest.mark.slow
+def test_adding_an_iteration_runs_only_the_new_one(tiny_campaign):
+    project, _ = tiny_campaign
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["em"]["iters"]["iter_3"] = {"prev": "iter_2"}
+    params["em"]["evaluate"].append("iter_3")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run = dvc(project, "repro")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ran = {line.split("'")[1] for line in run.stdout.splitlines() if "Running stage" in line}
+    assert ran == {"sample@iter_3", "weigh@iter_3", "train@iter_3", "evaluate@iter_3", "report"}
