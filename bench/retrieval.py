@@ -296,6 +296,7 @@ def bench_large(cfg: IndexConfig, n: int, k: int, threads: int, n_queries: int) 
         )
         b = in_child(_child_build, str(corpus), str(index), cfg.model_dump())
         arrays = sum(f.stat().st_size for f in index.glob("*.npy")) / MIB
+        pairs = np.load(index / "data.csc.index.npy", mmap_mode="r").shape[0]
         print(
             f"   build         {b['seconds']:8.1f} s  ({b['terms']} terms; read + tokenise + "
             f"index + save, as `stages.index`)"
@@ -306,7 +307,8 @@ def bench_large(cfg: IndexConfig, n: int, k: int, threads: int, n_queries: int) 
         )
         print(
             f"   index on disk {_dir_mib(index):8.1f} MiB  "
-            f"(score arrays {arrays:.1f} MiB, passages + vocabulary the rest)"
+            f"(score arrays {arrays:.1f} MiB for {pairs / 1e6:.1f}M passage-term pairs, "
+            "passages + vocabulary the rest)"
         )
         queries = synthetic_queries(n_queries)
         for mmap in (False, True):

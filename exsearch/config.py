@@ -30,7 +30,7 @@ class Section(BaseModel):
 
 
 DataFormat = Literal["hotpotqa", "ircot", "musique", "2wiki", "flashrag"]
-CorpusFormat = Literal["flashrag", "title_text", "title_sentences"]
+CorpusFormat = Literal["flashrag", "title_text", "title_sentences", "dpr_tsv"]
 
 
 class DatasetFile(Section):
@@ -48,6 +48,11 @@ class CorpusFile(Section):
     path: str
     format: CorpusFormat
     limit: int | None = Field(default=None, ge=1)
+    url: str | None = Field(
+        default=None,
+        description="Where to download `path` from when it is missing (a .gz URL is "
+        "decompressed), e.g. DPR's psgs_w100.tsv.gz.",
+    )
 
 
 class PrepareConfig(Section):

@@ -3,8 +3,11 @@ r"""Dataset and corpus readers: every supported source format becomes `Question`
 Question formats (`DatasetFile.format`): native HotpotQA and 2WikiMultiHopQA (distractor
 JSON), IRCoT's processed JSONL, native MuSiQue, and FlashRAG/Search-R1 JSONL. A question file may
 be a JSON list or JSONL (one record per line): the first non-blank character decides. Corpus
-formats (`CorpusFile.format`): FlashRAG `{id, contents: '"Title"\ntext'}`, `title_text`
-(`{title, text}` records) and `title_sentences` (one JSON object, title → sentences).
+formats (`CorpusFile.format`): FlashRAG `{id, contents: '"Title"\ntext'}` (e.g. its
+`wiki18_100w.jsonl`), `title_text` (`{title, text}` records), `title_sentences` (one JSON
+object, title → sentences) and `dpr_tsv` (DPR's `psgs_w100.tsv`: tab-separated, CSV-quoted,
+header `id text title`). Corpus files are streamed, never read whole; `fetch_corpus_file`
+downloads a missing one from its `url`.
 
 Every question carries `extra["support"]`, its gold evidence in hop order, from which warm-up
 builds trajectories: a list of `{title, paragraph, sentences, sub_question, sub_answer}`.
@@ -22,17 +25,23 @@ whatever files, order or limits the corpus was built from.
 
 from __future__ import annotations
 
+import csv
+import gzip
 import hashlib
 import json
 import re
+import shutil
 import unicodedata
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from exsearch.config import CorpusFile, DatasetFile
-from exsearch.io import read_json
+from exsearch.io import atomic_path, read_json
 from exsearch.schema import Passage, Question
 
 Context = tuple[str, str]  # (title, paragraph text)
@@ -110,6 +119,8 @@ def read_corpus(spec: CorpusFile) -> Iterator[Passage]:
             (f"{spec.path}: title {t!r}", {"title": t, "text": join_sentences(s)})
             for t, s in data.items()
         )
+    elif spec.format == "dpr_tsv":
+        items = _tsv_records(spec.path)
     else:
         items = _records(spec.path)
     for n, (where, rec) in enumerate(items, 1):
@@ -128,6 +139,40 @@ def read_corpus(spec: CorpusFile) -> Iterator[Passage]:
         yield Passage(id=str(pid), title=title.strip(), text=text.strip())
 
 
+def fetch_corpus_file(spec: CorpusFile) -> Path:
+    """Return `spec.path`, first downloading it from `spec.url` if the file is missing.
+
+    The download streams to a temporary sibling that is renamed when complete, so an
+    interrupted one leaves nothing behind; a URL ending in .gz is decompressed on the fly
+    unless `spec.path` itself ends in .gz.
+
+    Raises:
+        OSError: the download failed (naming the URL and the path).
+    """
+    path = Path(spec.path)
+    if path.exists() or spec.url is None:
+        return path
+    gunzip = spec.url.endswith(".gz") and path.suffix != ".gz"
+    try:
+        with (
+            urllib.request.urlopen(spec.url, timeout=60) as response,  # noqa: S310
+            atomic_path(path) as tmp,
+            open(tmp, "wb") as out,
+            tqdm.wrapattr(
+                response, "read", total=_content_length(response), desc=f"download {path.name}"
+            ) as src,
+        ):
+            shutil.copyfileobj(gzip.GzipFile(fileobj=src) if gunzip else src, out, 2**20)
+    except (OSError, EOFError) as e:
+        raise OSError(f"{path}: downloading {spec.url} failed ({type(e).__name__}: {e})") from e
+    return path
+
+
+def _content_length(response: Any) -> int | None:
+    size = response.headers.get("Content-Length")
+    return int(size) if size and size.isdigit() else None
+
+
 def normalise_text(text: str) -> str:
     """Unicode NFC with runs of whitespace collapsed: what counts as 'the same text'."""
     return " ".join(unicodedata.normalize("NFC", text).split())
@@ -140,22 +185,33 @@ def passage_key(title: str, text: str) -> tuple[str, str]:
 
 def passage_id(title: str, text: str) -> str:
     """Stable id: the first 16 hex digits of SHA-256 over the normalised title and text."""
-    blob = "\n".join(passage_key(title, text)).encode("utf-8")
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return _key_id(passage_key(title, text))
+
+
+def _key_id(key: tuple[str, str]) -> str:
+    return hashlib.sha256("\n".join(key).encode("utf-8")).hexdigest()[:16]
 
 
 class CorpusBuilder:
-    """Collects passages in first-seen order, dropping repeats by `passage_key` and empty texts."""
+    """Collects passages in first-seen order, dropping repeats by `passage_key` and empty texts.
 
-    def __init__(self) -> None:
+    Passages go to `self.passages`, or to `sink` when one is given (e.g. a writer to
+    corpus.jsonl). Repeats are recognised by passage id (64 bits of SHA-256 over the key), so
+    the builder keeps a set entry of ~110 bytes per passage (peak, set resizing included), not
+    its text: with a sink, DPR's 21M-passage Wikipedia is de-duplicated in ~2.3 GiB. Two
+    different passages whose ids collide (odds about 1e-5 at 21M passages) would count as one.
+    """
+
+    def __init__(self, sink: Callable[[Passage], object] | None = None) -> None:
         self.passages: list[Passage] = []
-        self._keys: set[tuple[str, str]] = set()
+        self._sink = sink or self.passages.append
+        self._seen: set[int] = set()
 
     def __len__(self) -> int:
-        return len(self.passages)
+        return len(self._seen)
 
     def __contains__(self, title_text: Context) -> bool:
-        return passage_key(*title_text) in self._keys
+        return int(passage_id(*title_text), 16) in self._seen
 
     def add_all(self, items: Iterable[Passage | Context]) -> tuple[int, int]:
         """Add (title, text) pairs or passages; return (added, dropped as repeats or empty)."""
@@ -163,11 +219,12 @@ class CorpusBuilder:
         for item in items:
             title, text = (item.title, item.text) if isinstance(item, Passage) else item
             key = passage_key(title, text)
-            if not key[1] or key in self._keys:
+            pid = _key_id(key)
+            if not key[1] or int(pid, 16) in self._seen:
                 dropped += 1
                 continue
-            self._keys.add(key)
-            self.passages.append(Passage(id=passage_id(title, text), title=key[0], text=key[1]))
+            self._seen.add(int(pid, 16))
+            self._sink(Passage(id=pid, title=key[0], text=key[1]))
             added += 1
         return added, dropped
 
@@ -341,6 +398,33 @@ def _records(path: str | Path) -> Iterator[tuple[str, Any]]:
                 yield f"{path}:{lineno}", json.loads(line)
             except json.JSONDecodeError as e:
                 yield f"{path}:{lineno}", InvalidRecord(f"not valid JSON ({e.msg})")
+
+
+DPR_COLUMNS = ("id", "text", "title")
+
+
+def _tsv_records(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """Yield (location, {id, text, title}) from a DPR-style TSV with a header row.
+
+    Raises:
+        ValueError: the header lacks one of the columns id, text, title.
+    """
+    csv.field_size_limit(2**31 - 1)  # a passage is one field; the default limit is 128 KiB
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = [h.strip().lower() for h in next(reader, [])]
+        if missing := [c for c in DPR_COLUMNS if c not in header]:
+            raise ValueError(
+                f"{path}:1: dpr_tsv needs a header row with columns {', '.join(DPR_COLUMNS)}; "
+                f"missing {', '.join(missing)} (header: {header})"
+            )
+        cols = [header.index(c) for c in DPR_COLUMNS]
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if len(row) != len(header):
+                yield where, InvalidRecord(f"{len(row)} columns, the header has {len(header)}")
+            else:
+                yield where, dict(zip(DPR_COLUMNS, (row[i] for i in cols), strict=True))
 
 
 def _id_note(rec: Any) -> str:

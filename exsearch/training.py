@@ -443,10 +443,26 @@ def train_weighted(
         if "loss" in e
     ]
     result.steps = trainer.state.global_step
+    state = None
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        # Sharded weights (FSDP, ZeRO-3): every process takes part in gathering them.
+        state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if trainer.is_world_process_zero():  # one writer under `accelerate launch`
-        _save(trainer.model, tokenizer, out_dir, cfg, base=_base_of(model_dir))
+        trained = trainer.model if state is None else _unsharded(model_dir, cfg, state)
+        _save(trained, tokenizer, out_dir, cfg, base=_base_of(model_dir))
     result.seconds = time.monotonic() - start
     return result
+
+
+def _unsharded(model_dir: str | Path, cfg: TrainConfig, state: dict[str, torch.Tensor]) -> Any:
+    """The trained model rebuilt in this process from the full state gathered after sharding."""
+    model = load_for_training(model_dir, torch.float32, trainable=cfg.lora)
+    if cfg.lora:
+        model = _with_lora(model, cfg)
+    elif hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.load_state_dict(state)
+    return model
 
 
 def _save(model: Any, tokenizer: Any, out_dir: str | Path, cfg: TrainConfig, base: str) -> None:

@@ -17,7 +17,7 @@ export EXSEARCH_TRACKING=off HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUF
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "no CUDA GPU here: running the CPU throughput slice only"
   [ -d runs/base/model ] || "$PY" -m stages.init_model --out runs/base/model
-  exec "$PY" bench/throughput.py --model runs/base/model
+  PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" bench/throughput.py --model runs/base/model
 fi
 
 WORK=$(mktemp -d)
@@ -32,9 +32,9 @@ p["model"].update(device="cuda", dtype="bfloat16")
 p["generation"]["batch_size"] = 64
 p["agent"].update(top_k=5, passage_max_words=60)
 p["train"].update(bf16=True, batch_size=8)
-p["warmup"].update(max_examples=200, epochs=2.0)
-p["sample"].update(questions=200, k=4)
-p["evaluate"]["limit"] = 250
+p["warmup"].update(max_examples=200, epochs=1.0)
+p["sample"].update(questions=128, k=4)
+p["evaluate"]["limit"] = 200
 yaml.safe_dump(p, open("params.yaml", "w"), sort_keys=False)
 PYEOF
 
@@ -55,4 +55,4 @@ done
 "$PY" -c "import json; s=json.load(open('runs/iter_1/sample_stats.json')); print('sampling', s)"
 "$PY" -c "import json; s=json.load(open('runs/iter_1/train_stats.json')); s.pop('loss_history'); print('training', s)"
 cd "$ROOT"
-"$PY" bench/throughput.py --model "$WORK/runs/base/model"
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" bench/throughput.py --model "$WORK/runs/base/model"

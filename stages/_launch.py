@@ -62,8 +62,8 @@ def relaunch(cfg: TrainConfig, module: str, argv: Sequence[str] | None) -> int |
     """Run the stage under `accelerate launch` if `cfg` asks for it and it is not running so yet.
 
     Returns the launched job's exit status (the caller exits with it), or None when the stage
-    should run in this process; exits with a message when the config file is missing. In a launched process other than rank 0 MLflow tracking is
-    switched off, so one run records the stage.
+    should run in this process; exits with a message when the config file is missing. In a
+    launched process other than rank 0, MLflow tracking is switched off: one run records it.
     """
     if is_launched():
         if not is_main_process():

@@ -156,8 +156,7 @@ def start_campaign_run(
     except Exception as e:
         _unusable(params, "create the campaign run", e)
         return None
-    if Path("params.yaml").is_file():
-        _warn_on_error("log params.yaml", client.log_artifact, run_id, "params.yaml")
+    _log_params_file(client, run_id)
     return run_id
 
 
@@ -199,9 +198,14 @@ def _resolve_parent(client: Any, exp_id: str) -> tuple[str, bool]:
         return found[0].info.run_id, True
     label = os.environ.get("DVC_EXP_NAME") or git_commit()[:8] or "no-git"
     tags = _campaign_tags({"campaign_key": key})
-    return client.create_run(
-        exp_id, run_name=f"repro {label} {key[:6]}", tags=tags
-    ).info.run_id, True
+    run_id = client.create_run(exp_id, run_name=f"repro {label} {key[:6]}", tags=tags).info.run_id
+    _log_params_file(client, run_id)
+    return run_id, True
+
+
+def _log_params_file(client: Any, run_id: str) -> None:
+    if Path("params.yaml").is_file():
+        _warn_on_error("log params.yaml", client.log_artifact, run_id, "params.yaml")
 
 
 def iteration_step(iteration: str) -> int:

@@ -12,16 +12,20 @@ and counts it.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from exsearch.config import PrepareConfig
-from exsearch.data import CorpusBuilder, read_corpus, read_questions
-from exsearch.io import write_json, write_jsonl
+from exsearch.data import CorpusBuilder, fetch_corpus_file, read_corpus, read_questions
+from exsearch.io import atomic_path, write_json, write_jsonl
 from exsearch.schema import Passage, Question
 from stages._common import parser, setup
 from stages._tracking import stage_run
@@ -39,26 +43,34 @@ class Prepared:
     stats: dict[str, Any]
 
 
-def prepare(cfg: PrepareConfig) -> Prepared:
+def prepare(cfg: PrepareConfig, sink: Callable[[Passage], object] | None = None) -> Prepared:
     """Read every configured file and build the corpus; pure apart from reading the inputs.
+
+    Corpus passages go to `sink` in corpus order when one is given (the stage writes them
+    straight to corpus.jsonl; `Prepared.corpus` is then empty), else to `Prepared.corpus`.
+    Corpus files are streamed and de-duplicated by 8-byte passage ids, so with a sink memory
+    holds the questions, their contexts and ~110 bytes per passage: a 21M-passage Wikipedia
+    fits in a few GiB. A corpus file that is missing and has a `url` is downloaded first.
 
     Raises:
         ValueError: an invalid row (unless `cfg.skip_invalid`), or one question id given by two
             files of the same split.
+        OSError: a corpus file is missing and cannot be downloaded.
     """
-    builder = CorpusBuilder()
+    builder = CorpusBuilder(sink)
     datasets: dict[str, Counter] = {}
     train, train_stats = _read_split("train", cfg, builder, datasets)
     dev, dev_stats = _read_split("dev", cfg, builder, datasets)
 
     corpus_files = {}
     for spec in cfg.corpus:
-        passages = list(read_corpus(spec))
+        fetch_corpus_file(spec)
+        passages = tqdm(read_corpus(spec), spec.path, unit=" passages", disable=None, mininterval=5)
         added, dropped = builder.add_all(passages)
-        log.info("corpus: %s: %d passages (%d new)", spec.path, len(passages), added)
+        log.info("corpus: %s: %d passages (%d new)", spec.path, added + dropped, added)
         key = spec.path if spec.path not in corpus_files else f"{spec.path}#{len(corpus_files) + 1}"
         corpus_files[key] = {
-            "passages": len(passages),
+            "passages": added + dropped,
             "new_passages": added,
             "duplicate_passages": dropped,
         }
@@ -157,19 +169,25 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     params = setup(args)
     with stage_run(params, "prepare") as run:
-        try:
-            out = prepare(params.prepare)
-        except (ValueError, OSError) as e:
-            sys.exit(f"error: {e}")
+        # The corpus streams to its file as it is built (it may hold millions of passages).
+        corpus_path = args.out_dir / "corpus.jsonl"
+        with atomic_path(corpus_path) as tmp, tmp.open("w", encoding="utf-8") as corpus:
+
+            def write(passage: Passage) -> None:
+                corpus.write(json.dumps(passage.to_dict(), ensure_ascii=False) + "\n")
+
+            try:
+                out = prepare(params.prepare, sink=write)
+            except (ValueError, OSError) as e:
+                sys.exit(f"error: {e}")
         write_jsonl(args.out_dir / "train.jsonl", (q.to_dict() for q in out.train))
         write_jsonl(args.out_dir / "dev.jsonl", (q.to_dict() for q in out.dev))
-        write_jsonl(args.out_dir / "corpus.jsonl", (p.to_dict() for p in out.corpus))
         write_json(args.out_dir / "stats.json", out.stats)
         log.info(
             "wrote %d train, %d dev questions and %d passages (%d duplicates removed) to %s",
             len(out.train),
             len(out.dev),
-            len(out.corpus),
+            out.stats["corpus"]["passages"],
             out.stats["corpus"]["duplicates_removed"],
             args.out_dir,
         )

@@ -201,5 +201,48 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     assert w1.keys() == w2.keys()
     for name in w1:
         moved = (w1[name] - base[name]).abs().max()
-        print(name, float(moved), float((w1[name] - w2[name]).abs().max()))
-        assert torch.allclose(w1[name], w2[name], atol=1e-5), (name, moved)
+        assert moved > 1e-3, name  # lr 1e-3: Adam's first steps move every weight by ~lr
+        assert torch.allclose(w1[name], w2[name], atol=2e-5), name
+
+
+@pytest.mark.slow
+def test_warmup_stage_trains_under_the_launcher_and_rank_0_writes_once(tmp_path, tiny_model_dir):
+    root = tmp_path / "proj"
+    shutil.copytree(tiny_model_dir, root / "runs/base/model")
+    teacher = [{"qid": f"q{i}", "messages": _chat(i)} for i in range(4)]
+    (root / "teacher.jsonl").write_text("".join(json.dumps(t) + "\n" for t in teacher))
+    params = {
+        "prepare": {"train": [], "dev": []},
+        "warmup": {"teacher_file": "teacher.jsonl", "epochs": 1.0},
+        "train": {
+            "lora": True,
+            "batch_size": 1,
+            "max_length": 512,
+            "launcher": str(CONFIGS / "accelerate/ddp.yaml"),
+            "num_processes": 2,
+        },
+        "tracking": {"required": False},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in LAUNCH_VARS},
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        SWITCH_ENV: "off",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.warmup"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    stats = json.loads((root / "runs/warmup/train_stats.json").read_text())
+    assert stats["enabled"] and stats["examples"] == 4 and stats["steps"] == 2  # 4 / (1 × 2)
+    lines = (root / "runs/warmup/trajectories.jsonl").read_text().splitlines()
+    assert [json.loads(line)["qid"] for line in lines] == ["q0", "q1", "q2", "q3"]
+    assert (root / "runs/iter_0/model/model.safetensors").is_file()
+    assert sorted(p.name for p in (root / "runs").iterdir()) == ["base", "iter_0", "warmup"]

@@ -80,7 +80,11 @@ def test_dvc_repro_runs_warmup_and_two_iterations(tiny_campaign):
     for ckpt in ("base", "iter_0", "iter_1", "iter_2"):
         assert (project / "runs" / ckpt / "model" / "config.json").is_file()
         metrics = json.loads((project / "runs" / ckpt / "metrics.json").read_text())
-        assert metrics["overall"]["n"] == 4 and set(metrics["methods"]) == {"agent", "rag", "direct"}
+        assert metrics["overall"]["n"] == 4 and set(metrics["methods"]) == {
+            "agent",
+            "rag",
+            "direct",
+        }
         assert (project / "runs" / ckpt / "predictions.jsonl").is_file()
     for it in ("iter_1", "iter_2"):
         trajectories = (project / "runs" / it / "trajectories.jsonl").read_text().splitlines()

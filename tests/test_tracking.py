@@ -124,6 +124,7 @@ def test_stages_without_parent_share_one_auto_parent_per_campaign_key(project):
     parent = client().get_run(first.parent_id)
     assert parent.data.tags["role"] == "campaign"
     assert parent.info.status == "FINISHED"
+    assert [a.path for a in client().list_artifacts(first.parent_id)] == ["params.yaml"]
     (project / "params.yaml").write_text((project / "params.yaml").read_text() + "seed: 3\n")
     with stage_run(load_params(), stage="prepare") as third:
         pass

@@ -9,6 +9,7 @@ stage that really runs appends its address to `executions.log` (untracked by DVC
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -144,7 +145,9 @@ def mlflow_store(path: Path) -> str:
     if not _TEMPLATE:
         import mlflow
 
-        tmp = Path(tempfile.mkdtemp(prefix="mlflow-template-")) / "mlflow.db"
+        tmp_dir = tempfile.mkdtemp(prefix="mlflow-template-")
+        atexit.register(shutil.rmtree, tmp_dir, ignore_errors=True)
+        tmp = Path(tmp_dir) / "mlflow.db"
         mlflow.MlflowClient(f"sqlite:///{tmp}").search_experiments()
         _TEMPLATE.append(tmp)
     shutil.copyfile(_TEMPLATE[0], path)
