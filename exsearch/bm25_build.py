@@ -19,7 +19,7 @@ so the arrays equal what `BM25.index` builds from the same token ids.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import bm25s
@@ -54,7 +54,7 @@ def build_bm25(
     bm25: bm25s.BM25,
     *,
     spill_dir: str | Path | None = None,
-    vocab_fn=None,
+    vocab_fn: Callable[[], dict[str, int]] | None = None,
 ) -> bm25s.BM25:
     """Index documents given as token-id sequences into `bm25` (a fresh `bm25s.BM25`); return it.
 

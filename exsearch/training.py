@@ -398,11 +398,11 @@ def train_weighted(
         result.n_tokens_trained,
     )
     set_seed(cfg.seed)
-    # Full fine-tuning keeps float32 master weights under bf16 autocast: a bf16 weight would
-    # round away updates of lr≈1e-6. Under LoRA the frozen base may be bf16 (the adapter
-    # weights stay float32, peft's default).
-    dtype = torch.bfloat16 if cfg.bf16 and cfg.lora else torch.float32
-    model = load_for_training(model_dir, dtype, trainable=cfg.lora)
+    # Weights stay float32 and bf16 is autocast only: a bf16 weight would round away updates of
+    # lr≈1e-6, and a LoRA delta merged into bf16 weights loses whatever is below their 8-bit
+    # mantissa. Autocast alone gives the speed (bf16 matmuls, on GPUs and on CPUs with bf16
+    # instructions alike).
+    model = load_for_training(model_dir, torch.float32, trainable=cfg.lora)
     if cfg.lora:
         model = _with_lora(model, cfg)
     elif hasattr(model, "merge_and_unload"):
@@ -470,8 +470,6 @@ def _save(model: Any, tokenizer: Any, out_dir: str | Path, cfg: TrainConfig, bas
     with atomic_path(out_dir, is_dir=True) as tmp:
         if cfg.lora and cfg.merge_lora:
             model = model.merge_and_unload()
-        if cfg.bf16 and not (cfg.lora and not cfg.merge_lora):
-            model = model.to(torch.bfloat16)  # bf16 runs save bf16 weights (half the disk)
         model.save_pretrained(tmp)
         if cfg.lora and not cfg.merge_lora:
             write_json(tmp / BASE_MODEL_FILE, {"base_model": base})

@@ -312,11 +312,12 @@ def test_negative_weight_is_an_error_naming_the_example(tiny_model_dir, tmp_path
         train_weighted(tiny_model_dir, bad, tmp_path / "m", cfg(), max_steps=1, progress=False)
 
 
-def test_bf16_full_finetune_keeps_float32_masters_and_saves_bf16(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("lora", [False, True])
+def test_bf16_is_autocast_only_and_saves_float32_weights(tiny_model_dir, tmp_path, lora):
     out = tmp_path / "model"
     result = train_weighted(
-        tiny_model_dir, examples(), out, cfg(lora=False, bf16=True), max_steps=1, progress=False
+        tiny_model_dir, examples(), out, cfg(lora=lora, bf16=True), max_steps=1, progress=False
     )
     assert all(h["loss"] > 0 for h in result.loss_history)
     saved = AutoModelForCausalLM.from_pretrained(out)
-    assert next(saved.parameters()).dtype == torch.bfloat16
+    assert next(saved.parameters()).dtype == torch.float32
