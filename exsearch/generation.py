@@ -80,6 +80,14 @@ class Generator(Protocol):
         ...
 
 
+def check_decoding(max_new_tokens: int, temperature: float, top_p: float) -> None:
+    """Reject decoding settings no backend can honour, before any work is done."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+
+
 def sequence_seed(seed: int, index: int) -> int:
     """A 63-bit seed for sequence `index` of a call seeded with `seed` (stable across runs)."""
     digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
@@ -280,12 +288,7 @@ class HFGenerator:
         temperature 0 is greedy; otherwise sampling with temperature and top_p. `seed` is one
         int (sequence i uses `sequence_seed(seed, i)`), one int per prompt, or None (random).
         """
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(
-                f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}"
-            )
+        check_decoding(max_new_tokens, temperature, top_p)
         stops = [s for s in stop if s]
         seeds = _row_seeds(seed, len(prompts)) if temperature > 0 else [0] * len(prompts)
         encoded = self._encode(prompts)

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from exsearch.config import GenerationConfig
-from exsearch.generation import Completion, _row_seeds, cut_at_stop
+from exsearch.generation import Completion, _row_seeds, check_decoding, cut_at_stop
 from exsearch.modeling import prepare_tokenizer
 from exsearch.prompts import ANSWER_OPEN
 from exsearch.weighting import gold_answer_tokens, with_gold_answer
@@ -151,12 +151,7 @@ class OpenAIGenerator:
         seed: int | Sequence[int] | None = None,
     ) -> list[Completion]:
         """Continue each prompt on the server; same contract as `HFGenerator.generate`."""
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(
-                f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}"
-            )
+        check_decoding(max_new_tokens, temperature, top_p)
         if not prompts:
             return []
         stops = [s for s in stop if s]

@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("weights: %s", stats)
         run.log_metrics(stats)
         run.log_artifact(out / "weight_stats.json")
+        run.log_artifact(out / "weights.parquet")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,10 @@ import copy
 
 import pytest
 import torch
+from completions import clean_span, same_outputs
 
 from exsearch.config import GenerationConfig, ModelConfig
 from exsearch.generation import (
-    Completion,
     Generator,
     HFGenerator,
     _RowSampler,
@@ -36,22 +36,6 @@ def gen(loaded):
 @pytest.fixture(scope="module")
 def prompts(gen):
     return [gen.chat_prompt([{"role": "user", "content": q}]) for q in QUESTIONS]
-
-
-def same_outputs(a: list[Completion], b: list[Completion]) -> None:
-    assert [(c.text, c.n_tokens, c.finish, c.stop) for c in a] == [
-        (c.text, c.n_tokens, c.finish, c.stop) for c in b
-    ]
-    assert [c.logprob for c in a] == pytest.approx([c.logprob for c in b], abs=1e-3)
-
-
-def clean_span(text: str, start: int, length: int) -> str:
-    """A substring of `text` from about `start` free of replacement characters."""
-    for i in range(start, len(text) - length):
-        span = text[i : i + length]
-        if "\ufffd" not in span and span.strip():
-            return span
-    raise AssertionError(f"no clean span in {text!r}")
 
 
 def test_hf_generator_implements_the_generator_protocol(gen):

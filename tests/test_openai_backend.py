@@ -8,13 +8,13 @@ import math
 import socket
 
 import pytest
+from completions import clean_span, same_outputs
 from openai_server import FakeCompletionsServer
 
 from exsearch import prompts as P
 from exsearch.agent import SearchAgent
 from exsearch.config import AgentConfig, GenerationConfig, IndexConfig, ModelConfig
 from exsearch.generation import (
-    Completion,
     Generator,
     HFGenerator,
     make_generator,
@@ -61,21 +61,6 @@ def client(server):
         yield c
 
 
-def same_outputs(a: list[Completion], b: list[Completion]) -> None:
-    assert [(c.text, c.n_tokens, c.finish, c.stop) for c in a] == [
-        (c.text, c.n_tokens, c.finish, c.stop) for c in b
-    ]
-    assert [c.logprob for c in a] == pytest.approx([c.logprob for c in b], abs=1e-4)
-
-
-def clean_span(text: str, start: int, length: int) -> str:
-    for i in range(start, len(text) - length):
-        span = text[i : i + length]
-        if "\ufffd" not in span and span.strip():
-            return span
-    raise AssertionError(f"no clean span in {text!r}")
-
-
 # ---- same results as the hf backend ------------------------------------------------------------
 
 
@@ -112,7 +97,7 @@ def test_agent_trajectories_match_the_hf_backend(hf, client):
 
 def test_seeded_sampling_matches_the_hf_backend(hf, client, prompts):
     kw = dict(max_new_tokens=12, stop=[P.SEARCH_CLOSE], temperature=1.0, top_p=0.9, seed=7)
-    same_outputs(client.generate(prompts, **kw), hf.generate(prompts, **kw))
+    same_outputs(client.generate(prompts, **kw), hf.generate(prompts, **kw), logprob_abs=1e-4)
     other = client.generate(prompts, **{**kw, "seed": 8})
     assert [c.text for c in other] != [c.text for c in hf.generate(prompts, **kw)]
 
@@ -138,7 +123,7 @@ def test_stop_string_is_kept_in_the_text_like_the_hf_backend(hf, server, client,
     stop = clean_span(full.text, 8, 3)
     kw = dict(max_new_tokens=24, stop=["unused-stop", stop])
     [got] = client.generate(prompts[:1], **kw)
-    same_outputs([got], hf.generate(prompts[:1], **kw))
+    same_outputs([got], hf.generate(prompts[:1], **kw), logprob_abs=1e-4)
     assert (got.finish, got.stop) == ("stop", stop) and got.text.endswith(stop)
 
 
@@ -152,14 +137,18 @@ def test_eos_ends_a_completion_without_a_stop_string(hf, prompts, dialect):
     with FakeCompletionsServer(local) as server, connect(server) as client:
         server.stop_dialect = dialect
         [got] = client.generate(prompts[:1], max_new_tokens=10, stop=["zzz"])
-    same_outputs([got], local.generate(prompts[:1], max_new_tokens=10, stop=["zzz"]))
+    same_outputs(
+        [got], local.generate(prompts[:1], max_new_tokens=10, stop=["zzz"]), logprob_abs=1e-4
+    )
     assert (got.finish, got.stop) == ("stop", None)
 
 
 def test_max_new_tokens_gives_finish_length(hf, client, prompts):
     out = client.generate(prompts, max_new_tokens=3, stop=["never-generated-zz"])
     assert all((c.finish, c.stop, c.n_tokens) == ("length", None, 3) for c in out)
-    same_outputs(out, hf.generate(prompts, max_new_tokens=3, stop=["never-generated-zz"]))
+    same_outputs(
+        out, hf.generate(prompts, max_new_tokens=3, stop=["never-generated-zz"]), logprob_abs=1e-4
+    )
 
 
 def chat(gold: str, n_passages: int) -> dict:
@@ -199,7 +188,9 @@ def test_gold_answer_scores_match_the_weighting_stage(hf, server, client, token_
 def test_transient_503s_are_retried(hf, server, client, prompts):
     server.fail_next = 2
     same_outputs(
-        client.generate(prompts[:1], max_new_tokens=4), hf.generate(prompts[:1], max_new_tokens=4)
+        client.generate(prompts[:1], max_new_tokens=4),
+        hf.generate(prompts[:1], max_new_tokens=4),
+        logprob_abs=1e-4,
     )
     assert server.requests == 3
 

@@ -121,3 +121,82 @@ def test_adding_an_iteration_runs_only_the_new_one(tiny_campaign):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     ran = {line.split("'")[1] for line in run.stdout.splitlines() if "Running stage" in line}
     assert ran == {"sample@iter_3", "weigh@iter_3", "train@iter_3", "evaluate@iter_3", "report"}
+
+
+STAGE_RUNS = {
+    "prepare", "index", "init_model", "warmup", "report",
+    *(f"{c}/evaluate" for c in ("base", "iter_0", "iter_1", "iter_2")),
+    *(f"{i}/{s}" for i in ("iter_1", "iter_2") for s in ("sample", "weigh", "train")),
+}  # fmt: skip
+
+
+def mlflow_runs(project: Path):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("exsearch-tiny")
+    return client, client.search_runs([exp.experiment_id])
+
+
+@pytest.mark.slow
+def test_mlflow_holds_one_parent_with_a_nested_run_per_stage(tiny_campaign):
+    project, _ = tiny_campaign
+    client, runs = mlflow_runs(project)
+    parents = [r for r in runs if r.data.tags.get("role") == "campaign"]
+    first = min(parents, key=lambda r: r.info.start_time)  # later tests add campaigns
+    nested = {
+        r.info.run_name: r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == first.info.run_id
+    }
+    assert set(nested) == STAGE_RUNS
+    assert all(r.info.status == "FINISHED" for r in nested.values())
+    train = nested["iter_2/train"].data.tags
+    assert train["stage"] == "train" and train["iteration"] == "iter_2" and train["params_hash"]
+    em = client.get_metric_history(first.info.run_id, "overall/em")
+    assert sorted(m.step for m in em) == [-1, 0, 1, 2]  # base, warm-up, two EM iterations
+    artifacts = {a.path for a in client.list_artifacts(nested["iter_1/evaluate"].info.run_id)}
+    assert {"metrics.json", "predictions.jsonl"} <= artifacts
+    assert client.get_metric_history(nested["iter_1/train"].info.run_id, "loss")
+
+
+@pytest.mark.slow
+def test_the_prefect_flow_runs_the_tiny_campaign_like_dvc_repro(
+    tiny_campaign, tmp_path_factory, tiny_model_dir, monkeypatch
+):
+    from prefect.settings import PREFECT_HOME, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.campaign import em_campaign
+
+    reference, _ = tiny_campaign
+    project = project_copy(tmp_path_factory.mktemp("flow_campaign"))
+    params = yaml.safe_load(TINY_PARAMS.read_text())
+    params["model"]["base"] = str(tiny_model_dir)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "tiny"],
+        cwd=project,
+    )
+    for key, value in {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
+        "EXSEARCH_TRACKING": "on",
+        "DVC_NO_ANALYTICS": "1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    with temporary_settings({PREFECT_HOME: str(tmp_path_factory.mktemp("prefect"))}):
+        with prefect_test_harness(server_startup_timeout=120):
+            result = em_campaign(project_dir=str(project))
+    assert set(result["stages"].values()) == {"ran"}
+    assert list(result["stages"])[0] == "prepare" and list(result["stages"])[-1] == "report"
+    for ckpt in ("base", "iter_0", "iter_1", "iter_2"):
+        mine = json.loads((project / "runs" / ckpt / "metrics.json").read_text())
+        theirs = json.loads((reference / "runs" / ckpt / "metrics.json").read_text())
+        assert mine["overall"]["finish_reasons"] == theirs["overall"]["finish_reasons"]
+    for it in ("iter_1", "iter_2"):
+        assert (project / "runs" / it / "weights.parquet").is_file()
+    _, runs = mlflow_runs(project)
+    (parent,) = [r for r in runs if r.data.tags.get("role") == "campaign"]
+    assert parent.info.run_id == result["parent_run_id"]
+    assert {r.info.run_name for r in runs if r is not parent} == STAGE_RUNS
