@@ -27,9 +27,16 @@ from transformers import (
     StoppingCriteria,
     StoppingCriteriaList,
 )
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from exsearch.config import GenerationConfig, ModelConfig
 from exsearch.modeling import load_model
+from exsearch.prefix_cache import PrefixCache, left_pad
+
+# transformers 5 renamed generate()'s `past_key_values` argument and output field to `cache`.
+_CACHE_FIELD = (
+    "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
+)
 
 
 @dataclass(frozen=True)
@@ -218,14 +225,23 @@ class HFGenerator:
 
     Prompts are sorted by length and cut into batches of `batch_size`, left-padded; results come
     back in the caller's order. `logprob` is always computed (it costs one log-sum-exp per step).
+    Prompts that extend a sequence of an earlier call reuse its keys/values (`PrefixCache`,
+    up to `prefix_cache_tokens` tokens kept; 0 turns it off).
     """
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        batch_size: int = 16,
+        prefix_cache_tokens: int = GenerationConfig().prefix_cache_tokens,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         eos = model.generation_config.eos_token_id
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
@@ -240,7 +256,7 @@ class HFGenerator:
     ) -> HFGenerator:
         """Load the model saved at `model_path` with the `model` and `generation` params."""
         model, tokenizer = load_model(model_path, model_cfg.dtype, model_cfg.device)
-        return cls(model, tokenizer, gen_cfg.batch_size)
+        return cls(model, tokenizer, gen_cfg.batch_size, gen_cfg.prefix_cache_tokens)
 
     @property
     def device(self) -> torch.device:
@@ -263,13 +279,7 @@ class HFGenerator:
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            if r:
-                ids[i, width - len(r) :] = torch.tensor(r)
-                mask[i, width - len(r) :] = 1
+        ids, mask = left_pad(rows, self.pad_id)
         return ids.to(self.device), mask.to(self.device)
 
     @torch.inference_mode()
@@ -319,7 +329,8 @@ class HFGenerator:
         temperature: float,
         top_p: float,
     ) -> list[Completion]:
-        ids, mask = self._left_pad(rows)
+        inputs = self.prefix_cache.prepare(rows, self.pad_id, self.device)
+        ids, mask = inputs.input_ids, inputs.attention_mask
         generators = []
         if temperature > 0:
             for s in seeds:
@@ -343,6 +354,7 @@ class HFGenerator:
             eos_token_id=self.eos_ids or None,
             pad_token_id=self.pad_id,
             use_cache=True,
+            return_dict_in_generate=True,
         )
         out = self.model.generate(
             input_ids=ids,
@@ -350,8 +362,9 @@ class HFGenerator:
             generation_config=config,
             logits_processor=LogitsProcessorList([sampler]),
             stopping_criteria=StoppingCriteriaList([stopper] if stopper else []),
+            **({_CACHE_FIELD: inputs.cache} if inputs.cache is not None else {}),
         )
-        gen = out[:, ids.shape[1] :].tolist()
+        gen = out.sequences[:, ids.shape[1] :].tolist()
         logprobs = torch.stack(sampler.logprobs, dim=1).tolist() if sampler.logprobs else []
         eos = set(self.eos_ids)
         completions = []
@@ -374,7 +387,17 @@ class HFGenerator:
                 text = _decode(self.tokenizer, tokens)
             lp = float(sum(logprobs[row][:n])) if logprobs else None
             completions.append(Completion(text, n, lp, finish, which))
+        self._keep_prefixes(out, mask, [c.n_tokens for c in completions])
         return completions
+
+    def _keep_prefixes(self, out: Any, prompt_mask: torch.Tensor, consumed: list[int]) -> None:
+        """Hand the call's keys/values to the prefix cache: prompt tokens and each row's own."""
+        cache = getattr(out, _CACHE_FIELD, None)
+        if self.prefix_cache.max_tokens == 0 or cache is None:
+            return
+        generated = torch.arange(out.sequences.shape[1] - prompt_mask.shape[1], device=self.device)
+        own = generated < torch.tensor(consumed, device=self.device).unsqueeze(-1)
+        self.prefix_cache.keep(out.sequences, torch.cat([prompt_mask, own.long()], 1), cache)
 
     @torch.inference_mode()
     def score_continuations(

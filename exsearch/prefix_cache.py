@@ -1,0 +1,178 @@
+"""Reuse attention keys/values across calls when a prompt extends a sequence seen before.
+
+The agent's prompt for turn t+1 is its prompt for turn t, the text it then generated and the new
+documents. Re-encoding all of it every turn makes prompt processing grow with the square of the
+number of turns, and on a CPU it dominates the loop. After each batch the backend keeps, per
+row, the keys/values of the tokens the model processed; a later prompt reuses those of its
+longest *token* prefix shared with any kept row, and only the rest goes through the model.
+Matching on token ids (not text) means the model sees exactly the tokens it would see without
+the cache: where re-tokenising the chat changes a token at a turn boundary, reuse stops there.
+
+Rows of one batch reuse prefixes of different lengths. Kept positions are packed to the right
+of the cache (left padding) and the new tokens follow, also left-padded, so a row may have a
+masked gap between its cached and new tokens. Positions count only unmasked tokens, so every
+token keeps the position it had when its keys were computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class _Entry:
+    """Keys/values of one processed token sequence (per layer: [kv_heads, len(tokens), dim])."""
+
+    tokens: np.ndarray
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class BatchInputs:
+    """What one generate call needs: ids and mask over cached + new tokens, and the cache."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    cache: DynamicCache | None
+    reused: int  # prompt tokens whose keys/values came from the cache
+
+
+def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """Length of the longest common prefix of two token arrays."""
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(a[:n] != b[:n])
+    return int(diff[0]) if len(diff) else n
+
+
+def left_pad(
+    rows: Sequence[Sequence[int]], pad_id: int, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of `rows`, right-aligned in `width` columns."""
+    width = max((len(r) for r in rows), default=0) if width is None else width
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if len(r):
+            ids[i, width - len(r) :] = torch.as_tensor(r, dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def cache_layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) of every layer, each [batch, kv_heads, length, dim]."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+class PrefixCache:
+    """Keys/values of recently processed sequences, kept up to `max_tokens` tokens in all.
+
+    Oldest entries go first when the budget is exceeded; an entry that is a prefix of a newer
+    one is dropped at once (the newer one serves every prompt the old one could).
+    """
+
+    def __init__(self, max_tokens: int):
+        if max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+        self.max_tokens = max_tokens
+        self._entries: list[_Entry] = []
+        self.prompt_tokens = 0  # prompt tokens seen by prepare()
+        self.reused_tokens = 0  # of which taken from the cache
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def kept_tokens(self) -> int:
+        """Tokens whose keys/values are held now."""
+        return sum(len(e.tokens) for e in self._entries)
+
+    def sequences(self) -> list[np.ndarray]:
+        """The token ids of every kept sequence, oldest first."""
+        return [e.tokens for e in self._entries]
+
+    def clear(self) -> None:
+        """Drop every entry (e.g. after the model's weights change)."""
+        self._entries.clear()
+
+    def match(self, row: Sequence[int]) -> tuple[_Entry | None, int]:
+        """The entry sharing the longest prefix with `row`, and how many tokens to reuse.
+
+        At most len(row) - 1 tokens are reused: the last prompt token must go through the model
+        to give the logits of the first new token.
+        """
+        arr = np.asarray(row, dtype=np.int64)
+        best, best_n = None, 0
+        for e in self._entries:
+            n = common_prefix(arr, e.tokens)
+            if n > best_n:
+                best, best_n = e, n
+        return best, min(best_n, len(row) - 1)
+
+    def prepare(
+        self, rows: Sequence[Sequence[int]], pad_id: int, device: torch.device
+    ) -> BatchInputs:
+        """Inputs for a batch of prompts, reusing cached prefixes where there are any."""
+        matches = [self.match(r) for r in rows] if self._entries else [(None, 0)] * len(rows)
+        reused = sum(n for _, n in matches)
+        self.prompt_tokens += sum(len(r) for r in rows)
+        self.reused_tokens += reused
+        if reused == 0:
+            ids, mask = left_pad(rows, pad_id)
+            return BatchInputs(ids.to(device), mask.to(device), None, 0)
+        width = max(n for _, n in matches)
+        reuse = [n for _, n in matches]
+        cached_ids, cached_mask = left_pad(
+            [r[:n] for r, n in zip(rows, reuse, strict=True)], pad_id, width
+        )
+        new_ids, new_mask = left_pad([r[n:] for r, n in zip(rows, reuse, strict=True)], pad_id)
+        template = next(e for e, n in matches if n).layers
+        layers = []
+        for layer, (k_like, v_like) in enumerate(template):
+            keys = k_like.new_zeros((len(rows), k_like.shape[0], width, k_like.shape[2]))
+            values = v_like.new_zeros((len(rows), v_like.shape[0], width, v_like.shape[2]))
+            for i, (e, n) in enumerate(matches):
+                if n:
+                    keys[i, :, width - n :] = e.layers[layer][0][:, :n]
+                    values[i, :, width - n :] = e.layers[layer][1][:, :n]
+            layers.append((keys, values))
+        return BatchInputs(
+            torch.cat([cached_ids, new_ids], 1).to(device),
+            torch.cat([cached_mask, new_mask], 1).to(device),
+            DynamicCache(ddp_cache_data=layers),
+            reused,
+        )
+
+    def keep(self, sequences: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> None:
+        """Keep each row's processed tokens from a finished generate call.
+
+        `sequences` are the call's token ids (inputs then generated) and `mask` marks, over the
+        same columns, the tokens that belong to each row (so neither padding, gaps, nor what was
+        generated after a row had stopped). The cache holds keys/values for every column but
+        the last, which was sampled and never fed back.
+        """
+        if self.max_tokens == 0:
+            return
+        layers = cache_layers(cache)
+        length = layers[0][0].shape[2]
+        for i in range(sequences.shape[0]):
+            pos = mask[i, :length].nonzero().flatten()
+            if len(pos) == 0:
+                continue
+            entry = _Entry(
+                sequences[i, pos].cpu().numpy(),
+                [(k[i][:, pos].clone(), v[i][:, pos].clone()) for k, v in layers],
+            )
+            self._entries = [e for e in self._entries if not _is_prefix(e.tokens, entry.tokens)]
+            self._entries.append(entry)
+        total = self.kept_tokens
+        while self._entries and total > self.max_tokens:
+            total -= len(self._entries.pop(0).tokens)
+
+
+def _is_prefix(a: np.ndarray, b: np.ndarray) -> bool:
+    return len(a) <= len(b) and common_prefix(a, b) == len(a)

@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+
+from exsearch.generation import HFGenerator
+from exsearch.modeling import load_model
+from exsearch.prefix_cache import PrefixCache, common_prefix
+
+QUESTIONS = ["Who founded the band?", "What year", "x", "The capital city of the state"]
+STOPS = ["</search>", "</answer>"]
+DOCS = "<|im_end|>\n<|im_start|>user\n<documents>the river was founded in 1820</documents>"
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    return load_model(tiny_model_dir, "float32", "cpu")
+
+
+def first_prompts(gen: HFGenerator) -> list[str]:
+    return [gen.chat_prompt([{"role": "user", "content": q}]) for q in QUESTIONS]
+
+
+def next_turn(prompts: list[str], completions) -> list[str]:
+    """What the agent does: prompt + generated text + a new user turn + the assistant header."""
+    return [
+        p + c.text + DOCS + "<|im_end|>\n<|im_start|>assistant\n<record>"
+        for p, c in zip(prompts, completions, strict=True)
+    ]
+
+
+def two_turns(gen: HFGenerator, **decoding) -> list:
+    first = first_prompts(gen)
+    out = gen.generate(first, max_new_tokens=6, stop=STOPS, **decoding)
+    return gen.generate(next_turn(first, out), max_new_tokens=6, stop=STOPS, **decoding)
+
+
+def assert_same(a, b):
+    assert [(c.text, c.n_tokens, c.finish, c.stop) for c in a] == [
+        (c.text, c.n_tokens, c.finish, c.stop) for c in b
+    ]
+    assert [c.logprob for c in a] == pytest.approx([c.logprob for c in b], abs=1e-3)
+
+
+def test_common_prefix_counts_equal_leading_tokens():
+    assert common_prefix(np.array([1, 2, 3]), np.array([1, 2, 4, 5])) == 2
+    assert common_prefix(np.array([1, 2]), np.array([1, 2, 3])) == 2
+    assert common_prefix(np.array([7]), np.array([1])) == 0
+    assert common_prefix(np.array([], dtype=np.int64), np.array([1])) == 0
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_a_second_turn_reuses_the_first_and_generates_exactly_as_without_cache(
+    loaded, batch_size, temperature
+):
+    cached = HFGenerator(*loaded, batch_size=batch_size)
+    plain = HFGenerator(*loaded, batch_size=batch_size, prefix_cache_tokens=0)
+    decoding = {"temperature": temperature, "seed": 5}
+    assert_same(two_turns(cached, **decoding), two_turns(plain, **decoding))
+    # Every second-turn prompt starts with a whole first-turn sequence.
+    stats = cached.prefix_cache
+    assert stats.reused_tokens > sum(cached.count_tokens(first_prompts(cached)))
+    assert plain.prefix_cache.reused_tokens == 0
+
+
+def test_the_same_prompt_again_reuses_all_but_its_last_token(loaded):
+    gen = HFGenerator(*loaded, batch_size=4)
+    prompts = first_prompts(gen)
+    once = gen.generate(prompts, max_new_tokens=5)
+    before = gen.prefix_cache.reused_tokens
+    again = gen.generate(prompts, max_new_tokens=5)
+    assert_same(once, again)
+    assert gen.prefix_cache.reused_tokens - before == sum(n - 1 for n in gen.count_tokens(prompts))
+
+
+def test_reuse_stops_where_the_tokens_differ(loaded):
+    gen = HFGenerator(*loaded, batch_size=4)
+    gen.generate(["<think>the city was founded in 1820"], max_new_tokens=3)
+    same = gen.tokenizer("<think>the city was founded", add_special_tokens=False).input_ids
+    other = gen.tokenizer("<think>the river", add_special_tokens=False).input_ids
+    longer = gen.tokenizer("<think>the city was founded in 1820 and", add_special_tokens=False)
+    _, n_same = gen.prefix_cache.match(same)
+    _, n_other = gen.prefix_cache.match(other)
+    _, n_longer = gen.prefix_cache.match(longer.input_ids)
+    assert n_same == len(same) - 1  # the last prompt token always goes through the model
+    assert n_other == common_prefix(np.array(other), np.array(same))
+    assert n_longer >= len(same)
+
+
+def test_kept_tokens_never_exceed_the_budget_and_prefixes_of_newer_rows_are_dropped(loaded):
+    gen = HFGenerator(*loaded, batch_size=4, prefix_cache_tokens=10_000)
+    first = first_prompts(gen)
+    out = gen.generate(first, max_new_tokens=6, stop=STOPS)
+    assert len(gen.prefix_cache) == len(QUESTIONS)
+    gen.generate(next_turn(first, out), max_new_tokens=6, stop=STOPS)
+    kept = gen.prefix_cache.sequences()
+    # A first turn whose tokens survive re-tokenisation is a prefix of its second: dropped.
+    assert len(QUESTIONS) <= len(kept) < 2 * len(QUESTIONS)
+    for i, a in enumerate(kept):
+        assert not any(
+            j != i and len(a) <= len(b) and common_prefix(a, b) == len(a)
+            for j, b in enumerate(kept)
+        )
+
+    small = HFGenerator(*loaded, batch_size=4, prefix_cache_tokens=60)
+    small.generate(first, max_new_tokens=6)
+    assert 0 < small.prefix_cache.kept_tokens <= 60
+
+
+def test_a_zero_budget_keeps_nothing(loaded):
+    gen = HFGenerator(*loaded, batch_size=4, prefix_cache_tokens=0)
+    two_turns(gen, temperature=0.0)
+    assert len(gen.prefix_cache) == 0 and gen.prefix_cache.reused_tokens == 0
+
+
+def test_negative_budget_is_an_error():
+    with pytest.raises(ValueError, match="max_tokens"):
+        PrefixCache(-1)
