@@ -97,6 +97,8 @@ class SearchAgent:
         self.gen = generator
         self.retriever = retriever
         self.cfg = cfg
+        # Every passage shown so far, for scoring retrieval without reading the whole corpus.
+        self.seen_passages: dict[str, Passage] = {}
 
     # ---------------------------------------------------------------- public
     def run(
@@ -146,6 +148,7 @@ class SearchAgent:
             return _Rollout(q, sample, msgs, phase="answer", finish_reason="final")
         hits = self.retriever.search([q.question], self.cfg.top_k)[0]
         passages = [h.passage for h in hits]
+        self.seen_passages.update((p.id, p) for p in passages)
         r = _Rollout(
             q,
             sample,
@@ -237,6 +240,7 @@ class SearchAgent:
         results = self.retriever.search([q for _, q in searching], self.cfg.top_k)
         for (r, _), hits in zip(searching, results, strict=True):
             passages = [h.passage for h in hits]
+            self.seen_passages.update((p.id, p) for p in passages)
             r.steps[-1].passage_ids = [p.id for p in passages]
             r.messages.append({"role": "user", "content": ""})
             r.shown[len(r.messages) - 1] = passages

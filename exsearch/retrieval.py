@@ -224,9 +224,9 @@ class BM25Retriever:
     def __len__(self) -> int:
         return len(self._passages)
 
-    def passages_by_id(self) -> dict[str, Passage]:
-        """Every indexed passage by id (reads them all, even from a memory-mapped index)."""
-        return {p.id: p for p in (self._passages[i] for i in range(len(self)))}
+    def iter_passages(self) -> Iterator[Passage]:
+        """Every indexed passage in index order, one at a time (streamed from a mapped index)."""
+        return (self._passages[i] for i in range(len(self)))
 
     @classmethod
     def build(

@@ -125,10 +125,16 @@ def build_trajectories(
     passage_max_words: int,
     seed: int = 0,
 ) -> tuple[list[dict], int]:
-    """Warm-up trajectories for every question with supporting facts; also the count skipped."""
+    """Warm-up trajectories for every question with supporting facts; also the count skipped.
+
+    `corpus` is read once, keeping only passages whose title a supporting fact names, so a
+    streamed corpus of any size fits in memory.
+    """
+    wanted = {item["title"] for q in questions for item in q.extra.get("support") or []}
     by_title: dict[str, list[Passage]] = {}
     for p in corpus:
-        by_title.setdefault(p.title, []).append(p)
+        if p.title in wanted:
+            by_title.setdefault(p.title, []).append(p)
     rng = random.Random(seed)
     out, skipped = [], 0
     for q in questions:

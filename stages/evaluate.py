@@ -37,8 +37,7 @@ def evaluate(
         recs = agent.run(questions, method=method, sampling=Sampling(temperature=0.0, seed=seed))
         seconds[method] = round(time.perf_counter() - started, 1)
         records.extend(recs)
-        passages = agent.retriever.passages_by_id() if agent.retriever else {}
-        results[method] = summarize(recs, passages)
+        results[method] = summarize(recs, agent.seen_passages)
     primary = methods[0]
     doc = {
         "primary": primary,

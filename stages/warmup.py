@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
             trajectories, skipped = build_trajectories(
                 questions,
                 retriever,
-                retriever.passages_by_id().values(),
+                retriever.iter_passages(),
                 top_k=params.agent.top_k,
                 passage_max_words=params.agent.passage_max_words,
                 seed=params.seed,

@@ -180,6 +180,16 @@ def test_one_generation_call_per_round_over_all_live_trajectories(retriever):
     assert sorted({r["sample"] for r in recs}) == [0, 1]
 
 
+def test_the_agent_remembers_every_passage_it_showed(retriever):
+    agent = SearchAgent(
+        ScriptedGenerator(expert), retriever, AgentConfig(max_steps=3, max_new_tokens=40)
+    )
+    rec = agent.run([QUESTION], progress=False)[0]
+    shown = {pid for step in rec["steps"] for pid in step["passage_ids"]}
+    assert shown and set(agent.seen_passages) == shown
+    assert all(agent.seen_passages[pid] in CORPUS for pid in shown)
+
+
 def test_baselines_run_in_the_same_harness(retriever):
     direct, gen = run(lambda p: "Paris</answer>", method="direct")
     assert direct["steps"] == [] and direct["prediction"] == "Paris"

@@ -115,7 +115,7 @@ def test_save_load_round_trip_gives_same_results(retriever, tmp_path, mmap):
     assert loaded.config == retriever.config
     assert _ranked(loaded.search(QUERIES, k=4)) == _ranked(retriever.search(QUERIES, k=4))
     assert loaded.search(["Röntgen"], k=1)[0][0].passage == PASSAGES[5]
-    assert loaded.passages_by_id() == {p.id: p for p in PASSAGES}
+    assert list(loaded.iter_passages()) == PASSAGES
 
 
 def test_streamed_build_equals_in_memory_build(retriever, tmp_path):
