@@ -2,16 +2,17 @@
 
     python bench/agent.py [--model runs/iter_0/model] [--batch 16] [--serial 4]
 
-Generated tokens per second of the agent (batch B) against:
-(a) the ceiling: plain batched `generate` over the same sequences and the same prompts, one call
-    per agent round with that round's token limit and no stop strings: what the model alone does
-    with the contexts the agent built, so the ratio is the loop's own overhead (retrieval,
-    parsing, prompt building, sequences leaving the batch);
-(a') plain batched `generate` from the first prompts only, for as many new tokens per sequence as
-    the agent wrote in all: this leaves out reading the passages, so on a CPU, where prompt
-    processing dominates, it shows what the documents cost rather than the loop's overhead;
-(b) the same agent run on each question alone (batch 1), on the first `--serial` questions.
-The ratios and the peak RSS are printed; the last line is `agent_vs_plain: X` for (a). Needs the
+Generated tokens per second of the agent (batch B, greedy, the hf backend with its prefix cache)
+against:
+(a) the ceiling: plain batched `generate` from the first prompts, the same number of sequences,
+    each writing as many new tokens as the agent wrote per trajectory in all turns, with no
+    stop strings: what the model alone does on this machine. The agent also has to read the
+    passages it retrieves (prompt processing); the ratio counts that against it;
+(a') plain batched `generate` over the prompts the agent built, one call per agent round with
+    that round's token limit, each prompt encoded in full: the loop without its cache;
+(b) the same agent run on each question alone (batch 1), on the first `--serial` questions;
+and the agent with the prefix cache turned off (`generation.prefix_cache_tokens: 0`).
+Prints the ratios and the peak RSS; the last line is `agent_vs_plain: X` for (a). Needs the
 prepared data and index (`dvc repro index`) and a model directory (default: the warmed-up
 runs/iter_0/model if present, else runs/base/model).
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 from exsearch import io, prompts
 from exsearch.agent import Sampling, SearchAgent
 from exsearch.config import AgentConfig, GenerationConfig, ModelConfig
-from exsearch.generation import HFGenerator
+from exsearch.hf_backend import HFGenerator
 from exsearch.retrieval import BM25Retriever
 from exsearch.schema import Question
 
@@ -81,21 +82,27 @@ def main() -> None:
         : args.batch
     ]
     gen = HFGenerator.from_config(model_dir, ModelConfig(), GenerationConfig(batch_size=args.batch))
+    # The same weights without the prefix cache: every prompt encoded in full.
+    uncached = HFGenerator(gen.model, gen.tokenizer, args.batch, prefix_cache_tokens=0)
     cfg = AgentConfig(max_steps=args.max_steps, top_k=3, passage_max_words=30)
     recorder = Recorder(gen)
     agent = SearchAgent(recorder, BM25Retriever.load("runs/index"), cfg)
+    agent_uncached = SearchAgent(uncached, agent.retriever, cfg)
     agent.run(questions[:2], progress=False)  # warm-up
     recorder.calls.clear()
+    gen.prefix_cache.clear()
 
     tokens, seconds, recs = timed_agent(agent, questions)
     rounds = len(recorder.calls)
     per_traj = max(1, round(tokens / len(questions)))
+    reused = gen.prefix_cache.reused_tokens / max(1, gen.prefix_cache.prompt_tokens)
+    nc_tokens, nc_seconds, _ = timed_agent(agent_uncached, questions)
 
-    plain_tokens, plain_seconds = 0, 0.0
+    same_tokens, same_seconds = 0, 0.0
     for texts, limit in recorder.calls:
-        t, s_ = timed_generate(gen, texts, limit)
-        plain_tokens += t
-        plain_seconds += s_
+        t, s_ = timed_generate(uncached, texts, limit)
+        same_tokens += t
+        same_seconds += s_
 
     first = [
         gen.chat_prompt(
@@ -106,32 +113,44 @@ def main() -> None:
         )
         for q in questions
     ]
-    first_tokens, first_seconds = timed_generate(gen, first, per_traj)
+    plain_tokens, plain_seconds = timed_generate(uncached, first, per_traj)
 
     serial_tokens, serial_seconds = 0, 0.0
     for q in questions[: args.serial]:
+        gen.prefix_cache.clear()
         t, s, _ = timed_agent(agent, [q])
         serial_tokens += t
         serial_seconds += s
 
     rate = tokens / seconds
+    nc_rate = nc_tokens / nc_seconds
     plain_rate = plain_tokens / plain_seconds
-    first_rate = first_tokens / first_seconds
+    same_rate = same_tokens / same_seconds
     serial_rate = serial_tokens / serial_seconds
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"model: {model_dir}; {len(questions)} trajectories in {rounds} rounds")
-    print(f"agent loop (batch {args.batch}): {tokens} tokens in {seconds:.1f}s = {rate:.1f} tok/s")
     print(
-        f"(a) plain generate, same prompts: {plain_tokens} tokens in {plain_seconds:.1f}s = {plain_rate:.1f} tok/s"
+        f"agent loop (batch {args.batch}): {tokens} tokens in {seconds:.1f}s = {rate:.1f} tok/s; "
+        f"{100 * reused:.0f}% of prompt tokens taken from the prefix cache"
     )
     print(
-        f"(a') plain generate, first prompts only: {first_tokens} tokens in {first_seconds:.1f}s = {first_rate:.1f} tok/s"
+        f"agent loop, no prefix cache: {nc_tokens} tokens in {nc_seconds:.1f}s = {nc_rate:.1f} tok/s"
     )
     print(
-        f"one at a time ({args.serial} questions): {serial_tokens} tokens in {serial_seconds:.1f}s = {serial_rate:.1f} tok/s"
+        f"(a) plain generate, first prompts, {per_traj} tokens each: {plain_tokens} tokens in "
+        f"{plain_seconds:.1f}s = {plain_rate:.1f} tok/s"
+    )
+    print(
+        f"(a') plain generate, the agent's prompts in full: {same_tokens} tokens in "
+        f"{same_seconds:.1f}s = {same_rate:.1f} tok/s"
+    )
+    print(
+        f"(b) one at a time ({args.serial} questions): {serial_tokens} tokens in "
+        f"{serial_seconds:.1f}s = {serial_rate:.1f} tok/s"
     )
     print(f"peak RSS: {peak_mib:.0f} MiB")
-    print(f"agent_vs_plain_first_prompts: {rate / first_rate:.2f}")
+    print(f"prefix_cache_speedup: {rate / nc_rate:.2f}")
+    print(f"agent_vs_full_prompts: {rate / same_rate:.2f}")
     print(f"agent_vs_one_at_a_time: {rate / serial_rate:.2f}")
     print(f"agent_vs_plain: {rate / plain_rate:.2f}")
 

@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from exsearch.config import GenerationConfig
-from exsearch.generation import Completion, _row_seeds, check_decoding, cut_at_stop
+from exsearch.decoding import check_decoding, cut_at_stop, row_seeds
+from exsearch.generation import Completion
 from exsearch.modeling import prepare_tokenizer
 from exsearch.prompts import ANSWER_OPEN
 from exsearch.weighting import gold_answer_tokens, with_gold_answer
@@ -155,7 +156,7 @@ class OpenAIGenerator:
         if not prompts:
             return []
         stops = [s for s in stop if s]
-        seeds = _row_seeds(seed, len(prompts)) if temperature > 0 else None
+        seeds = row_seeds(seed, len(prompts)) if temperature > 0 else None
         bodies = []
         for i, prompt in enumerate(prompts):
             if not prompt:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from exsearch.generation import HFGenerator
+from exsearch.hf_backend import HFGenerator
 
 
 class FakeCompletionsServer:

@@ -5,13 +5,9 @@ import torch
 from completions import clean_span, same_outputs
 
 from exsearch.config import GenerationConfig, ModelConfig
-from exsearch.generation import (
-    Generator,
-    HFGenerator,
-    _RowSampler,
-    cut_at_stop,
-    make_generator,
-)
+from exsearch.decoding import cut_at_stop
+from exsearch.generation import Generator, make_generator
+from exsearch.hf_backend import HFGenerator, _RowSampler
 from exsearch.modeling import load_model
 
 QUESTIONS = [

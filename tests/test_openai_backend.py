@@ -14,12 +14,9 @@ from openai_server import FakeCompletionsServer
 from exsearch import prompts as P
 from exsearch.agent import SearchAgent
 from exsearch.config import AgentConfig, GenerationConfig, IndexConfig, ModelConfig
-from exsearch.generation import (
-    Generator,
-    HFGenerator,
-    make_generator,
-    sequence_seed,
-)
+from exsearch.decoding import sequence_seed
+from exsearch.generation import Generator, make_generator
+from exsearch.hf_backend import HFGenerator
 from exsearch.modeling import load_model
 from exsearch.retrieval import BM25Retriever
 from exsearch.schema import Passage, Question

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from exsearch.generation import HFGenerator
+from exsearch.hf_backend import HFGenerator
 from exsearch.modeling import load_model
 from exsearch.prefix_cache import PrefixCache, common_prefix
 

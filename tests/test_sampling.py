@@ -6,7 +6,7 @@ import pytest
 
 from exsearch.agent import SearchAgent
 from exsearch.config import AgentConfig, GenerationConfig, IndexConfig, ModelConfig
-from exsearch.generation import HFGenerator
+from exsearch.hf_backend import HFGenerator
 from exsearch.retrieval import BM25Retriever
 from exsearch.sampling import sample_in_shards, shard_seed
 from exsearch.schema import Passage, Question
