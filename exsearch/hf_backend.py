@@ -11,58 +11,51 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from transformers import GenerationConfig as HFGenerationConfig
-from transformers import (
-    LogitsProcessor,
-    LogitsProcessorList,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
-from transformers.generation.utils import GenerateDecoderOnlyOutput
+from transformers import DynamicCache
 
 from exsearch.config import GenerationConfig, ModelConfig
 from exsearch.decoding import check_decoding, cut_at_stop, row_seeds
 from exsearch.generation import Completion
 from exsearch.modeling import load_model
-from exsearch.prefix_cache import PrefixCache, left_pad
+from exsearch.prefix_cache import PrefixCache, cache_layers, left_pad, shared_prefix
 
-# transformers 5 renamed generate()'s `past_key_values` argument and output field to `cache`.
-_CACHE_FIELD = (
-    "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
-)
+# A prefix shared by the rows of a batch is encoded once when at least this long.
+_MIN_SHARED_PREFIX = 16
 
 
-class _RowSampler(LogitsProcessor):
-    """Choose each row's next token itself (argmax, or a draw from that row's own RNG).
+class _RowSampler:
+    """Choose each row's next token (argmax, or a draw from that row's own random stream).
 
-    Returning a one-hot score makes generate()'s greedy step pick exactly that token, so the
-    draw of a row never depends on the other rows of the batch. Also records the token's
-    log-probability under the raw logits.
+    Drawing row by row, each from its own generator, keeps a row's sample independent of the
+    other rows of the batch and of when they leave it. Also gives the token's log-probability
+    under the raw logits.
     """
 
     def __init__(self, temperature: float, top_p: float, generators: list[torch.Generator]):
         self.temperature = temperature
         self.top_p = top_p
         self.generators = generators
-        self.logprobs: list[torch.Tensor] = []
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def pick(self, scores: torch.Tensor, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next token and its log-probability for each row of `scores` ([len(rows), vocab]).
+
+        `rows` are the batch rows the scores belong to, to draw from their own generators.
+        """
         scores = scores.float()
         if self.temperature == 0:
             chosen = scores.argmax(-1)
         else:
             u = torch.cat(
-                [torch.rand(1, generator=g, device=scores.device) for g in self.generators]
+                [torch.rand(1, generator=self.generators[r], device=scores.device) for r in rows]
             )
             chosen = self._sample(u, (scores / self.temperature).softmax(-1))
         logp = scores.gather(-1, chosen.unsqueeze(-1)).squeeze(-1) - scores.logsumexp(-1)
-        self.logprobs.append(logp)
-        out = torch.full_like(scores, float("-inf"))
-        return out.scatter_(-1, chosen.unsqueeze(-1), 0.0)
+        return chosen, logp
 
     def _sample(self, u: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """Inverse-CDF draw (one uniform `u` per row) from the top_p nucleus of `probs`."""
@@ -96,39 +89,85 @@ def _inverse_cdf(u: torch.Tensor, p: torch.Tensor, index: torch.Tensor | None) -
     return (pos if index is None else index.gather(-1, pos)).squeeze(-1)
 
 
-class _StopOnStrings(StoppingCriteria):
-    """Stop a row once its generated text contains a stop string; remember when and which.
+@dataclass
+class _Row:
+    """One sequence being decoded: what it generated and how it ended."""
 
-    Only generated text is searched: a stop string straddling the prompt's end does not count.
+    tokens: list[int] = field(default_factory=list)
+    logprob: float = 0.0
+    finish: Literal["stop", "length"] | None = None
+    stop: str | None = None
+
+
+class _StopCheck:
+    """Decides, after each new token, whether a row is done: EOS, a stop string, or the limit.
+
+    Only generated text is searched for stop strings: one straddling the prompt's end does not
+    count. A stop string of L characters spans at most L tokens; a few more absorb decoding
+    artefacts at the window's left edge (partial bytes, dropped leading spaces).
     """
 
-    def __init__(self, tokenizer: Any, stops: list[str], prompt_len: int, eos_ids: list[int]):
+    def __init__(self, tokenizer: Any, stops: list[str], eos_ids: list[int], limit: int):
         self.tokenizer = tokenizer
         self.stops = stops
-        self.prompt_len = prompt_len
-        self.eos_ids = eos_ids
-        # A stop string of L characters spans at most L tokens; a few more absorb decoding
-        # artefacts at the window's left edge (partial bytes, dropped leading spaces).
-        self.window = max(len(s) for s in stops) + 4
-        self.halted: dict[int, tuple[int, str]] = {}
+        self.eos = set(eos_ids)
+        self.limit = limit
+        self.window = max((len(s) for s in stops), default=0) + 4
 
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        gen = input_ids[:, self.prompt_len :]
-        eos = torch.tensor(self.eos_ids, dtype=gen.dtype, device=gen.device)
-        ended = torch.isin(gen, eos).any(-1).tolist()
-        done = []
-        for row, row_ids in enumerate(gen.tolist()):
-            if row not in self.halted and not ended[row]:
-                tail = _decode(self.tokenizer, row_ids[-self.window :])
-                hits = [s for s in self.stops if s in tail]
-                if hits:
-                    self.halted[row] = (len(row_ids), hits[0])
-            done.append(row in self.halted)
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+    def update(self, row: _Row) -> bool:
+        """Set `row.finish` (and `row.stop`) if its last token ended it; True if it did."""
+        if row.tokens[-1] in self.eos:
+            row.finish = "stop"
+        elif self.stops and (
+            hits := [
+                s for s in self.stops if s in _decode(self.tokenizer, row.tokens[-self.window :])
+            ]
+        ):
+            row.finish, row.stop = "stop", hits[0]
+        elif len(row.tokens) >= self.limit:
+            row.finish = "length"
+        return row.finish is not None
+
+    def _stop_in_tail(self, tokens: list[int]) -> str | None:
+        if not self.stops:
+            return None
+        tail = _decode(self.tokenizer, tokens[-self.window :])
+        return next((s for s in self.stops if s in tail), None)
+
+    def completion(self, row: _Row) -> Completion:
+        """The row's Completion: text cut right after its stop string, never holding EOS."""
+        tokens = row.tokens
+        if row.finish == "stop" and row.stop is None:  # EOS
+            tokens = tokens[:-1]
+        text = _decode(self.tokenizer, tokens)
+        if row.stop is not None:
+            text = cut_at_stop(text, self.stops)[0]
+        return Completion(text, len(row.tokens), row.logprob, row.finish or "length", row.stop)
 
 
 def _decode(tokenizer: Any, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _split_by_length(lengths: list[int]) -> tuple[list[int], list[int]]:
+    """Rows (short, long) to encode apart, when that saves a third of the padded tokens.
+
+    Otherwise ([], all rows).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    padded = len(lengths) * max(lengths)
+    best, cut = padded, 0
+    for k in range(1, len(order)):
+        cost = k * lengths[order[k - 1]] + (len(order) - k) * lengths[order[-1]]
+        if cost < best:
+            best, cut = cost, k
+    if best > padded * 2 / 3:
+        return [], list(range(len(lengths)))
+    return order[:cut], order[cut:]
+
+
+def _with_length(kv: torch.Tensor, batch: int, length: int) -> tuple[int, ...]:
+    return (batch, kv.shape[1], length, kv.shape[3])
 
 
 def _chunks(order: list[int], size: int) -> list[list[int]]:
@@ -163,7 +202,10 @@ class HFGenerator:
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
             eos.append(tokenizer.eos_token_id)
         self.eos_ids: list[int] = eos
-        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        forward = inspect.signature(model.forward).parameters
+        self._keeps_logits = "logits_to_keep" in forward
+        # transformers 5 renamed the forward argument `past_key_values` to `cache`.
+        self._cache_arg = "cache" if "cache" in forward else "past_key_values"
 
     @classmethod
     def from_config(
@@ -244,75 +286,128 @@ class HFGenerator:
         temperature: float,
         top_p: float,
     ) -> list[Completion]:
+        """Decode one batch token by token; a row leaves the batch as soon as it is done.
+
+        A hand-written loop rather than `generate()`, because finished rows must leave (a
+        smaller batch is a faster step) and their keys/values go to the prefix cache.
+        """
+        self._encode_shared_prefix(rows)
         inputs = self.prefix_cache.prepare(rows, self.pad_id, self.device)
-        ids, mask = inputs.input_ids, inputs.attention_mask
-        generators = []
-        if temperature > 0:
-            for s in seeds:
-                generators.append(torch.Generator(device=self.device).manual_seed(s))
-        sampler = _RowSampler(temperature, top_p, generators)
-        stopper = (
-            _StopOnStrings(self.tokenizer, stops, ids.shape[1], self.eos_ids) if stops else None
-        )
-        # Every knob that could turn on a logits processor is pinned to neutral, because a
-        # model's own generation_config.json (e.g. a repetition penalty) fills unset ones.
-        config = HFGenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            temperature=1.0,
-            top_p=1.0,
-            top_k=50,
-            repetition_penalty=1.0,
-            no_repeat_ngram_size=0,
-            min_new_tokens=0,
-            eos_token_id=self.eos_ids or None,
-            pad_token_id=self.pad_id,
-            use_cache=True,
-            return_dict_in_generate=True,
-        )
-        out = self.model.generate(
+        fed, mask = inputs.input_ids, inputs.attention_mask  # every column the cache will hold
+        logits, cache = self._prefill(fed, mask, inputs.cache)
+        positions = mask.sum(-1, keepdim=True) - 1
+        generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+        sampler = _RowSampler(temperature, top_p, generators if temperature > 0 else [])
+        check = _StopCheck(self.tokenizer, stops, self.eos_ids, max_new_tokens)
+        state = [_Row() for _ in rows]
+        live = list(range(len(rows)))  # batch position → row
+        while True:
+            chosen, logp = sampler.pick(logits, live)
+            done = []
+            for b, (r, token, lp) in enumerate(
+                zip(live, chosen.tolist(), logp.tolist(), strict=True)
+            ):
+                state[r].tokens.append(token)
+                state[r].logprob += lp
+                if check.update(state[r]):
+                    done.append(b)
+            if done:
+                self.prefix_cache.keep(fed, mask, cache, done)
+                stay = [b for b in range(len(live)) if b not in done]
+                if not stay:
+                    break
+                index = torch.tensor(stay, device=self.device)
+                cache.batch_select_indices(index)
+                fed, mask, positions = fed[index], mask[index], positions[index]
+                chosen = chosen[index]
+                live = [live[b] for b in stay]
+            new = chosen.unsqueeze(-1)
+            fed = torch.cat([fed, new], 1)
+            mask = torch.cat([mask, mask.new_ones((len(live), 1))], 1)
+            positions = positions + 1
+            logits = self._next_logits(new, mask, positions, cache)
+        return [check.completion(row) for row in state]
+
+    def _prefill(
+        self, fed: torch.Tensor, mask: torch.Tensor, cache: DynamicCache | None
+    ) -> tuple[torch.Tensor, DynamicCache]:
+        """Run the uncached prompt tokens; return the next-token logits and the full cache.
+
+        The new tokens of a batch are left-padded to the longest. When their lengths differ a
+        lot (passages read in one row, a short answer request in another), the short rows are
+        run apart, so padding is not encoded; the two caches are then put side by side.
+        """
+        cache = cache if cache is not None else DynamicCache()
+        past = cache.get_seq_length()
+        lengths = mask[:, past:].sum(-1).tolist()
+        short, long_ = _split_by_length(lengths)
+        if not short:
+            return self._forward_new(fed, mask, cache, past), cache
+        n, total = len(lengths), fed.shape[1]
+        logits: torch.Tensor | None = None
+        layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for rows in (short, long_):
+            index = torch.tensor(rows, device=self.device)
+            skip = past + (total - past - max(lengths[r] for r in rows))  # padding all rows share
+            part = DynamicCache(
+                ddp_cache_data=[(k[index], v[index]) for k, v in cache_layers(cache)] or None
+            )
+            cut_fed = torch.cat([fed[index, :past], fed[index, skip:]], 1)
+            cut_mask = torch.cat([mask[index, :past], mask[index, skip:]], 1)
+            out = self._forward_new(cut_fed, cut_mask, part, past)
+            if logits is None:
+                logits = out.new_empty((n, out.shape[1]))
+                layers = [
+                    (
+                        k.new_zeros((n, k.shape[1], total, k.shape[3])),
+                        v.new_zeros((n, v.shape[1], total, v.shape[3])),
+                    )
+                    for k, v in cache_layers(part)
+                ]
+            logits[index] = out
+            for (full_k, full_v), (k, v) in zip(layers, cache_layers(part), strict=True):
+                full_k[index, :, :past], full_k[index, :, skip:] = k[:, :, :past], k[:, :, past:]
+                full_v[index, :, :past], full_v[index, :, skip:] = v[:, :, :past], v[:, :, past:]
+        return logits, DynamicCache(ddp_cache_data=layers)
+
+    def _forward_new(
+        self, fed: torch.Tensor, mask: torch.Tensor, cache: DynamicCache, past: int
+    ) -> torch.Tensor:
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
+        return self._next_logits(fed[:, past:], mask, positions, cache)
+
+    def _encode_shared_prefix(self, rows: list[list[int]]) -> None:
+        """Encode once, into the prefix cache, what every row of the batch starts with.
+
+        The system prompt of a first turn, or the whole prompt of K samples of one question,
+        would otherwise be encoded once per row.
+        """
+        if self.prefix_cache.max_tokens == 0 or len(rows) < 2:
+            return
+        n = min(shared_prefix(rows), min(len(r) for r in rows) - 1)
+        if n < _MIN_SHARED_PREFIX or self.prefix_cache.match(rows[0][: n + 1])[1] >= n:
+            return
+        inputs = self.prefix_cache.prepare([rows[0][:n]], self.pad_id, self.device, count=False)
+        cache = inputs.cache if inputs.cache is not None else DynamicCache()
+        new = inputs.input_ids[:, cache.get_seq_length() :]
+        positions = (inputs.attention_mask.cumsum(-1) - 1)[:, -new.shape[1] :]
+        self._next_logits(new, inputs.attention_mask, positions, cache)
+        self.prefix_cache.keep(inputs.input_ids, inputs.attention_mask, cache)
+
+    def _next_logits(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
+    ) -> torch.Tensor:
+        """Logits of the token after `ids` (appended to `cache`, which grows in place)."""
+        kw = {"logits_to_keep": 1} if self._keeps_logits else {}
+        out = self.model(
             input_ids=ids,
             attention_mask=mask,
-            generation_config=config,
-            logits_processor=LogitsProcessorList([sampler]),
-            stopping_criteria=StoppingCriteriaList([stopper] if stopper else []),
-            **({_CACHE_FIELD: inputs.cache} if inputs.cache is not None else {}),
+            position_ids=positions,
+            use_cache=True,
+            **{self._cache_arg: cache},
+            **kw,
         )
-        gen = out.sequences[:, ids.shape[1] :].tolist()
-        logprobs = torch.stack(sampler.logprobs, dim=1).tolist() if sampler.logprobs else []
-        eos = set(self.eos_ids)
-        completions = []
-        for row, tokens in enumerate(gen):
-            end = next((j for j, t in enumerate(tokens) if t in eos), None)
-            halted = stopper.halted.get(row) if stopper else None
-            if halted is not None:
-                n = halted[0]
-                text, which = cut_at_stop(_decode(self.tokenizer, tokens[:n]), stops)
-                finish, which = "stop", which or halted[1]
-            elif end is not None:
-                n, text, finish, which = (
-                    end + 1,
-                    _decode(self.tokenizer, tokens[:end]),
-                    "stop",
-                    None,
-                )
-            else:
-                n, finish, which = len(tokens), "length", None
-                text = _decode(self.tokenizer, tokens)
-            lp = float(sum(logprobs[row][:n])) if logprobs else None
-            completions.append(Completion(text, n, lp, finish, which))
-        self._keep_prefixes(out, mask, [c.n_tokens for c in completions])
-        return completions
-
-    def _keep_prefixes(self, out: Any, prompt_mask: torch.Tensor, consumed: list[int]) -> None:
-        """Hand the call's keys/values to the prefix cache: prompt tokens and each row's own."""
-        cache = getattr(out, _CACHE_FIELD, None)
-        if self.prefix_cache.max_tokens == 0 or cache is None:
-            return
-        generated = torch.arange(out.sequences.shape[1] - prompt_mask.shape[1], device=self.device)
-        own = generated < torch.tensor(consumed, device=self.device).unsqueeze(-1)
-        self.prefix_cache.keep(out.sequences, torch.cat([prompt_mask, own.long()], 1), cache)
+        return out.logits[:, -1]
 
     @torch.inference_mode()
     def score_continuations(

@@ -96,8 +96,9 @@ class PrefixCache:
         return [e.tokens for e in self._entries]
 
     def clear(self) -> None:
-        """Drop every entry (e.g. after the model's weights change)."""
+        """Drop every entry and reset the counts (e.g. after the model's weights change)."""
         self._entries.clear()
+        self.prompt_tokens = self.reused_tokens = 0
 
     def match(self, row: Sequence[int]) -> tuple[_Entry | None, int]:
         """The entry sharing the longest prefix with `row`, and how many tokens to reuse.
@@ -114,13 +115,22 @@ class PrefixCache:
         return best, min(best_n, len(row) - 1)
 
     def prepare(
-        self, rows: Sequence[Sequence[int]], pad_id: int, device: torch.device
+        self,
+        rows: Sequence[Sequence[int]],
+        pad_id: int,
+        device: torch.device,
+        *,
+        count: bool = True,
     ) -> BatchInputs:
-        """Inputs for a batch of prompts, reusing cached prefixes where there are any."""
+        """Inputs for a batch of prompts, reusing cached prefixes where there are any.
+
+        `count=False` leaves the reuse statistics alone (for work that is not a prompt).
+        """
         matches = [self.match(r) for r in rows] if self._entries else [(None, 0)] * len(rows)
         reused = sum(n for _, n in matches)
-        self.prompt_tokens += sum(len(r) for r in rows)
-        self.reused_tokens += reused
+        if count:
+            self.prompt_tokens += sum(len(r) for r in rows)
+            self.reused_tokens += reused
         if reused == 0:
             ids, mask = left_pad(rows, pad_id)
             return BatchInputs(ids.to(device), mask.to(device), None, 0)
@@ -147,19 +157,24 @@ class PrefixCache:
             reused,
         )
 
-    def keep(self, sequences: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> None:
-        """Keep each row's processed tokens from a finished generate call.
+    def keep(
+        self,
+        sequences: torch.Tensor,
+        mask: torch.Tensor,
+        cache: DynamicCache,
+        rows: Sequence[int] | None = None,
+    ) -> None:
+        """Keep the processed tokens of batch rows `rows` (default: all) of a running batch.
 
-        `sequences` are the call's token ids (inputs then generated) and `mask` marks, over the
-        same columns, the tokens that belong to each row (so neither padding, gaps, nor what was
-        generated after a row had stopped). The cache holds keys/values for every column but
-        the last, which was sampled and never fed back.
+        `sequences` are the token ids the cache covers ([batch, columns]; a trailing column
+        without keys/values is ignored) and `mask` marks, over the same columns, the tokens
+        that belong to each row (not padding, nor gaps).
         """
         if self.max_tokens == 0:
             return
         layers = cache_layers(cache)
         length = layers[0][0].shape[2]
-        for i in range(sequences.shape[0]):
+        for i in range(sequences.shape[0]) if rows is None else rows:
             pos = mask[i, :length].nonzero().flatten()
             if len(pos) == 0:
                 continue
@@ -172,6 +187,12 @@ class PrefixCache:
         total = self.kept_tokens
         while self._entries and total > self.max_tokens:
             total -= len(self._entries.pop(0).tokens)
+
+
+def shared_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the prefix every row starts with."""
+    first = np.asarray(rows[0], dtype=np.int64)
+    return min(common_prefix(first, np.asarray(r, dtype=np.int64)) for r in rows)
 
 
 def _is_prefix(a: np.ndarray, b: np.ndarray) -> bool:

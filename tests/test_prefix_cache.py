@@ -115,3 +115,37 @@ def test_a_zero_budget_keeps_nothing(loaded):
 def test_negative_budget_is_an_error():
     with pytest.raises(ValueError, match="max_tokens"):
         PrefixCache(-1)
+
+
+def test_a_prefix_shared_by_a_batch_is_encoded_once_and_changes_nothing(loaded):
+    gen = HFGenerator(*loaded, batch_size=4)
+    plain = HFGenerator(*loaded, batch_size=4, prefix_cache_tokens=0)
+    same = [gen.chat_prompt([{"role": "user", "content": " ".join(QUESTIONS)}])] * 4
+    decoding = {"max_new_tokens": 6, "temperature": 1.0, "seed": 2}
+    assert_same(gen.generate(same, **decoding), plain.generate(same, **decoding))
+    n = gen.count_tokens(same[:1])[0]
+    assert gen.prefix_cache.reused_tokens == 4 * (n - 1)
+
+
+def test_rows_of_very_different_new_lengths_are_encoded_apart():
+    from exsearch.hf_backend import _split_by_length
+
+    assert _split_by_length([200, 30, 190, 25]) == ([3, 1], [2, 0])
+    assert _split_by_length([200, 190, 180, 170]) == ([], [0, 1, 2, 3])
+
+
+def test_split_encoding_generates_what_each_prompt_alone_does(loaded):
+    model, tok = loaded
+    gen = HFGenerator(model, tok, batch_size=4)
+    first = first_prompts(gen)
+    out = gen.generate(first, max_new_tokens=4, stop=STOPS)
+    long_docs = DOCS + " and the city" * 30
+    turns = [
+        p + c.text + (long_docs if i % 2 else "<|im_end|>\n")
+        for i, (p, c) in enumerate(zip(first, out, strict=True))
+    ]
+    got = gen.generate(turns, max_new_tokens=6)
+    for prompt, c in zip(turns, got, strict=True):
+        ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        ref = model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=None)
+        assert c.text == tok.decode(ref[0, ids.shape[1] :])
