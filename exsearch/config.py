@@ -70,13 +70,31 @@ class PrepareConfig(Section):
 
 
 class IndexConfig(Section):
-    """`index`: BM25 over the prepared corpus."""
+    """`index`: the retriever over the prepared corpus, BM25 (default) or dense embeddings."""
 
+    kind: Literal["bm25", "dense"] = Field(
+        default="bm25",
+        description="'bm25' (bm25s, exsearch.retrieval) or 'dense' (sentence-transformers "
+        "embeddings, exact inner-product search; exsearch.dense, needs the `dense` extra).",
+    )
     method: Literal["lucene", "robertson", "atire", "bm25l", "bm25+"] = "lucene"
     k1: float = Field(default=1.5, gt=0)
     b: float = Field(default=0.75, ge=0, le=1)
     stemmer: str | None = Field(default="english", description="PyStemmer language, or null.")
     stopwords: str | None = Field(default="en", description="bm25s stop-word list, or null.")
+    dense_model: str = Field(
+        default="models/all-MiniLM-L6-v2",
+        description="dense: sentence-transformers model, a local dir (the default is fetched by "
+        "scripts/fetch_dense_model.py) or a hub name; queries are embedded with the same model.",
+    )
+    dense_batch_size: int = Field(
+        default=64, ge=1, description="dense: texts embedded per forward pass."
+    )
+    dense_dtype: Literal["float32", "float16"] = Field(
+        default="float32",
+        description="dense: stored embeddings. float16 halves disk and memory, but every "
+        "search converts the rows it reads to float32 (on a CPU ~10x slower than float32).",
+    )
 
 
 class ModelConfig(Section):

@@ -9,6 +9,9 @@ built with: queries must be stemmed and stop-worded exactly like the corpus).
     build_index(passage_iter, IndexConfig(), "runs/index")      # streamed to disk (big corpora)
     retriever = BM25Retriever.load("runs/index", mmap=True)
     hits = retriever.search(["who wrote hamlet", "capital of peru"], k=5)
+
+`load_retriever(directory)` opens any index exsearch builds, BM25 or dense (exsearch.dense, same
+folder layout with embeddings instead of the bm25s arrays), by the kind its meta file records.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ import logging
 import mmap as mmap_module
 import time
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
 import bm25s
 import numpy as np
@@ -33,6 +36,9 @@ from tqdm.auto import tqdm
 from exsearch.bm25_build import build_bm25
 from exsearch.config import IndexConfig
 from exsearch.schema import Passage
+
+if TYPE_CHECKING:
+    from exsearch.dense import DenseRetriever
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +159,17 @@ class _PassageFile:
         return Passage.from_dict(json.loads(self._mm[start:end]))
 
 
-def _write_passages(passages: Iterable[Passage], f: IO[bytes], offsets: array) -> Iterator[str]:
-    """Write each passage as a JSON line while yielding its index text (one pass, no copy)."""
+def _write_passages(
+    passages: Iterable[Passage],
+    f: IO[bytes],
+    offsets: array,
+    text: Callable[[Passage], str] = _index_text,
+) -> Iterator[str]:
+    """Write each passage as a JSON line while yielding `text(p)` (one pass, no copy)."""
     for p in passages:
         offsets.append(f.tell())
         f.write(json.dumps(p.to_dict(), ensure_ascii=False).encode("utf-8") + b"\n")
-        yield _index_text(p)
+        yield text(p)
     offsets.append(f.tell())
 
 
@@ -169,6 +180,7 @@ def _save_arrays(
     np.save(directory / OFFSETS_FILE, np.frombuffer(offsets, dtype=np.int64))
     meta = {
         "format": FORMAT_VERSION,
+        "kind": "bm25",
         "passages": n,
         "config": cfg.model_dump(mode="json"),
         "bm25s_version": bm25s.__version__,
@@ -201,6 +213,47 @@ def build_index(
     _save_arrays(bm25, cfg, n, offsets, directory)
     log.info("indexed %d passages in %.1fs", n, seconds)
     return IndexStats(n, len(tokenizer.get_vocab_dict()), seconds)
+
+
+def read_index_meta(directory: Path, kind: str | None = None) -> dict[str, Any]:
+    """Read an index folder's meta file, checking it exists, its format and (if given) its kind.
+
+    Indexes whose meta names no kind (written before dense retrieval existed) are BM25.
+    """
+    meta_path = directory / META_FILE
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such index folder (run `python -m stages.index`)")
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"{meta_path}: not found; {directory} is not an index built by exsearch "
+            "(run `python -m stages.index`)"
+        )
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT_VERSION:
+        raise ValueError(
+            f"{meta_path}: index format {meta.get('format')!r}, this code reads "
+            f"{FORMAT_VERSION}; rebuild the index"
+        )
+    meta.setdefault("kind", "bm25")
+    if kind is not None and meta["kind"] != kind:
+        raise ValueError(
+            f"{directory}: a {meta['kind']} index, not a {kind} one; open it with "
+            "exsearch.retrieval.load_retriever, which picks the retriever by kind"
+        )
+    return meta
+
+
+def load_retriever(directory: str | Path, *, mmap: bool = False) -> BM25Retriever | DenseRetriever:
+    """Open a saved index of any kind (BM25 or dense), as its meta file says; see the loaders."""
+    directory = Path(directory)
+    kind = read_index_meta(directory)["kind"]
+    if kind == "bm25":
+        return BM25Retriever.load(directory, mmap=mmap)
+    if kind == "dense":
+        from exsearch.dense import DenseRetriever  # imports this module: not at the top
+
+        return DenseRetriever.load(directory, mmap=mmap)
+    raise ValueError(f"{directory / META_FILE}: unknown index kind {kind!r}; rebuild the index")
 
 
 class BM25Retriever:
@@ -264,18 +317,7 @@ class BM25Retriever:
         way to serve a corpus of tens of millions of passages.
         """
         directory = Path(directory)
-        meta_path = directory / META_FILE
-        if not meta_path.is_file():
-            raise FileNotFoundError(
-                f"{meta_path}: not found; {directory} is not an index built by exsearch "
-                "(run `python -m stages.index`)"
-            )
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(
-                f"{meta_path}: index format {meta.get('format')!r}, this code reads "
-                f"{FORMAT_VERSION}; rebuild the index"
-            )
+        meta = read_index_meta(directory, "bm25")
         cfg = IndexConfig.model_validate(meta["config"])
         bm25 = bm25s.BM25.load(str(directory), mmap=mmap, load_corpus=False, show_progress=False)
         store = _PassageFile(directory)

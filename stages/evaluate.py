@@ -19,7 +19,7 @@ from exsearch import io
 from exsearch.agent import Sampling, SearchAgent
 from exsearch.evaluation import markdown_table, summarize
 from exsearch.generation import make_generator
-from exsearch.retrieval import BM25Retriever
+from exsearch.retrieval import load_retriever
 from exsearch.schema import Question
 from stages import _common
 from stages._tracking import log_iteration_metrics, stage_run
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     p = _common.parser(__doc__)
     p.add_argument("--iteration", default="iter_0", help="iteration to evaluate (default iter_0)")
     p.add_argument("--model", help="model directory (default runs/<iteration>/model)")
-    p.add_argument("--index", default="runs/index", help="BM25 index directory")
+    p.add_argument("--index", default="runs/index", help="index directory (BM25 or dense)")
     p.add_argument("--questions", default="data/prepared/dev.jsonl", help="dev questions")
     p.add_argument("--out", help="output directory (default runs/<iteration>)")
     args = p.parse_args(argv)
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
             "evaluating %s on %d questions: %s", model_dir, len(questions), params.evaluate.methods
         )
         generator = make_generator(model_dir, params.model, params.generation)
-        retriever = BM25Retriever.load(args.index)
+        retriever = load_retriever(args.index)
         agent = SearchAgent(generator, retriever, params.agent)
         records, doc = evaluate(questions, agent, params.evaluate.methods, params.seed)
         doc = {"iteration": args.iteration, "model": model_dir, **doc}

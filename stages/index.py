@@ -1,19 +1,24 @@
-"""Stage `index`: build the BM25 index (bm25s) over the prepared passage corpus.
+"""Stage `index`: build the retrieval index over the prepared passage corpus, BM25 or dense.
 
     python -m stages.index [--params params.yaml] [--corpus FILE.jsonl] [--out runs/index]
 
-Reads `params.index` (BM25 variant, k1, b, stemmer, stop-words) and the corpus, one passage per
-line ({"id", "title", "text"}); indexes title + text. Writes the output folder atomically: the
-bm25s arrays, the passages and the settings queries must be tokenised with. Passages are
-streamed to disk while they are tokenised, so corpora of millions of passages fit in memory.
+Reads `params.index` and the corpus, one passage per line ({"id", "title", "text"}); indexes
+title + text. `index.kind: bm25` (default) builds a bm25s index (variant, k1, b, stemmer,
+stop-words); `index.kind: dense` embeds the passages with the sentence-transformers model
+`index.dense_model` (needs `pip install -e ".[dense]"`; the default model comes from
+`python scripts/fetch_dense_model.py`). Writes the output folder atomically: the index arrays,
+the passages and the settings queries must be processed with. Passages are streamed to disk as
+they are indexed, so corpora of millions of passages fit in memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+from exsearch.dense import DenseIndexStats, build_dense_index
 from exsearch.io import atomic_path, read_jsonl
 from exsearch.retrieval import IndexStats, build_index
 from exsearch.schema import Passage
@@ -43,7 +48,7 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def main(argv: list[str] | None = None) -> IndexStats:
+def main(argv: list[str] | None = None) -> IndexStats | DenseIndexStats:
     """CLI entry point."""
     p = parser(__doc__)
     p.add_argument(
@@ -69,21 +74,23 @@ def main(argv: list[str] | None = None) -> IndexStats:
         log.info("indexing %s with %s", args.corpus, cfg.model_dump())
         try:
             with atomic_path(args.out, is_dir=True) as tmp:
-                progress = args.corpus.stat().st_size >= PROGRESS_MIN_BYTES
-                stats = build_index(read_passages(args.corpus), cfg, tmp, show_progress=progress)
-        except ValueError as e:
+                passages = read_passages(args.corpus)
+                if cfg.kind == "dense":
+                    stats = build_dense_index(passages, cfg, tmp, show_progress=True)
+                else:
+                    progress = args.corpus.stat().st_size >= PROGRESS_MIN_BYTES
+                    stats = build_index(passages, cfg, tmp, show_progress=progress)
+        except (ValueError, ImportError, OSError) as e:
             raise SystemExit(f"error: {e}") from None
+        metrics = dataclasses.asdict(stats)
         log.info(
-            "indexed %d passages (%d terms) in %.1fs; %s is %.1f MiB",
-            stats.passages,
-            stats.terms,
-            stats.seconds,
+            "%s index built: %s; %s is %.1f MiB",
+            cfg.kind,
+            metrics,
             args.out,
             _size(args.out) / 2**20,
         )
-        run.log_metrics(
-            {"passages": stats.passages, "terms": stats.terms, "seconds": stats.seconds}
-        )
+        run.log_metrics(metrics)
         return stats
 
 

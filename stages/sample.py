@@ -22,7 +22,7 @@ from statistics import fmean
 from exsearch import io
 from exsearch.agent import SearchAgent
 from exsearch.generation import make_generator
-from exsearch.retrieval import BM25Retriever
+from exsearch.retrieval import load_retriever
 from exsearch.sampling import fingerprint, sample_in_shards
 from exsearch.schema import Question
 from stages import _common
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     p = _common.parser(__doc__)
     p.add_argument("--iteration", required=True, help="the EM iteration being built, e.g. iter_1")
     p.add_argument("--prev", required=True, help="the iteration whose model samples, e.g. iter_0")
-    p.add_argument("--index", default="runs/index", help="BM25 index directory")
+    p.add_argument("--index", default="runs/index", help="index directory (BM25 or dense)")
     p.add_argument("--questions", default="data/prepared/train.jsonl", help="training questions")
     args = p.parse_args(argv)
     params = _common.setup(args)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
 
         started = time.perf_counter()
         generator = make_generator(model_dir, params.model, params.generation)
-        agent = SearchAgent(generator, BM25Retriever.load(args.index), agent_cfg)
+        agent = SearchAgent(generator, load_retriever(args.index), agent_cfg)
         records = sample_in_shards(
             questions,
             agent,

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from exsearch import io
-from exsearch.retrieval import BM25Retriever
+from exsearch.retrieval import load_retriever
 from exsearch.schema import Question
 from exsearch.training import train_weighted
 from exsearch.warmup import build_trajectories
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     p = _common.parser(__doc__)
     p.add_argument("--base", default="runs/base/model", help="model to warm up")
-    p.add_argument("--index", default="runs/index", help="BM25 index directory")
+    p.add_argument("--index", default="runs/index", help="index directory (BM25 or dense)")
     p.add_argument("--questions", default="data/prepared/train.jsonl", help="training questions")
     p.add_argument("--out", default="runs/iter_0/model", help="where the warmed-up model goes")
     p.add_argument("--workdir", default="runs/warmup", help="trajectories and stats")
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
             log.info("read %d teacher trajectories from %s", len(trajectories), cfg.teacher_file)
         else:
             questions = [Question.from_dict(d) for d in io.read_jsonl(args.questions)]
-            retriever = BM25Retriever.load(args.index)
+            retriever = load_retriever(args.index)
             trajectories, skipped = build_trajectories(
                 questions,
                 retriever,
