@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import DynamicCache
+from transformers.cache_utils import Cache
 
 from exsearch.config import GenerationConfig, ModelConfig
 from exsearch.decoding import check_decoding, cut_at_stop, row_seeds
 from exsearch.generation import Completion
 from exsearch.modeling import load_model
-from exsearch.prefix_cache import PrefixCache, cache_layers, left_pad, shared_prefix
+from exsearch.prefix_cache import PrefixCache, cache_layers, left_pad, new_cache, shared_prefix
 
 # A prefix shared by the rows of a batch is encoded once when at least this long.
 _MIN_SHARED_PREFIX = 16
@@ -329,15 +329,15 @@ class HFGenerator:
         return [check.completion(row) for row in state]
 
     def _prefill(
-        self, fed: torch.Tensor, mask: torch.Tensor, cache: DynamicCache | None
-    ) -> tuple[torch.Tensor, DynamicCache]:
+        self, fed: torch.Tensor, mask: torch.Tensor, cache: Cache | None
+    ) -> tuple[torch.Tensor, Cache]:
         """Run the uncached prompt tokens; return the next-token logits and the full cache.
 
         The new tokens of a batch are left-padded to the longest. When their lengths differ a
         lot (passages read in one row, a short answer request in another), the short rows are
         run apart, so padding is not encoded; the two caches are then put side by side.
         """
-        cache = cache if cache is not None else DynamicCache()
+        cache = cache if cache is not None else new_cache()
         past = cache.get_seq_length()
         lengths = mask[:, past:].sum(-1).tolist()
         short, long_ = _split_by_length(lengths)
@@ -349,9 +349,7 @@ class HFGenerator:
         for rows in (short, long_):
             index = torch.tensor(rows, device=self.device)
             skip = past + (total - past - max(lengths[r] for r in rows))  # padding all rows share
-            part = DynamicCache(
-                ddp_cache_data=[(k[index], v[index]) for k, v in cache_layers(cache)] or None
-            )
+            part = new_cache([(k[index], v[index]) for k, v in cache_layers(cache)])
             cut_fed = torch.cat([fed[index, :past], fed[index, skip:]], 1)
             cut_mask = torch.cat([mask[index, :past], mask[index, skip:]], 1)
             out = self._forward_new(cut_fed, cut_mask, part, past)
@@ -368,10 +366,10 @@ class HFGenerator:
             for (full_k, full_v), (k, v) in zip(layers, cache_layers(part), strict=True):
                 full_k[index, :, :past], full_k[index, :, skip:] = k[:, :, :past], k[:, :, past:]
                 full_v[index, :, :past], full_v[index, :, skip:] = v[:, :, :past], v[:, :, past:]
-        return logits, DynamicCache(ddp_cache_data=layers)
+        return logits, new_cache(layers)
 
     def _forward_new(
-        self, fed: torch.Tensor, mask: torch.Tensor, cache: DynamicCache, past: int
+        self, fed: torch.Tensor, mask: torch.Tensor, cache: Cache, past: int
     ) -> torch.Tensor:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
         return self._next_logits(fed[:, past:], mask, positions, cache)
@@ -388,14 +386,14 @@ class HFGenerator:
         if n < _MIN_SHARED_PREFIX or self.prefix_cache.match(rows[0][: n + 1])[1] >= n:
             return
         inputs = self.prefix_cache.prepare([rows[0][:n]], self.pad_id, self.device, count=False)
-        cache = inputs.cache if inputs.cache is not None else DynamicCache()
+        cache = inputs.cache if inputs.cache is not None else new_cache()
         new = inputs.input_ids[:, cache.get_seq_length() :]
         positions = (inputs.attention_mask.cumsum(-1) - 1)[:, -new.shape[1] :]
         self._next_logits(new, inputs.attention_mask, positions, cache)
         self.prefix_cache.keep(inputs.input_ids, inputs.attention_mask, cache)
 
     def _next_logits(
-        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Cache
     ) -> torch.Tensor:
         """Logits of the token after `ids` (appended to `cache`, which grows in place)."""
         kw = {"logits_to_keep": 1} if self._keeps_logits else {}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
 
 
 @dataclass
@@ -38,7 +38,7 @@ class BatchInputs:
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    cache: DynamicCache | None
+    cache: Cache | None
     reused: int  # prompt tokens whose keys/values came from the cache
 
 
@@ -63,7 +63,62 @@ def left_pad(
     return ids, mask
 
 
-def cache_layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+class GrowingLayer(DynamicLayer):
+    """A layer's keys/values in a buffer with spare room at the end.
+
+    transformers' dynamic layer appends by concatenation, copying the whole cache at every
+    decoding step; at long contexts on a CPU that copy is a fifth of the step. Here a step
+    writes in place, and the buffer is copied only when it is full (it then grows by half).
+    """
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append new keys/values ([batch, heads, new, dim]); return all of them (views)."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, add = self.get_seq_length(), key_states.shape[-2]
+        buf = getattr(self, "_keys", None)
+        if buf is None or n + add > buf.shape[-2]:
+            room = n + add + max(_MIN_ROOM, (n + add) // 2)
+            self._keys = _grown(self.keys, key_states, room)
+            self._values = _grown(self.values, value_states, room)
+        self._keys[:, :, n : n + add] = key_states
+        self._values[:, :, n : n + add] = value_states
+        self.keys, self.values = self._keys[:, :, : n + add], self._values[:, :, : n + add]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the batch rows `indices` (one copy, spare room included)."""
+        n = self.get_seq_length()
+        if n > 0:
+            self._keys, self._values = self._keys[indices], self._values[indices]
+            self.keys, self.values = self._keys[:, :, :n], self._values[:, :, :n]
+
+
+_MIN_ROOM = 128
+
+
+def _grown(old: torch.Tensor, new: torch.Tensor, room: int) -> torch.Tensor:
+    buf = new.new_empty((*new.shape[:2], room, new.shape[3]))
+    if old.numel():
+        buf[:, :, : old.shape[2]] = old
+    return buf
+
+
+def new_cache(layers: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> Cache:
+    """A cache of `GrowingLayer`s, holding `layers` ((keys, values) per layer) if given."""
+    if not layers:
+        return Cache(layer_class_to_replicate=GrowingLayer)
+    held = []
+    for keys, values in layers:
+        layer = GrowingLayer()
+        layer.update(keys, values)
+        held.append(layer)
+    return Cache(layers=held)
+
+
+def cache_layers(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(keys, values) of every layer, each [batch, kv_heads, length, dim]."""
     return [(layer.keys, layer.values) for layer in cache.layers]
 
@@ -153,7 +208,7 @@ class PrefixCache:
         return BatchInputs(
             torch.cat([cached_ids, new_ids], 1).to(device),
             torch.cat([cached_mask, new_mask], 1).to(device),
-            DynamicCache(ddp_cache_data=layers),
+            new_cache(layers),
             reused,
         )
 
@@ -161,7 +216,7 @@ class PrefixCache:
         self,
         sequences: torch.Tensor,
         mask: torch.Tensor,
-        cache: DynamicCache,
+        cache: Cache,
         rows: Sequence[int] | None = None,
     ) -> None:
         """Keep the processed tokens of batch rows `rows` (default: all) of a running batch.

@@ -149,3 +149,22 @@ def test_split_encoding_generates_what_each_prompt_alone_does(loaded):
         ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
         ref = model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=None)
         assert c.text == tok.decode(ref[0, ids.shape[1] :])
+
+
+def test_a_growing_cache_holds_what_concatenation_would():
+    import torch
+
+    from exsearch.prefix_cache import cache_layers, new_cache
+
+    torch.manual_seed(0)
+    chunks = [torch.randn(3, 2, n, 4) for n in (5, 1, 1, 300, 1)]
+    cache = new_cache()
+    for c in chunks:
+        keys, values = cache.update(c, -c, 0)
+    assert torch.equal(keys, torch.cat(chunks, 2)) and torch.equal(values, -keys)
+    assert cache.get_seq_length() == 308
+    cache.batch_select_indices(torch.tensor([2, 0]))
+    keys, _ = cache.update(chunks[1][:2], chunks[1][:2], 0)
+    assert torch.equal(keys, torch.cat([torch.cat(chunks, 2)[[2, 0]], chunks[1][:2]], 2))
+    held = new_cache([(k[:1], v[:1]) for k, v in cache_layers(cache)])
+    assert torch.equal(cache_layers(held)[0][0], keys[:1])
