@@ -7,8 +7,9 @@ from completions import clean_span, same_outputs
 from exsearch.config import GenerationConfig, ModelConfig
 from exsearch.decoding import cut_at_stop
 from exsearch.generation import Generator, make_generator
-from exsearch.hf_backend import HFGenerator, _RowSampler
+from exsearch.hf_backend import HFGenerator
 from exsearch.modeling import load_model
+from exsearch.row_sampling import RowSampler
 
 QUESTIONS = [
     "Who founded the band?",
@@ -121,10 +122,10 @@ def test_fast_nucleus_sampling_equals_full_sort_sampling():
     for top_p in (0.5, 0.95, 0.999):
         kept = sorted_p * ((sorted_p.cumsum(-1) - sorted_p) < top_p)
         expected = inverse_cdf(u, kept, order)
-        assert torch.equal(_RowSampler(1.0, top_p, [])._sample(u, probs), expected)
+        assert torch.equal(RowSampler(1.0, top_p, [])._sample(u, probs), expected)
     vocab_order = torch.arange(500).expand(12, -1)
     assert torch.equal(
-        _RowSampler(1.0, 1.0, [])._sample(u, probs), inverse_cdf(u, probs, vocab_order)
+        RowSampler(1.0, 1.0, [])._sample(u, probs), inverse_cdf(u, probs, vocab_order)
     )
 
 
