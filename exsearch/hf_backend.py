@@ -106,10 +106,6 @@ def _split_by_length(lengths: list[int]) -> tuple[list[int], list[int]]:
     return order[:cut], order[cut:]
 
 
-def _with_length(kv: torch.Tensor, batch: int, length: int) -> tuple[int, ...]:
-    return (batch, kv.shape[1], length, kv.shape[3])
-
-
 def _chunks(order: list[int], size: int) -> list[list[int]]:
     return [order[i : i + size] for i in range(0, len(order), size)]
 
@@ -236,8 +232,12 @@ class HFGenerator:
         fed, mask = inputs.input_ids, inputs.attention_mask  # every column the cache will hold
         logits, cache = self._prefill(fed, mask, inputs.cache)
         positions = mask.sum(-1, keepdim=True) - 1
-        generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
-        sampler = RowSampler(temperature, top_p, generators if temperature > 0 else [])
+        generators = (
+            [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+            if temperature > 0
+            else []
+        )
+        sampler = RowSampler(temperature, top_p, generators)
         check = _StopCheck(self.tokenizer, stops, self.eos_ids, max_new_tokens)
         state = [_Row() for _ in rows]
         live = list(range(len(rows)))  # batch position → row
@@ -326,10 +326,7 @@ class HFGenerator:
         if n < _MIN_SHARED_PREFIX or self.prefix_cache.match(rows[0][: n + 1])[1] >= n:
             return
         inputs = self.prefix_cache.prepare([rows[0][:n]], self.pad_id, self.device, count=False)
-        cache = inputs.cache if inputs.cache is not None else new_cache()
-        new = inputs.input_ids[:, cache.get_seq_length() :]
-        positions = (inputs.attention_mask.cumsum(-1) - 1)[:, -new.shape[1] :]
-        self._next_logits(new, inputs.attention_mask, positions, cache)
+        _, cache = self._prefill(inputs.input_ids, inputs.attention_mask, inputs.cache)
         self.prefix_cache.keep(inputs.input_ids, inputs.attention_mask, cache)
 
     def _next_logits(

@@ -39,7 +39,6 @@ class BatchInputs:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     cache: Cache | None
-    reused: int  # prompt tokens whose keys/values came from the cache
 
 
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -188,7 +187,7 @@ class PrefixCache:
             self.reused_tokens += reused
         if reused == 0:
             ids, mask = left_pad(rows, pad_id)
-            return BatchInputs(ids.to(device), mask.to(device), None, 0)
+            return BatchInputs(ids.to(device), mask.to(device), None)
         width = max(n for _, n in matches)
         reuse = [n for _, n in matches]
         cached_ids, cached_mask = left_pad(
@@ -209,7 +208,6 @@ class PrefixCache:
             torch.cat([cached_ids, new_ids], 1).to(device),
             torch.cat([cached_mask, new_mask], 1).to(device),
             new_cache(layers),
-            reused,
         )
 
     def keep(
