@@ -45,6 +45,7 @@ from exsearch.retrieval import (
     OFFSETS_FILE,
     PASSAGES_FILE,
     Hit,
+    PassageIndex,
     _PassageFile,
     _write_passages,
     read_index_meta,
@@ -222,7 +223,7 @@ def build_dense_index(
     return DenseIndexStats(rows.rows, rows.dim, seconds)
 
 
-class DenseRetriever:
+class DenseRetriever(PassageIndex):
     """Batched exact dense search that returns whole passages. Build it, or load a saved index."""
 
     def __init__(
@@ -239,9 +240,6 @@ class DenseRetriever:
         self._passages = passages
         self._encoder = encoder  # loaded on the first search when None
 
-    def __len__(self) -> int:
-        return len(self._passages)
-
     @property
     def dim(self) -> int:
         """Embedding size."""
@@ -253,10 +251,6 @@ class DenseRetriever:
         if self._encoder is None:
             self._encoder = load_encoder(self.config.dense_model)
         return self._encoder
-
-    def iter_passages(self) -> Iterator[Passage]:
-        """Every indexed passage in index order, one at a time (streamed from a mapped index)."""
-        return (self._passages[i] for i in range(len(self)))
 
     @classmethod
     def build(
@@ -286,10 +280,7 @@ class DenseRetriever:
         """Write the embeddings, the passages and the settings to `directory` (not atomic)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        offsets = array("q")
-        with open(directory / PASSAGES_FILE, "wb") as f:
-            for _ in _write_passages(self.iter_passages(), f, offsets):
-                pass
+        offsets = self._write_passage_file(directory)
         np.save(directory / OFFSETS_FILE, np.frombuffer(offsets, dtype=np.int64))
         np.save(directory / EMBEDDINGS_FILE, np.asarray(self._emb, dtype=self.config.dense_dtype))
         _save_meta(self.config, len(self), self.dim, directory)

@@ -256,7 +256,28 @@ def load_retriever(directory: str | Path, *, mmap: bool = False) -> BM25Retrieve
     raise ValueError(f"{directory / META_FILE}: unknown index kind {kind!r}; rebuild the index")
 
 
-class BM25Retriever:
+class PassageIndex:
+    """What every retriever holds: its passages in index order, in memory or mapped from disk."""
+
+    _passages: Sequence[Passage] | _PassageFile
+
+    def __len__(self) -> int:
+        return len(self._passages)
+
+    def iter_passages(self) -> Iterator[Passage]:
+        """Every indexed passage in index order, one at a time (streamed from a mapped index)."""
+        return (self._passages[i] for i in range(len(self)))
+
+    def _write_passage_file(self, directory: Path) -> array:
+        """Write the passages into `directory`; return their byte offsets."""
+        offsets = array("q")
+        with open(directory / PASSAGES_FILE, "wb") as f:
+            for _ in _write_passages(self.iter_passages(), f, offsets):
+                pass
+        return offsets
+
+
+class BM25Retriever(PassageIndex):
     """Batched BM25 search that returns whole passages. Build it, or load a saved index."""
 
     def __init__(
@@ -273,13 +294,6 @@ class BM25Retriever:
             self._tokenizer.stem_to_sid = bm25.vocab_dict
         else:
             self._tokenizer.word_to_id = bm25.vocab_dict
-
-    def __len__(self) -> int:
-        return len(self._passages)
-
-    def iter_passages(self) -> Iterator[Passage]:
-        """Every indexed passage in index order, one at a time (streamed from a mapped index)."""
-        return (self._passages[i] for i in range(len(self)))
 
     @classmethod
     def build(
@@ -303,10 +317,7 @@ class BM25Retriever:
         """Write the index, its passages and its settings to `directory` (not atomic)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        offsets = array("q")
-        with open(directory / PASSAGES_FILE, "wb") as f:
-            for _ in _write_passages((self._passages[i] for i in range(len(self))), f, offsets):
-                pass
+        offsets = self._write_passage_file(directory)
         _save_arrays(self._bm25, self.config, len(self), offsets, directory)
 
     @classmethod
