@@ -39,7 +39,20 @@ class DatasetFile(Section):
     path: str = Field(description="Path of the file, relative to the project root.")
     format: DataFormat = Field(description="Reader to use (see exsearch.data).")
     dataset: str = Field(description="Dataset name carried into every question and metric table.")
-    limit: int | None = Field(default=None, ge=1, description="Keep only the first N questions.")
+    skip: int = Field(
+        default=0,
+        ge=0,
+        description="Leave out the first N valid questions (with `limit` on another entry of the "
+        "same file, this splits one file between dev and train).",
+    )
+    limit: int | None = Field(
+        default=None, ge=1, description="Keep only the first N questions (after `skip`)."
+    )
+    skip_repeats: bool = Field(
+        default=False,
+        description="Drop (and count) questions whose id an earlier file of the same split "
+        "already gave, instead of failing: for samples of one dataset taken from two sources.",
+    )
 
 
 class CorpusFile(Section):
@@ -179,8 +192,13 @@ class EvaluateConfig(Section):
     """`evaluate`: which methods to score on the dev questions."""
 
     methods: list[Method] = Field(default_factory=lambda: ["agent"])
+    datasets: list[str] | None = Field(
+        default=None,
+        description="Score only the dev questions of these datasets (the `dataset` names of "
+        "prepare.dev); null scores them all.",
+    )
     limit: int | None = Field(
-        default=None, ge=1, description="Evaluate only the first N questions."
+        default=None, ge=1, description="Evaluate only the first N questions of each dataset."
     )
 
 
@@ -188,7 +206,21 @@ class WarmupConfig(Section):
     """`warmup`: LLM-free warm-up trajectories from supporting facts, then SFT (METHOD.md §2)."""
 
     enabled: bool = True
-    max_examples: int | None = Field(default=None, ge=1)
+    max_examples: int | None = Field(
+        default=None,
+        ge=1,
+        description="Warm up on a seeded draw of N training questions (null: all of them). EM "
+        "iterations then sample from the rest (sample.exclude_warmup).",
+    )
+    first_search: Literal["question", "hop"] = Field(
+        default="question",
+        description="'question': the first search is the question itself (what one-shot RAG "
+        "reads), then one search per supporting paragraph not shown yet; 'hop': one search "
+        "per supporting paragraph (exsearch.warmup).",
+    )
+    record_max_words: int = Field(
+        default=30, ge=1, description="Words kept of each record (around the answer)."
+    )
     teacher_file: str | None = Field(
         default=None,
         description="JSONL trajectories written by a teacher, used instead of derived ones.",
@@ -205,7 +237,14 @@ class SampleConfig(Section):
     top_p: float = Field(default=0.95, gt=0, le=1)
     max_steps: int = Field(default=4, ge=1)
     questions: int | None = Field(
-        default=None, ge=1, description="Use the first N training questions."
+        default=None,
+        ge=1,
+        description="Training questions per EM iteration, each new to training (exsearch."
+        "sampling.iteration_questions); null samples the whole pool every iteration.",
+    )
+    exclude_warmup: bool = Field(
+        default=True,
+        description="Leave the warm-up's questions out of the pool EM iterations draw from.",
     )
     shard_size: int = Field(default=16, ge=1, description="Questions per resumable shard.")
     seed: int = 0
@@ -236,7 +275,32 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     max_length: int = Field(default=1024, ge=64)
     bf16: bool = False
+    padding_free: bool = Field(
+        default=False,
+        description="Lay each micro-batch's sequences end to end in one row (no padding; "
+        "TRL's collator, for flash-attention on GPUs). On a CPU, batch_size 1 with grad_accum "
+        "does the same work without padding.",
+    )
+    activation_checkpointing: bool = Field(
+        default=False,
+        description="Recompute activations in the backward pass: less memory, ~30% more compute.",
+    )
+    use_liger_kernel: bool = Field(
+        default=False, description="Liger's fused GPU kernels (SFTConfig; needs liger-kernel)."
+    )
     seed: int = 0
+    start_from: Literal["previous", "warmup"] = Field(
+        default="previous",
+        description="The model each M-step fine-tunes: 'previous' (θ_t, METHOD.md §2) or "
+        "'warmup' (iter_0 every time, trained on the previous model's samples).",
+    )
+    replay: int = Field(
+        default=0,
+        ge=0,
+        description="Warm-up trajectories mixed into each M-step (weight 1 each, a seeded draw "
+        "per iteration): keeps the action format from drifting while the model learns from "
+        "its own samples.",
+    )
     launcher: str = Field(
         default="none",
         description="'none' (one process), or an accelerate config file such as "

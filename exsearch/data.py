@@ -61,7 +61,9 @@ class QuestionSet:
 
 
 def read_questions(spec: DatasetFile, *, skip_invalid: bool = False) -> QuestionSet:
-    """Read one question file in `spec.format`, keeping the first `spec.limit` valid questions.
+    """Read one question file in `spec.format`: skip `spec.skip` valid questions, keep `spec.limit`.
+
+    Only the kept questions' contexts are returned.
 
     Raises:
         ValueError: a row has no question or answer, is malformed or not JSON, or repeats an id,
@@ -72,6 +74,7 @@ def read_questions(spec: DatasetFile, *, skip_invalid: bool = False) -> Question
     parse = _PARSERS[spec.format]
     out = QuestionSet([], [])
     seen: set[str] = set()
+    to_skip = spec.skip
     for n, (where, rec) in enumerate(_records(spec.path), 1):
         try:
             if isinstance(rec, InvalidRecord):
@@ -96,6 +99,9 @@ def read_questions(spec: DatasetFile, *, skip_invalid: bool = False) -> Question
             out.skipped.append(msg)
             continue
         seen.add(question.id)
+        if to_skip:
+            to_skip -= 1
+            continue
         out.questions.append(question)
         out.contexts.extend(contexts)
         if spec.limit is not None and len(out.questions) >= spec.limit:

@@ -1,4 +1,9 @@
-"""Score agent records: answer quality, retrieval quality and behaviour, per dataset and overall."""
+"""Score agent records: answer quality, retrieval quality and behaviour, per dataset and overall.
+
+Also the comparisons a campaign is judged by: two sets of records (two checkpoints, or the
+agent and the RAG baseline of one checkpoint) paired by question, with a bootstrap interval on
+their F1 and EM difference (`compare_records`).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,15 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from statistics import fmean
 
-from exsearch.metrics import cover_em, exact_match, f1_score, normalize_answer
-from exsearch.schema import Passage
+from exsearch.metrics import (
+    Interval,
+    cover_em,
+    exact_match,
+    f1_score,
+    normalize_answer,
+    paired_bootstrap,
+)
+from exsearch.schema import Passage, Question
 
 ANSWER_METRICS = ("em", "f1", "acc")
 
@@ -91,3 +103,59 @@ def markdown_table(results: Mapping[str, dict]) -> str:
             cells = ["–" if agg[c] is None else f"{agg[c]:g}" for c in cols]
             lines.append(f"| {method} | {name} | {agg['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def select_questions(
+    questions: Sequence[Question], datasets: Sequence[str] | None, limit: int | None
+) -> list[Question]:
+    """The dev questions of `datasets` (all if None), the first `limit` of each dataset.
+
+    Raises:
+        ValueError: a named dataset has no question in `questions` (naming the ones it has).
+    """
+    present = list(dict.fromkeys(q.dataset for q in questions))
+    if datasets is not None and (missing := [d for d in datasets if d not in present]):
+        raise ValueError(
+            f"evaluate.datasets names {missing}, which the dev set does not hold "
+            f"(it has {present}); see prepare.dev in params.yaml"
+        )
+    wanted = set(present if datasets is None else datasets)
+    taken: dict[str, int] = defaultdict(int)
+    out = []
+    for q in questions:
+        if q.dataset in wanted and (limit is None or taken[q.dataset] < limit):
+            taken[q.dataset] += 1
+            out.append(q)
+    return out
+
+
+COMPARED_METRICS = ("f1", "em")
+
+
+def answer_scores(records: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """Question id → its EM and F1 (0–1), one record per question."""
+    return {
+        str(r["qid"]): {
+            "em": exact_match(r["prediction"], r["answers"]),
+            "f1": f1_score(r["prediction"], r["answers"]),
+        }
+        for r in records
+    }
+
+
+def compare_records(
+    a: Sequence[dict], b: Sequence[dict], *, seed: int = 0, n_boot: int = 2000
+) -> dict[str, Interval]:
+    """F1 and EM of `a` minus those of `b` on the questions both answered, with 95% intervals.
+
+    Raises:
+        ValueError: the two share no question.
+    """
+    sa, sb = answer_scores(a), answer_scores(b)
+    common = [q for q in sa if q in sb]
+    return {
+        m: paired_bootstrap(
+            [sa[q][m] for q in common], [sb[q][m] for q in common], seed=seed, n_boot=n_boot
+        )
+        for m in COMPARED_METRICS
+    }

@@ -1,9 +1,16 @@
-"""The campaign report: metrics per checkpoint as a curve, a plot and a markdown summary."""
+"""The campaign report: metrics per checkpoint as a curve, a plot and a markdown summary.
+
+Every checkpoint's agent is compared, question by question, with iter_0 (the warm-up, what EM
+must beat) and with the checkpoint it was trained from, and with its own RAG baseline; each
+difference carries a paired bootstrap 95% interval (`checkpoint_comparisons`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from exsearch.evaluation import compare_records
 
 CURVE_METRICS = ("em", "f1", "acc", "recall", "support_recall")
 
@@ -18,21 +25,67 @@ def curve_rows(metrics: Mapping[str, dict]) -> list[dict]:
     rows = []
     for name, doc in sorted(metrics.items(), key=lambda kv: checkpoint_step(kv[0])):
         overall = doc["overall"]
-        row = {"checkpoint": name, "step": checkpoint_step(name)}
+        row = {"checkpoint": name, "step": checkpoint_step(name), "n": overall.get("n")}
         row.update({m: overall.get(m) for m in CURVE_METRICS})
         row["searches"] = overall.get("searches_per_question")
         rows.append(row)
     return rows
 
 
-def plot_curve(rows: Sequence[dict], path: Path) -> None:
-    """EM/F1/Acc against iteration, written as PNG."""
+def checkpoint_comparisons(
+    predictions: Mapping[str, Sequence[dict]],
+    previous: Mapping[str, str],
+    reference: str = "iter_0",
+    primary: str = "agent",
+    baseline: str = "rag",
+) -> dict[str, dict[str, dict]]:
+    """Paired comparisons of every checkpoint's `primary` method, where the other side exists.
+
+    Against `reference`, against its previous checkpoint (`previous[name]`), and against its
+    own `baseline` method.
+
+    `predictions` maps a checkpoint to its prediction records (every method). Each entry is
+    {"f1": Interval dict, "em": Interval dict}, keyed `vs_<reference>`, `vs_prev` and
+    `<primary>_vs_<baseline>`.
+    """
+
+    def method(name: str, m: str) -> list[dict]:
+        return [r for r in predictions[name] if r.get("method", primary) == m]
+
+    def as_dicts(a: list[dict], b: list[dict]) -> dict:
+        return {k: v.to_dict() for k, v in compare_records(a, b).items()}
+
+    out: dict[str, dict[str, dict]] = {}
+    for name in predictions:
+        mine = method(name, primary)
+        entry: dict[str, dict] = {}
+        if name != reference and reference in predictions and name != "base":
+            entry[f"vs_{reference}"] = as_dicts(mine, method(reference, primary))
+        prev = previous.get(name)
+        if prev in predictions and prev != reference:
+            entry["vs_prev"] = as_dicts(mine, method(prev, primary))
+        if mine and (other := method(name, baseline)):
+            entry[f"{primary}_vs_{baseline}"] = as_dicts(mine, other)
+        out[name] = entry
+    return out
+
+
+def plot_curve(
+    rows: Sequence[dict], path: Path, comparisons: Mapping[str, dict] | None = None
+) -> None:
+    """EM/F1/Acc against iteration, and F1 gained over iter_0 with its interval; PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    gains = [
+        (r["step"], c["vs_iter_0"]["f1"])
+        for r in rows
+        if (c := (comparisons or {}).get(r["checkpoint"], {})).get("vs_iter_0")
+    ]
+    fig, axes = plt.subplots(1, 2 if gains else 1, figsize=(10 if gains else 6, 3.6), dpi=120)
+    ax = axes[0] if gains else axes
     xs = [r["step"] for r in rows]
     for m in ("em", "f1", "acc"):
         ax.plot(
@@ -47,6 +100,17 @@ def plot_curve(rows: Sequence[dict], path: Path) -> None:
     ax.set_title("ExSearch: dev metrics per EM iteration")
     ax.grid(alpha=0.3)
     ax.legend()
+    if gains:
+        g = axes[1]
+        steps = [x for x, _ in gains]
+        diffs = [i["diff"] for _, i in gains]
+        err = [[i["diff"] - i["lo"] for _, i in gains], [i["hi"] - i["diff"] for _, i in gains]]
+        g.errorbar(steps, diffs, yerr=err, marker="o", capsize=4, color="C1")
+        g.axhline(0, color="grey", lw=0.8)
+        g.set_xticks(steps, [f"iter_{x}" for x in steps])
+        g.set_ylabel("F1 − F1(iter_0), points")
+        g.set_title(f"Gain over the warm-up (95% CI, n={gains[0][1]['n']})")
+        g.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -74,16 +138,44 @@ def _trajectory_md(t: dict, weight: float) -> str:
     )
 
 
+def _interval(i: Mapping[str, float]) -> str:
+    return f"{i['diff']:+.1f} [{i['lo']:+.1f}, {i['hi']:+.1f}]"
+
+
+def comparisons_markdown(comparisons: Mapping[str, Mapping[str, dict]]) -> str:
+    """One row per checkpoint and comparison: ΔF1 and ΔEM with 95% intervals, and n."""
+    lines = [
+        "| checkpoint | compared with | n | ΔF1 [95% CI] | ΔEM [95% CI] |",
+        "|---|---|---|---|---|",
+    ]
+    for name, entry in comparisons.items():
+        for what, c in entry.items():
+            label = (
+                what.removeprefix("vs_") if what.startswith("vs_") else what.replace("_vs_", " vs ")
+            )
+            f1, em = _interval(c["f1"]), _interval(c["em"])
+            lines.append(f"| {name} | {label} | {c['f1']['n']} | {f1} | {em} |")
+    return "\n".join(lines)
+
+
 def render_markdown(
     rows: Sequence[dict],
     weight_stats: Mapping[str, dict],
     examples: Mapping[str, tuple[list[tuple[dict, float]], list[tuple[dict, float]]]],
     stage_seconds: Mapping[str, float] | None = None,
+    comparisons: Mapping[str, Mapping[str, dict]] | None = None,
 ) -> str:
-    """The summary: metric table, weight statistics, best and worst weighted trajectories."""
+    """The summary: metrics, paired comparisons, weight statistics, example trajectories."""
     parts = ["# ExSearch campaign report", "", "## Dev metrics per checkpoint", ""]
-    parts.append(_table(rows, ["checkpoint", *CURVE_METRICS, "searches"]))
+    parts.append(_table(rows, ["checkpoint", "n", *CURVE_METRICS, "searches"]))
     parts += ["", "![metrics per iteration](em_curve.png)", ""]
+    if comparisons and any(comparisons.values()):
+        parts += [
+            "## Paired differences (agent F1/EM, points; bootstrap 95% intervals over questions)",
+            "",
+            comparisons_markdown(comparisons),
+            "",
+        ]
     if weight_stats:
         parts += ["## E-step weights", ""]
         keys = sorted({k for s in weight_stats.values() for k in s})

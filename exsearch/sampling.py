@@ -1,5 +1,12 @@
 """E-step exploration: K trajectories per training question, written in resumable shards.
 
+Each EM iteration samples questions it has not trained on before (`iteration_questions`): the
+pool (training questions minus those to leave out, by default the warm-up's) is shuffled once
+with the run's seed and cut into consecutive blocks of `per_iteration` questions; iteration k
+takes block k. So iterations are disjoint, and a rerun draws the same questions. When the pool
+is used up (after len(pool) // per_iteration iterations) a new pass starts over a new shuffle,
+and questions repeat.
+
 Questions are cut into fixed shards; each shard is sampled with its own seed (base seed + shard
 number) and written atomically, so a crash keeps the finished shards and a rerun samples only the
 missing ones, producing the same trajectories as an uninterrupted run.
@@ -10,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+import random
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from exsearch import io
@@ -18,6 +27,48 @@ from exsearch.agent import Sampling, SearchAgent
 from exsearch.schema import Question
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """The questions of one EM iteration and where they sit in the pool."""
+
+    questions: list[Question]
+    pool_size: int
+    pass_number: int  # 0 on the first pass over the pool; > 0 means questions repeat
+
+
+def iteration_questions(
+    questions: Sequence[Question],
+    iteration: int,
+    per_iteration: int | None,
+    *,
+    seed: int,
+    exclude: Collection[str] = (),
+) -> Draw:
+    """The training questions EM iteration `iteration` (1, 2, …) samples; see the module doc.
+
+    `per_iteration=None` takes the whole pool every iteration.
+
+    Raises:
+        ValueError: `iteration` < 1, or no question is left once `exclude` is taken out.
+    """
+    if iteration < 1:
+        raise ValueError(f"EM iterations are numbered from 1, got {iteration}")
+    pool = [q for q in questions if q.id not in exclude]
+    if not pool:
+        raise ValueError(
+            f"no training question left to sample: all {len(questions)} are excluded "
+            "(used by the warm-up); add training questions or set sample.exclude_warmup: false"
+        )
+    if per_iteration is None or per_iteration >= len(pool):
+        return Draw(list(pool), len(pool), 0 if per_iteration is None else iteration - 1)
+    blocks_per_pass = len(pool) // per_iteration
+    pass_number, block = divmod(iteration - 1, blocks_per_pass)
+    order = list(pool)
+    random.Random(f"{seed}/pass{pass_number}").shuffle(order)
+    chosen = order[block * per_iteration : (block + 1) * per_iteration]
+    return Draw(chosen, len(pool), pass_number)
 
 
 def shard_seed(seed: int, shard: int) -> int:

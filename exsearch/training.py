@@ -16,6 +16,12 @@ mean of per-sequence mean cross-entropies. Examples of weight 0 are dropped befo
 (they add no gradient; this only saves compute). Softmax weights sum to 1 per question, so a
 question adds as much gradient as one uniform-weighted trajectory.
 
+The M-step is lean where a plain causal-LM trainer wastes work on agent trajectories, ~85% of
+whose tokens are prompts and passages: the vocabulary projection runs only at positions with a
+loss (`lean_weighted_loss`), and no token is spent on padding (batch_size 1 with grad_accum on a
+CPU, or TRL's padding-free batches on a GPU). The trainer is TRL's SFTTrainer with this loss
+(`WeightedTrainer`); `bench/train.py` measures it against a plain transformers Trainer.
+
     result = train_weighted("runs/iter_0/model", [{"messages": [...], "weight": 0.7}, ...],
                             "runs/iter_1/model", params.train)
 """
@@ -33,8 +39,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from datasets import Dataset
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+from trl import SFTConfig, SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from exsearch.config import TrainConfig
 from exsearch.io import atomic_path, read_json, write_json
@@ -178,57 +187,77 @@ def encode_conversation(
 # ---- loss, collator, trainer -------------------------------------------------------------------
 
 
-def weighted_sequence_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    weights: torch.Tensor,
-    denominator: float | None = None,
+def lean_weighted_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], denominator: float
 ) -> torch.Tensor:
-    """Σ_i w_i · (mean CE over sequence i's labelled tokens) / denominator (default: batch size).
+    """Σ_i w_i · (mean CE over sequence i's labelled tokens) / denominator.
 
-    Labels are shifted inside (the logit at t predicts the token at t+1). Only labelled positions
-    are projected to float32, which keeps memory low when passages dominate the sequence. A
-    sequence with no labelled token contributes 0.
+    The lean form: the model projects to the vocabulary only the positions that predict a
+    labelled token (`logits_to_keep`; ~15% of an agent trajectory, the rest being prompts and
+    passages), so the (batch, seq, vocab) logits are never built. Called through the model's
+    own forward, so DDP, FSDP and PEFT wrappers see an ordinary call. Works on right-padded
+    batches (`attention_mask`) and on padding-free ones (one row of concatenated sequences with
+    `position_ids` and `seq_idx`, as TRL's collator makes them). A sequence with no labelled
+    token contributes 0.
     """
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != IGNORE_INDEX
-    ce = F.cross_entropy(logits[:, :-1][mask].float(), shift_labels[mask], reduction="none")
-    rows = mask.nonzero(as_tuple=True)[0]
-    per_seq = torch.zeros(labels.shape[0], device=ce.device, dtype=ce.dtype).index_add(0, rows, ce)
-    per_seq = per_seq / mask.sum(1).clamp(min=1)
-    denom = labels.shape[0] if denominator is None else denominator
-    return (weights.to(per_seq) * per_seq).sum() / denom
+    labels = batch["labels"]  # (rows, seq)
+    targets = labels[:, 1:]  # (rows, seq-1): the token each position predicts
+    mask = targets != IGNORE_INDEX
+    keep = mask.any(0).nonzero().squeeze(1)  # (kept,) positions some row trains on
+    # Everything the collator made for the model: ids, mask or position ids, varlen bounds.
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "weight", "seq_idx")}
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (rows, kept, vocab)
+    kept_mask = mask[:, keep]  # (rows, kept)
+    ce = F.cross_entropy(
+        logits[kept_mask].float(), targets[:, keep][kept_mask], reduction="none"
+    )  # (labelled,)
+    weights = batch["weight"]  # (sequences,)
+    if "seq_idx" in batch:  # padding-free: one row, the sequence of each target from seq_idx
+        seq_of = batch["seq_idx"][0, 1:][keep][kept_mask[0]].long()
+    else:
+        seq_of = kept_mask.nonzero(as_tuple=True)[0]
+    n_seq = weights.shape[0]
+    total = torch.zeros(n_seq, device=ce.device, dtype=ce.dtype).index_add(0, seq_of, ce)
+    count = torch.zeros(n_seq, device=ce.device, dtype=ce.dtype).index_add(
+        0, seq_of, torch.ones_like(ce)
+    )
+    per_seq = total / count.clamp(min=1)
+    return (weights.to(per_seq) * per_seq).sum() / denominator
 
 
 @dataclass
 class WeightedCollator:
-    """Right-pads `input_ids` and `labels` (-100), adds `attention_mask`, stacks `weight`."""
+    """TRL's language-modelling collator plus each sequence's weight.
+
+    Right-padded rows with an `attention_mask`, or, with `padding_free`, one row of the
+    sequences laid end to end with `position_ids`, `seq_idx` and the `cu_seq_lens` that
+    flash-attention kernels read (so no token is spent on padding).
+    """
 
     pad_token_id: int
+    padding_free: bool = False
 
-    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __post_init__(self) -> None:
+        self._collate = DataCollatorForLanguageModeling(
+            pad_token_id=self.pad_token_id, padding_free=self.padding_free
+        )
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Collate pre-tokenised examples into one batch."""
-        width = max(len(f["input_ids"]) for f in features)
-        n = len(features)
-        ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for row, f in enumerate(features):
-            k = len(f["input_ids"])
-            ids[row, :k] = torch.tensor(f["input_ids"])
-            labels[row, :k] = torch.tensor(f["labels"])
-            mask[row, :k] = 1
-        weights = torch.tensor([float(f["weight"]) for f in features], dtype=torch.float32)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weight": weights}
+        batch = self._collate(
+            [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]
+        )
+        batch["weight"] = torch.tensor([float(f["weight"]) for f in features], dtype=torch.float32)
+        return batch
 
 
-class WeightedTrainer(Trainer):
-    """transformers.Trainer whose loss is the per-sequence weighted cross-entropy above.
+class WeightedTrainer(SFTTrainer):
+    """TRL's SFTTrainer whose loss is the per-sequence weighted cross-entropy above.
 
-    A plain Trainer rather than TRL's SFTTrainer: SFTTrainer's value is its own dataset
-    preparation (templating, assistant masks from `{% generation %}` template tags, which most
-    chat templates lack, packing) and its own loss and collator; we pre-tokenise with our own
-    assistant mask and need a per-sequence weight, so every part of it would be bypassed.
+    From SFTTrainer we take its config (`SFTConfig`), its collator (padding-free batches)
+    and what it enables on GPUs (Liger kernels through `use_liger_kernel`); examples come
+    pre-tokenised with our own assistant mask, so its dataset preparation is skipped, and
+    the loss is ours: weighted per sequence, vocabulary projection only where there is loss.
     """
 
     # compute_loss returns a per-micro-batch value: the Trainer divides it by grad_accum.
@@ -236,8 +265,7 @@ class WeightedTrainer(Trainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # No model-side loss and no token-count normalisation (also makes older transformers
-        # versions divide by grad_accum).
+        # No model-side loss and no token-count normalisation.
         self.model_accepts_loss_kwargs = False
 
     def compute_loss(
@@ -246,18 +274,11 @@ class WeightedTrainer(Trainer):
         inputs: dict[str, torch.Tensor],
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        """Weighted loss of one micro-batch; `num_items_in_batch` is ignored (see module doc)."""
-        outputs = model(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False
-        )
-        loss = weighted_sequence_loss(
-            outputs.logits,
-            inputs["labels"],
-            inputs["weight"],
-            denominator=self.args.per_device_train_batch_size,
-        )
-        return (loss, outputs) if return_outputs else loss
+    ) -> torch.Tensor:
+        """Weighted loss of one micro-batch; `num_items_in_batch` is ignored (module doc)."""
+        if return_outputs:
+            raise NotImplementedError("the weighted M-step computes no logits to return")
+        return lean_weighted_loss(model, inputs, self.args.per_device_train_batch_size)
 
 
 # ---- models ------------------------------------------------------------------------------------
@@ -363,6 +384,59 @@ def encode_examples(
     return encoded, counts
 
 
+def training_args(
+    cfg: TrainConfig, output_dir: str, max_steps: int | None = None, progress: bool = True
+) -> Any:
+    """The SFTConfig of one M-step (a transformers TrainingArguments)."""
+    return SFTConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=max_steps if max_steps is not None else -1,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        bf16=cfg.bf16,
+        seed=cfg.seed,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
+        # Examples arrive tokenised with our assistant mask, cut to max_length.
+        dataset_kwargs={"skip_prepare_dataset": True},
+        max_length=None,
+        use_liger_kernel=cfg.use_liger_kernel,
+        # SFTConfig turns this on by default; it trades ~30% more compute for memory that
+        # micro-batching already saves.
+        activation_checkpointing=cfg.activation_checkpointing,
+    )
+
+
+def make_trainer(
+    model: Any,
+    tokenizer: Any,
+    data: Sequence[dict[str, Any]],
+    cfg: TrainConfig,
+    output_dir: str,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> Any:
+    """The weighted M-step trainer over encoded examples (`encode_examples`)."""
+    return WeightedTrainer(
+        model=model,
+        args=training_args(cfg, output_dir, max_steps, progress),
+        train_dataset=Dataset.from_list(list(data)),
+        data_collator=WeightedCollator(tokenizer.pad_token_id, padding_free=cfg.padding_free),
+        processing_class=tokenizer,
+    )
+
+
 def train_weighted(
     model_dir: str | Path,
     examples: Sequence[dict[str, Any]],
@@ -408,34 +482,7 @@ def train_weighted(
     elif hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()  # full fine-tuning of a model saved as an adapter
     with tempfile.TemporaryDirectory(prefix="exsearch-train-") as scratch:
-        args = TrainingArguments(
-            output_dir=scratch,
-            per_device_train_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.grad_accum,
-            learning_rate=cfg.learning_rate,
-            num_train_epochs=cfg.epochs,
-            max_steps=max_steps if max_steps is not None else -1,
-            lr_scheduler_type=cfg.lr_scheduler,
-            warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-            bf16=cfg.bf16,
-            seed=cfg.seed,
-            logging_steps=1,
-            save_strategy="no",
-            eval_strategy="no",
-            report_to="none",
-            remove_unused_columns=False,
-            disable_tqdm=not progress,
-            dataloader_num_workers=0,
-            dataloader_pin_memory=torch.cuda.is_available(),
-            use_cpu=not torch.cuda.is_available(),
-        )
-        trainer = WeightedTrainer(
-            model=model,
-            args=args,
-            train_dataset=data,
-            data_collator=WeightedCollator(tokenizer.pad_token_id),
-            processing_class=tokenizer,
-        )
+        trainer = make_trainer(model, tokenizer, data, cfg, scratch, max_steps, progress)
         trainer.train()
     result.loss_history = [
         {"step": int(e["step"]), **{k: float(e[k]) for k in _LOGGED if k in e}}

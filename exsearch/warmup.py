@@ -1,32 +1,80 @@
 """Warm-up trajectories written without any LLM, from datasets that carry supporting facts.
 
-One search step per supporting paragraph (in hop order): the sub-query is the dataset's
-decomposition question where it has one (MuSiQue), else the paragraph's title; the passages are
-what the real retriever returns for it, with the gold paragraph put among them if BM25 missed it;
-the record is the supporting sentence(s) or the sub-answer. The result is in exactly the agent's
-chat format (exsearch.prompts), so it trains the same turns the agent later samples.
+A warm-up trajectory shows the model a search strategy it can actually carry out:
+
+1. search the question itself (`first_search="question"`): what one-shot RAG reads, so the agent
+   starts from the same evidence as the baseline it has to beat;
+2. then, for every supporting paragraph not shown yet (in hop order), search the dataset's
+   decomposition question where it has one (MuSiQue), else the paragraph's title, with the gold
+   paragraph put among the passages if the retriever missed it;
+3. finish once every supporting paragraph has been shown (or `max_steps` searches are spent).
+
+After each search the record holds the supporting sentences of the gold paragraphs just shown,
+cut to what the model could read (passages are shown cut to `passage_max_words`) and to
+`record_max_words` words around the answer: a record never states what was not on the page,
+and a turn stays within the agent's token limit. `first_search="hop"` skips step 1 (one search
+per supporting paragraph, the earlier design). The result is in exactly the agent's chat
+format (exsearch.prompts), so it trains the same turns the agent later samples.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 from exsearch import prompts
 from exsearch.agent import Retriever
 from exsearch.retrieval import format_passage
 from exsearch.schema import Passage, Question
 
-
-def _record_text(item: dict) -> str:
-    sentences = [s.strip() for s in item.get("sentences") or [] if s.strip()]
-    if sentences:
-        return " ".join(sentences)
-    return item.get("sub_answer") or item.get("paragraph", "")[:300]
+FirstSearch = Literal["question", "hop"]
+NOTHING_FOUND = "nothing relevant"
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
-def _query(item: dict) -> str:
-    return (item.get("sub_question") or item["title"]).strip()
+@dataclass(frozen=True)
+class WarmupShape:
+    """How warm-up trajectories are cut: the agent's limits, and the first search."""
+
+    top_k: int
+    passage_max_words: int
+    max_steps: int = 6
+    record_max_words: int = 30
+    first_search: FirstSearch = "question"
+
+
+def _visible(p: Passage, max_words: int) -> str:
+    return " ".join(p.text.split()[:max_words])
+
+
+def _clip(text: str, max_words: int, focus: Sequence[str]) -> str:
+    """At most `max_words` words of `text`, the window holding the first `focus` string found."""
+    words = text.split()
+    if len(words) <= max_words:
+        return text
+    lowered = [w.lower() for w in words]
+    for f in focus:
+        target = f.lower().split()
+        if not target:
+            continue
+        for i in range(len(words) - len(target) + 1):
+            if lowered[i : i + len(target)] == target:
+                start = max(0, min(i - max_words // 3, len(words) - max_words))
+                return " ".join(words[start : start + max_words])
+    return " ".join(words[:max_words])
+
+
+def _record_for(item: dict, gold: Passage, shape: WarmupShape, answer: str) -> str:
+    """What the model can record of one gold paragraph it was shown."""
+    visible = _visible(gold, shape.passage_max_words)
+    picked = [s for s in item.get("sentences") or [] if s.strip() and s.strip() in visible]
+    if not picked:  # the supporting sentence is past the cut: keep the visible opening
+        picked = _SENTENCE.split(visible)[:1]
+    focus = [a for a in (item.get("sub_answer"), answer) if a]
+    return _clip(" ".join(picked), shape.record_max_words, focus)
 
 
 def _gold_passage(item: dict, by_title: dict[str, list[Passage]]) -> Passage | None:
@@ -38,50 +86,62 @@ def _gold_passage(item: dict, by_title: dict[str, list[Passage]]) -> Passage | N
     return candidates[0] if candidates else None
 
 
+def _hop_query(item: dict) -> tuple[str, str]:
+    """(query, thought) for one hop, the thought saying what the step looks for."""
+    query = (item.get("sub_question") or item["title"]).strip()
+    need = f": {item['sub_question']}" if item.get("sub_question") else f" about {item['title']}"
+    think = f"Next I need to find out{need}"
+    return query, think if think.endswith(("?", ".")) else think + "."
+
+
 def build_trajectory(
     q: Question,
     retriever: Retriever,
     by_title: dict[str, list[Passage]],
-    *,
-    top_k: int,
-    passage_max_words: int,
+    shape: WarmupShape,
     rng: random.Random,
 ) -> dict | None:
     """One warm-up trajectory for `q`, or None when it has no supporting facts."""
     support = q.extra.get("support") or []
     if not support:
         return None
-    queries = [_query(item) for item in support]
-    results = retriever.search(queries, top_k)
+    golds = [_gold_passage(item, by_title) for item in support]
+    answer = q.answers[0]
     messages = [
         {"role": "system", "content": prompts.SYSTEM_PROMPT},
         {"role": "user", "content": prompts.question_turn(q.question)},
     ]
-    steps = []
-    record = None
-    for i, (item, query, hits) in enumerate(zip(support, queries, results, strict=True)):
-        passages = [h.passage for h in hits]
-        gold = _gold_passage(item, by_title)
-        if gold is not None and all(p.id != gold.id for p in passages):
-            slot = rng.randrange(len(passages)) if len(passages) >= top_k else len(passages)
-            passages[slot : slot + 1] = [gold]
-        # What the step looks for, said without knowledge the model would not have yet.
-        need = (
-            f": {item['sub_question']}" if item.get("sub_question") else f" about {item['title']}"
-        )
-        think = f"{'Next I' if i else 'I'} need to find out{need}"
-        think = think if think.endswith(("?", ".")) else think + "."
-        messages.append(
-            {
-                "role": "assistant",
-                "content": prompts.action_turn(record=record, think=think, query=query),
-            }
-        )
+    steps: list[dict] = []
+    shown: set[str] = set()  # ids of the gold passages shown so far
+    record: str | None = None  # the record the next assistant turn opens with
+    while len(steps) < shape.max_steps:
+        todo = [i for i, g in enumerate(golds) if g is not None and g.id not in shown]
+        if shape.first_search == "question" and not steps:
+            query, think, inject = q.question, "I search for the question first.", None
+        elif todo:
+            query, think = _hop_query(support[todo[0]])
+            inject = golds[todo[0]]
+        else:
+            break
+        passages = [h.passage for h in retriever.search([query], shape.top_k)[0]]
+        if inject is not None and all(p.id != inject.id for p in passages):
+            slot = rng.randrange(len(passages)) if len(passages) >= shape.top_k else len(passages)
+            passages[slot : slot + 1] = [inject]
+        content = prompts.action_turn(record=record, think=think, query=query)
+        messages.append({"role": "assistant", "content": content})
         rendered = [
-            format_passage(p, j, max_words=passage_max_words) for j, p in enumerate(passages, 1)
+            format_passage(p, j, max_words=shape.passage_max_words)
+            for j, p in enumerate(passages, 1)
         ]
         messages.append({"role": "user", "content": prompts.documents_turn(rendered)})
-        record = _record_text(item)
+        ids = {p.id for p in passages}
+        found = [
+            _record_for(item, g, shape, answer)
+            for item, g in zip(support, golds, strict=True)
+            if g is not None and g.id in ids and g.id not in shown
+        ]
+        shown |= {g.id for g in golds if g is not None and g.id in ids}
+        record = _clip(" ".join(found), shape.record_max_words, [answer]) or NOTHING_FOUND
         steps.append(
             {
                 "query": query,
@@ -90,7 +150,6 @@ def build_trajectory(
                 "think": think,
             }
         )
-    answer = q.answers[0]
     messages += [
         {
             "role": "assistant",
@@ -120,9 +179,8 @@ def build_trajectories(
     questions: Sequence[Question],
     retriever: Retriever,
     corpus: Iterable[Passage],
+    shape: WarmupShape,
     *,
-    top_k: int,
-    passage_max_words: int,
     seed: int = 0,
 ) -> tuple[list[dict], int]:
     """Warm-up trajectories for every question with supporting facts; also the count skipped.
@@ -138,9 +196,7 @@ def build_trajectories(
     rng = random.Random(seed)
     out, skipped = [], 0
     for q in questions:
-        traj = build_trajectory(
-            q, retriever, by_title, top_k=top_k, passage_max_words=passage_max_words, rng=rng
-        )
+        traj = build_trajectory(q, retriever, by_title, shape, rng)
         if traj is None:
             skipped += 1
         else:

@@ -5,8 +5,10 @@
 Reads runs/<iteration>/model, runs/index and data/prepared/dev.jsonl; writes
 runs/<iteration>/predictions.jsonl (one record per question and method), metrics.json (EM, F1,
 Acc, retrieval recall/precision, supporting-passage recall, searches per question, finish
-reasons, tokens, seconds; per dataset and overall) and metrics.md (the same as a table).
-Decoding is greedy (temperature 0) whatever `generation` says, so evaluation is deterministic.
+reasons, tokens, seconds; per dataset and overall; and the first method's F1/EM difference to
+each other method on the same questions, with a paired bootstrap 95% interval) and metrics.md
+(the same as tables). Decoding is greedy (temperature 0) whatever `generation` says, so
+evaluation is deterministic.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from exsearch import io
 from exsearch.agent import Sampling, SearchAgent
-from exsearch.evaluation import markdown_table, summarize
+from exsearch.evaluation import compare_records, markdown_table, select_questions, summarize
 from exsearch.generation import make_generator
 from exsearch.retrieval import load_retriever
 from exsearch.schema import Question
@@ -31,24 +33,43 @@ def evaluate(
     questions: list[Question], agent: SearchAgent, methods: list[str], seed: int
 ) -> tuple[list[dict], dict]:
     """Run each method greedily; return all records and the metrics document."""
-    records, results, seconds = [], {}, {}
+    records, results, seconds, by_method = [], {}, {}, {}
     for method in methods:
         started = time.perf_counter()
         recs = agent.run(questions, method=method, sampling=Sampling(temperature=0.0, seed=seed))
         seconds[method] = round(time.perf_counter() - started, 1)
         records.extend(recs)
+        by_method[method] = recs
         results[method] = summarize(recs, agent.seen_passages)
     primary = methods[0]
+    comparisons = {
+        f"{primary}_vs_{m}": {
+            k: v.to_dict() for k, v in compare_records(by_method[primary], by_method[m]).items()
+        }
+        for m in methods[1:]
+    }
     doc = {
         "primary": primary,
         "overall": results[primary]["overall"],
         "by_dataset": results[primary]["by_dataset"],
+        "comparisons": comparisons,
         "seconds": seconds,
         "methods": {
             m: {k: v for k, v in r.items() if k != "per_sample"} for m, r in results.items()
         },
     }
     return records, doc
+
+
+def comparisons_table(comparisons: dict) -> str:
+    """One row per comparison: F1 and EM differences with their intervals."""
+    lines = ["| comparison | n | ΔF1 [95% CI] | ΔEM [95% CI] |", "|---|---|---|---|"]
+    for name, c in comparisons.items():
+        cells = [
+            f"{c[m]['diff']:+.1f} [{c[m]['lo']:+.1f}, {c[m]['hi']:+.1f}]" for m in ("f1", "em")
+        ]
+        lines.append(f"| {name} | {c['f1']['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,9 +86,11 @@ def main(argv: list[str] | None = None) -> None:
         out = Path(args.out or f"runs/{args.iteration}")
         model_dir = args.model or f"runs/{args.iteration}/model"
 
-        questions = [Question.from_dict(d) for d in io.read_jsonl(args.questions)]
-        if params.evaluate.limit:
-            questions = questions[: params.evaluate.limit]
+        questions = select_questions(
+            [Question.from_dict(d) for d in io.read_jsonl(args.questions)],
+            params.evaluate.datasets,
+            params.evaluate.limit,
+        )
         log.info(
             "evaluating %s on %d questions: %s", model_dir, len(questions), params.evaluate.methods
         )
@@ -80,9 +103,11 @@ def main(argv: list[str] | None = None) -> None:
         io.write_jsonl(out / "predictions.jsonl", records)
         io.write_json(out / "metrics.json", doc)
         table = markdown_table(doc["methods"])
+        if doc["comparisons"]:
+            table += "\n" + comparisons_table(doc["comparisons"])
         io.write_text(out / "metrics.md", f"# Evaluation of {args.iteration}\n\n{table}")
         log.info("results\n%s", table)
-        scores = {"overall": doc["overall"], **doc["by_dataset"]}
+        scores = {"overall": doc["overall"], **doc["by_dataset"], **doc["comparisons"]}
         log_iteration_metrics(params, args.iteration, scores)
         for name in ("metrics.json", "metrics.md", "predictions.jsonl"):
             run.log_artifact(out / name)

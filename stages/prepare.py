@@ -113,12 +113,18 @@ def _read_split(
     files: dict[str, Any] = {}
     for spec in getattr(cfg, split):
         got = read_questions(spec, skip_invalid=cfg.skip_invalid)
-        kept = 0
+        kept = repeats = 0
         for q in got.questions:
             if q.id in origin:
                 msg = f"{spec.path}: question id {q.id!r} was already read from {origin[q.id]}"
+                if spec.skip_repeats:
+                    repeats += 1
+                    continue
                 if not cfg.skip_invalid:
-                    raise ValueError(f"{msg} ({split} ids must be unique)")
+                    raise ValueError(
+                        f"{msg} ({split} ids must be unique; `skip_repeats: true` on this file "
+                        "drops such repeats)"
+                    )
                 got.skipped.append(msg)
                 continue
             origin[q.id] = spec.path
@@ -126,11 +132,13 @@ def _read_split(
             kept += 1
         added, dropped = builder.add_all(got.contexts) if cfg.contexts_in_corpus else (0, 0)
         log.info(
-            "%s: %s: %d questions, %d skipped, %d context paragraphs (%d new passages)",
+            "%s: %s: %d questions, %d skipped, %d repeats dropped, %d context paragraphs "
+            "(%d new passages)",
             split,
             spec.path,
             kept,
             len(got.skipped),
+            repeats,
             len(got.contexts),
             added,
         )
@@ -142,6 +150,7 @@ def _read_split(
         files[key] = {
             "questions": kept,
             "skipped": len(got.skipped),
+            "repeats_dropped": repeats,
             "contexts": len(got.contexts),
             "new_passages": added,
             "duplicate_passages": dropped,

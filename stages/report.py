@@ -2,9 +2,12 @@
 
     python -m stages.report
 
-Reads runs/<checkpoint>/metrics.json for every checkpoint in `em.evaluate`, and for each EM
-iteration its weight statistics and weighted trajectories; writes reports/em_curve.json (drawn by
-`dvc plots show`), reports/em_curve.png and reports/summary.md.
+Reads runs/<checkpoint>/metrics.json and predictions.jsonl for every checkpoint in
+`em.evaluate`, and for each EM iteration its weight statistics and weighted trajectories; writes
+reports/em_curve.json (drawn by `dvc plots show`), reports/em_curve.png, reports/summary.md and
+reports/metrics.json: each checkpoint's agent F1/EM, and its paired differences (bootstrap 95%
+intervals) against iter_0, against the checkpoint it was trained from and against its own RAG
+baseline. Those also go to the campaign's MLflow parent run, with step = iteration.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from exsearch import io
-from exsearch.report import curve_rows, plot_curve, render_markdown
+from exsearch.report import checkpoint_comparisons, curve_rows, plot_curve, render_markdown
 from stages import _common
 from stages._tracking import stage_run
 
@@ -48,12 +51,34 @@ def main(argv: list[str] | None = None) -> None:
             weight_stats[it] = io.read_json(it_dir / "weight_stats.json")
             examples[it] = _examples(it_dir)
 
+        predictions = {
+            c: list(io.read_jsonl(f"runs/{c}/predictions.jsonl")) for c in params.em.evaluate
+        }
+        previous = {"iter_0": "base", **{k: v.prev for k, v in params.em.iters.items()}}
+        comparisons = checkpoint_comparisons(predictions, previous)
+        summary = {
+            c: {
+                "n": metrics[c]["overall"]["n"],
+                "f1": metrics[c]["overall"]["f1"],
+                "em": metrics[c]["overall"]["em"],
+                **comparisons[c],
+            }
+            for c in params.em.evaluate
+        }
+
         io.write_json(out / "em_curve.json", rows)
+        io.write_json(out / "metrics.json", summary)
         with io.atomic_path(out / "em_curve.png") as tmp:
-            plot_curve(rows, tmp)
-        io.write_text(out / "summary.md", render_markdown(rows, weight_stats, examples))
+            plot_curve(rows, tmp, comparisons)
+        io.write_text(
+            out / "summary.md",
+            render_markdown(rows, weight_stats, examples, comparisons=comparisons),
+        )
         log.info("report written to %s", out)
-        for name in ("summary.md", "em_curve.png", "em_curve.json"):
+        for c, entry in comparisons.items():
+            if entry:
+                run.log_iteration_metrics(c, entry)
+        for name in ("summary.md", "em_curve.png", "em_curve.json", "metrics.json"):
             run.log_artifact(out / name)
 
 

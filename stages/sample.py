@@ -2,8 +2,10 @@
 
     python -m stages.sample --iteration iter_1 --prev iter_0
 
-Reads runs/<prev>/model, runs/index and data/prepared/train.jsonl; writes
-runs/<iteration>/trajectories.jsonl and runs/<iteration>/sample_stats.json. Work is done in
+Reads runs/<prev>/model, runs/index, data/prepared/train.jsonl and the warm-up's trajectories
+(whose questions it leaves out); writes runs/<iteration>/trajectories.jsonl and
+runs/<iteration>/sample_stats.json. Iteration k samples `sample.questions` training questions no
+earlier iteration trained on (exsearch.sampling.iteration_questions). Work is done in
 shards kept under runs/<iteration>/.sample_shards/<fingerprint>/ until the stage succeeds, so a
 crashed run resumes where it stopped and yields the same trajectories (same seed, same shards).
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import shutil
 import time
 from collections import Counter
@@ -22,8 +23,9 @@ from statistics import fmean
 from exsearch import io
 from exsearch.agent import SearchAgent
 from exsearch.generation import make_generator
+from exsearch.report import checkpoint_step
 from exsearch.retrieval import load_retriever
-from exsearch.sampling import fingerprint, sample_in_shards
+from exsearch.sampling import fingerprint, iteration_questions, sample_in_shards
 from exsearch.schema import Question
 from stages import _common
 from stages._tracking import stage_run
@@ -44,6 +46,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prev", required=True, help="the iteration whose model samples, e.g. iter_0")
     p.add_argument("--index", default="runs/index", help="index directory (BM25 or dense)")
     p.add_argument("--questions", default="data/prepared/train.jsonl", help="training questions")
+    p.add_argument(
+        "--warmup",
+        default="runs/warmup/trajectories.jsonl",
+        help="warm-up trajectories, whose questions EM iterations leave out",
+    )
     args = p.parse_args(argv)
     params = _common.setup(args)
     with stage_run(params, "sample", args.iteration, ["sample", "agent", "generation"]) as run:
@@ -51,10 +58,32 @@ def main(argv: list[str] | None = None) -> None:
         out = Path("runs") / args.iteration
         model_dir = Path("runs") / args.prev / "model"
 
-        questions = [Question.from_dict(d) for d in io.read_jsonl(args.questions)]
-        if cfg.questions and cfg.questions < len(questions):
-            # A seeded draw, not the head: the training files are grouped by dataset.
-            questions = random.Random(params.seed).sample(questions, cfg.questions)
+        pool = [Question.from_dict(d) for d in io.read_jsonl(args.questions)]
+        warmup_ids = (
+            {str(t["qid"]) for t in io.read_jsonl(args.warmup)} if cfg.exclude_warmup else set()
+        )
+        draw = iteration_questions(
+            pool,
+            checkpoint_step(args.iteration),
+            cfg.questions,
+            seed=params.seed,
+            exclude=warmup_ids,
+        )
+        questions = draw.questions
+        log.info(
+            "%s: %d questions from a pool of %d (%d warm-up questions left out), pass %d",
+            args.iteration,
+            len(questions),
+            draw.pool_size,
+            len(warmup_ids),
+            draw.pass_number,
+        )
+        if draw.pass_number:
+            log.warning(
+                "the pool of %d questions is used up: %s repeats questions of earlier iterations",
+                draw.pool_size,
+                args.iteration,
+            )
         agent_cfg = params.agent.model_copy(update={"max_steps": cfg.max_steps})
         key = fingerprint(
             cfg.model_dump(),
@@ -63,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
             params.model.model_dump(),
             _model_signature(model_dir),
             hashlib.sha256(Path(args.questions).read_bytes()).hexdigest(),
-            len(questions),
+            [q.id for q in questions],
         )
         shard_dir = out / ".sample_shards" / key
         log.info("sampling %d × %d trajectories with %s", len(questions), cfg.k, model_dir)
@@ -85,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
         stats = {
             "trajectories": len(records),
             "questions": len(questions),
+            "pool": draw.pool_size,
+            "pass": draw.pass_number,
             "k": cfg.k,
             "searches_per_trajectory": round(fmean(r["n_searches"] for r in records), 3),
             "tokens_generated": sum(r["tokens"]["generated"] for r in records),

@@ -2,7 +2,9 @@
 
     python -m stages.train --iteration iter_1 --prev iter_0
 
-Reads runs/<prev>/model, runs/<iteration>/trajectories.jsonl and weights.parquet; writes
+Reads runs/<prev>/model (or runs/iter_0/model with `train.start_from: warmup`),
+runs/<iteration>/trajectories.jsonl and weights.parquet, and with `train.replay: N` N warm-up
+trajectories from runs/warmup/trajectories.jsonl (weight 1 each, drawn per iteration); writes
 runs/<iteration>/model (full model, or LoRA merged into it, or an adapter naming its base, per
 the `train` params) and runs/<iteration>/train_stats.json with the loss curve. Each trajectory's
 loss is its weight × the mean cross-entropy of the tokens the assistant wrote, with the sampled
@@ -13,6 +15,7 @@ config file, the stage runs itself on `train.num_processes` processes (stages/_l
 from __future__ import annotations
 
 import logging
+import random
 import sys
 from pathlib import Path
 
@@ -41,6 +44,15 @@ def weighted_examples(trajectories: list[dict], weights: pd.DataFrame) -> list[d
     return examples
 
 
+def replayed_examples(warmup: list[dict], n: int, iteration: str, seed: int) -> list[dict]:
+    """`n` warm-up trajectories (weight 1), a draw fixed by the seed and the iteration."""
+    if n <= 0:
+        return []
+    rng = random.Random(f"{seed}/replay/{iteration}")
+    picked = rng.sample(warmup, min(n, len(warmup)))
+    return [{"messages": t["messages"], "weight": 1.0} for t in picked]
+
+
 def run_stats(result) -> dict:
     """The JSON-able summary of a training run."""
     return {
@@ -61,6 +73,11 @@ def main(argv: list[str] | None = None) -> None:
     p = _common.parser(__doc__)
     p.add_argument("--iteration", required=True, help="the EM iteration being built, e.g. iter_1")
     p.add_argument("--prev", required=True, help="the iteration to continue from, e.g. iter_0")
+    p.add_argument(
+        "--warmup",
+        default="runs/warmup/trajectories.jsonl",
+        help="warm-up trajectories (train.replay draws from them)",
+    )
     args = p.parse_args(argv)
     params = _common.setup(args)
     if (status := _launch.relaunch(params.train, "stages.train", argv)) is not None:
@@ -70,11 +87,23 @@ def main(argv: list[str] | None = None) -> None:
     with stage_run(params, "train", args.iteration) as run:
         out = Path("runs") / args.iteration
 
+        cfg = params.train
         trajectories = list(io.read_jsonl(out / "trajectories.jsonl"))
         examples = weighted_examples(trajectories, pd.read_parquet(out / "weights.parquet"))
-        result = train_weighted(
-            Path("runs") / args.prev / "model", examples, out / "model", params.train
+        replayed = []
+        if cfg.replay:
+            warmup = list(io.read_jsonl(args.warmup))
+            replayed = replayed_examples(warmup, cfg.replay, args.iteration, params.seed)
+        start = "iter_0" if cfg.start_from == "warmup" else args.prev
+        log.info(
+            "M-step of %s from %s: %d sampled + %d replayed warm-up trajectories",
+            args.iteration,
+            start,
+            len(examples),
+            len(replayed),
         )
+        examples += replayed
+        result = train_weighted(Path("runs") / start / "model", examples, out / "model", cfg)
         if not _launch.is_main_process():
             return  # rank 0 writes the outputs
         stats = run_stats(result)

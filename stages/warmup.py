@@ -23,7 +23,7 @@ from exsearch import io
 from exsearch.retrieval import load_retriever
 from exsearch.schema import Question
 from exsearch.training import train_weighted
-from exsearch.warmup import build_trajectories
+from exsearch.warmup import WarmupShape, build_trajectories
 from stages import _common, _launch
 from stages._tracking import stage_run
 from stages.train import run_stats
@@ -58,22 +58,23 @@ def main(argv: list[str] | None = None) -> None:
             log.info("read %d teacher trajectories from %s", len(trajectories), cfg.teacher_file)
         else:
             questions = [Question.from_dict(d) for d in io.read_jsonl(args.questions)]
+            questions = [q for q in questions if q.extra.get("support")]
+            if cfg.max_examples and cfg.max_examples < len(questions):
+                # A seeded draw, not the head: the training files are grouped by dataset.
+                questions = random.Random(params.seed).sample(questions, cfg.max_examples)
             retriever = load_retriever(args.index)
-            trajectories, skipped = build_trajectories(
-                questions,
-                retriever,
-                retriever.iter_passages(),
+            shape = WarmupShape(
                 top_k=params.agent.top_k,
                 passage_max_words=params.agent.passage_max_words,
-                seed=params.seed,
+                max_steps=params.agent.max_steps,
+                record_max_words=cfg.record_max_words,
+                first_search=cfg.first_search,
             )
-            log.info(
-                "built %d warm-up trajectories (%d questions without supporting facts)",
-                len(trajectories),
-                skipped,
+            trajectories, _ = build_trajectories(
+                questions, retriever, retriever.iter_passages(), shape, seed=params.seed
             )
+            log.info("built %d warm-up trajectories (%s)", len(trajectories), shape)
         if cfg.max_examples and cfg.max_examples < len(trajectories):
-            # A seeded draw, not the head: the training files are grouped by dataset.
             trajectories = random.Random(params.seed).sample(trajectories, cfg.max_examples)
         if main_process:
             io.write_jsonl(work / "trajectories.jsonl", trajectories)

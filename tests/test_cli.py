@@ -166,3 +166,24 @@ def test_python_m_flows_dry_run_works_without_a_prefect_server(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "would run: ['prepare', 'train@iter_1', 'evaluate@iter_1']" in done.stdout + done.stderr
     assert not (root / "runs").exists()
+
+
+def test_compare_shows_the_paired_intervals_the_report_logged(project, monkeypatch, capsys):
+    from exsearch.config import load_params
+
+    params = load_params()
+    parent = _tracking.start_campaign_run(params, "with-intervals")
+    monkeypatch.setenv(_tracking.PARENT_ENV, parent)
+    for i in (1, 2):
+        with _tracking.stage_run(params, "evaluate", f"iter_{i}"):
+            _tracking.log_iteration_metrics(params, f"iter_{i}", {"overall": {"f1": 20.0 + i}})
+    gain = {"vs_iter_0": {"f1": {"diff": 4.2, "lo": -1.3, "hi": 9.8, "n": 250}}}
+    with _tracking.stage_run(params, "report") as run:
+        run.log_iteration_metrics("iter_2", gain)
+    _tracking.end_campaign_run(parent)
+    assert cli.main(["compare"]) == 0
+    with (project / "reports/compare.csv").open() as f:
+        rows = {r["iteration"]: r for r in csv.DictReader(f)}
+    assert rows["iter_2"]["ΔF1 vs iter_0"] == "+4.2 [-1.3, +9.8] n=250"
+    assert rows["iter_1"]["ΔF1 vs iter_0"] == ""
+    assert "ΔF1 vs iter_0" in capsys.readouterr().out

@@ -401,7 +401,12 @@ def test_sentence_helpers():
 
 BUNDLED = [
     ("hotpotqa/hotpotqa_train.json", "hotpotqa", 100),
+    ("hotpotqa/hotpotqa_500.first250.json", "hotpotqa", 250),
     ("musique/musique_train.json", "musique", 100),
+    ("musique/musique_ans_train_2hop_samples.json", "musique", 100),
+    ("musique/musique_ans_train_3hop_samples.json", "musique", 100),
+    ("musique/musique_ans_train_4hop_samples.json", "musique", 100),
+    ("2wikimultihopqa/2wiki_500.json", "2wiki", 500),
     ("hotpotqa/dev_subsampled.odd250.jsonl", "ircot", 250),
 ]
 
@@ -420,8 +425,53 @@ def test_every_gold_supporting_paragraph_of_bundled_data_is_in_the_corpus():
     for s in sets:
         builder.add_all(s.contexts)
     hops = [h for s in sets for q in s.questions for h in q.extra["support"]]
-    assert len(hops) > 900
+    assert len(hops) > 3000
     by_key = {(p.title, p.text) for p in builder.passages}
     assert all((h["title"], h["paragraph"]) in by_key for h in hops)
     # and every supporting sentence is part of its paragraph
     assert all(s in h["paragraph"] for h in hops for s in h["sentences"])
+
+
+def test_hotpotqa_reader_reads_the_hugging_face_layout_of_the_bundled_sample(tmp_path):
+    # A slice of the bundled file: `context` and `supporting_facts` are dicts of lists there.
+    records = json.loads((RAW / "hotpotqa/hotpotqa_500.first250.json").read_text())[:3]
+    assert isinstance(records[0]["context"], dict)
+    got = read_questions(spec(write(tmp_path / "hf.json", records), "hotpotqa", "hotpotqa"))
+    assert [q.id for q in got.questions] == [r["id"] for r in records]
+    for q, rec in zip(got.questions, records, strict=True):
+        titles = list(dict.fromkeys(rec["supporting_facts"]["title"]))
+        assert q.supporting_titles == titles
+        assert q.answers == [rec["answer"]]
+        by_title = dict(zip(rec["context"]["title"], rec["context"]["sentences"], strict=True))
+        for hop in q.extra["support"]:
+            ids = [
+                i
+                for t, i in zip(
+                    rec["supporting_facts"]["title"],
+                    rec["supporting_facts"]["sent_id"],
+                    strict=True,
+                )
+                if t == hop["title"]
+            ]
+            assert hop["sentences"] == [by_title[hop["title"]][i].strip() for i in ids]
+    assert len(got.contexts) == sum(len(r["context"]["title"]) for r in records)
+
+
+def test_skip_and_limit_split_one_file_between_dev_and_train(tmp_path):
+    path = write(
+        tmp_path / "q.json",
+        [
+            {
+                "_id": f"q{i}",
+                "question": "?",
+                "answer": "a",
+                "context": [["T", ["s."]]],
+                "supporting_facts": [["T", 0]],
+            }
+            for i in range(5)
+        ],
+    )
+    dev = read_questions(DatasetFile(path=str(path), format="hotpotqa", dataset="d", limit=2))
+    train = read_questions(DatasetFile(path=str(path), format="hotpotqa", dataset="d", skip=2))
+    assert [q.id for q in dev.questions] == ["q0", "q1"]
+    assert [q.id for q in train.questions] == ["q2", "q3", "q4"]

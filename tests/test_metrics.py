@@ -6,6 +6,7 @@ from exsearch.metrics import (
     exact_match,
     f1_score,
     normalize_answer,
+    paired_bootstrap,
     passage_has_answer,
     qa_scores,
     retrieval_precision_at_k,
@@ -161,3 +162,39 @@ def test_supporting_recall():
     assert supporting_recall(retrieved, titles, k=1).per_sample == [0.5, 1.0, None]
     assert supporting_recall([["Lima"]], [["Lima"]]).value == 1.0
     assert supporting_recall([[LIMA]], [[]]).value is None
+
+
+# --------------------------------------------------------------------------- bootstrap
+def test_paired_bootstrap_of_identical_shifts_has_no_spread():
+    got = paired_bootstrap([1.0] * 50, [0.0] * 50)
+    assert (got.diff, got.lo, got.hi, got.n) == (100.0, 100.0, 100.0, 50)
+    assert got.excludes_zero
+
+
+def test_paired_bootstrap_matches_the_normal_approximation_on_a_known_case():
+    # Half the questions gain one point of F1 (×100), half do not: mean 50, standard error
+    # sqrt(0.25 / n) · 100, so the 95% interval is about 50 ± 1.96 · 100 · sqrt(0.25 / 400).
+    a = [1.0, 0.0] * 200
+    b = [0.0] * 400
+    got = paired_bootstrap(a, b, n_boot=4000, seed=1)
+    half_width = 1.96 * 100 * (0.25 / 400) ** 0.5  # 4.9 points
+    assert got.diff == pytest.approx(50.0)
+    assert got.lo == pytest.approx(50 - half_width, abs=0.8)
+    assert got.hi == pytest.approx(50 + half_width, abs=0.8)
+
+
+def test_pairing_removes_what_both_systems_share():
+    # b is a plus noise common to both: a paired interval is tight, whatever the noise.
+    noise = [(i * 37 % 101) / 101 for i in range(300)]
+    a = [min(1.0, x + 0.05) for x in noise]
+    got = paired_bootstrap(a, noise, seed=0)
+    assert 0 < got.lo <= got.diff <= got.hi < 5.1
+
+
+def test_paired_bootstrap_is_seeded_and_checks_its_input():
+    a, b = [0.2, 0.9, 0.4, 0.7], [0.1, 0.3, 0.8, 0.2]
+    assert paired_bootstrap(a, b, seed=3) == paired_bootstrap(a, b, seed=3)
+    with pytest.raises(ValueError, match="align"):
+        paired_bootstrap(a, b[:3])
+    with pytest.raises(ValueError, match="nothing to compare"):
+        paired_bootstrap([], [])

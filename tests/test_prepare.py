@@ -108,3 +108,25 @@ def test_repeated_ids_across_files_are_skipped_and_counted_when_skipping(tmp_pat
     assert [q.id for q in got.train] == ["a", "c"]
     assert got.stats["datasets"]["again"] == {"train_questions": 0, "skipped": 3}
     assert got.stats["train"]["skipped"] == 4
+
+
+def test_a_file_marked_skip_repeats_drops_questions_an_earlier_file_gave(tmp_path):
+    raw = prepare_cfg(tmp_path, skip_invalid=False)
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text(json.dumps([hotpot("a")]))
+    second.write_text(json.dumps([hotpot("a"), hotpot("z")]))
+    raw["prepare"]["train"] = [
+        {"path": str(first), "format": "hotpotqa", "dataset": "hp"},
+        {"path": str(second), "format": "hotpotqa", "dataset": "hp", "skip_repeats": True},
+    ]
+    got = prepare(parse_params(raw).prepare)
+    assert [q.id for q in got.train] == ["a", "z"]
+    assert got.stats["train"]["files"][str(second)]["repeats_dropped"] == 1
+
+
+def test_the_bundled_params_keep_dev_and_train_questions_apart():
+    params = parse_params(yaml.safe_load((RAW.parents[1] / "params.yaml").read_text()))
+    got = prepare(params.prepare)
+    assert not {q.id for q in got.train} & {q.id for q in got.dev}
+    assert {q.dataset for q in got.dev} == {"hotpotqa", "2wiki", "musique"}
+    assert len(got.dev) >= 500 and len(got.train) > 900

@@ -6,7 +6,7 @@ from exsearch import prompts
 from exsearch.config import IndexConfig
 from exsearch.retrieval import BM25Retriever
 from exsearch.schema import Passage, Question
-from exsearch.warmup import build_trajectories
+from exsearch.warmup import NOTHING_FOUND, WarmupShape, build_trajectories
 
 GOLD_A = Passage(
     "a",
@@ -49,9 +49,10 @@ QUESTION = Question(
 )
 
 
-def build(top_k=2):
+def build(top_k=2, question=QUESTION, **shape):
     retriever = BM25Retriever.build(CORPUS, IndexConfig())
-    return build_trajectories([QUESTION], retriever, CORPUS, top_k=top_k, passage_max_words=40)
+    shape = {"passage_max_words": 40, "first_search": "hop", **shape}
+    return build_trajectories([question], retriever, CORPUS, WarmupShape(top_k=top_k, **shape))
 
 
 def test_one_step_per_supporting_paragraph_in_the_agent_format():
@@ -85,7 +86,7 @@ def test_the_gold_paragraph_is_always_among_the_passages():
 def test_questions_without_supporting_facts_are_skipped_and_counted():
     retriever = BM25Retriever.build(CORPUS, IndexConfig())
     bare = Question("x", "Who?", ["Ann"], "nq")
-    trajs, skipped = build_trajectories([bare], retriever, CORPUS, top_k=2, passage_max_words=40)
+    trajs, skipped = build_trajectories([bare], retriever, CORPUS, WarmupShape(2, 40))
     assert trajs == [] and skipped == 1
 
 
@@ -95,7 +96,37 @@ def test_decomposition_questions_become_the_queries():
     q = Question(
         QUESTION.id, QUESTION.question, QUESTION.answers, "musique", extra={"support": support}
     )
-    retriever = BM25Retriever.build(CORPUS, IndexConfig())
-    (traj,), _ = build_trajectories([q], retriever, CORPUS, top_k=2, passage_max_words=40)
+    (traj,), _ = build(question=q)
     assert traj["steps"][0]["query"] == "Who played Corliss Archer in Kiss and Tell?"
     assert GOLD_A.title not in traj["messages"][2]["content"]  # the thought does not leak the title
+
+
+def test_the_first_search_is_the_question_and_what_it_found_is_not_searched_again():
+    (traj,), _ = build(top_k=3, first_search="question")
+    steps, answer = prompts.parse_steps(traj["messages"])
+    assert steps[0].query == QUESTION.question
+    shown_first = set(traj["steps"][0]["passage_ids"])
+    later = [s.query for s in steps[1:]]
+    # every supporting paragraph is shown once; a title is searched only if the question missed it
+    for gold in (GOLD_A, GOLD_B):
+        assert (gold.title in later) == (gold.id not in shown_first)
+    assert answer == "Chief of Protocol"
+
+
+def test_records_hold_only_what_the_cut_passages_show():
+    (traj,), _ = build(passage_max_words=4)
+    for step in traj["steps"]:
+        assert step["record"] != NOTHING_FOUND
+        assert len(step["record"].split()) <= 4  # the visible opening, not the whole sentence
+
+
+def test_records_are_cut_around_the_answer():
+    (traj,), _ = build(record_max_words=5)
+    assert "Chief of Protocol" in traj["steps"][-1]["record"]
+    assert len(traj["steps"][-1]["record"].split()) == 5
+
+
+def test_searches_stop_at_max_steps_and_the_trajectory_still_finishes():
+    (traj,), _ = build(first_search="question", max_steps=1)
+    assert len(traj["steps"]) == 1
+    assert prompts.parse_turn(traj["messages"][-3]["content"]).finish
