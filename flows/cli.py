@@ -4,6 +4,8 @@ exsearch run                          # every stage DVC finds out of date, in or
 exsearch run -S train.epochs=2 --name ep2    # a named DVC experiment
 exsearch serve --cron "0 3 * * *" --extend   # a scheduled deployment, +1 iteration per run
 exsearch compare                      # campaigns × iterations from MLflow → reports/compare.*
+exsearch study queue                  # queue the study's grid of DVC experiments
+exsearch study table                  # their F1 per iteration with intervals (markdown)
 exsearch ui                           # the MLflow UI on http://127.0.0.1:5000
 exsearch repro                        # plain `dvc repro` under one MLflow parent run
 """
@@ -112,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(ui)
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+
+    study = sub.add_parser(
+        "study",
+        formatter_class=fmt,
+        help="queue the study's grid of DVC experiments, or tabulate the finished ones",
+        description="`queue`: one `dvc exp run --queue` per setting of flows/study.py (run\n"
+        "them with `dvc queue start -j 1`); `table`: each finished setting's agent F1 per\n"
+        "iteration and its last iteration's gain over iter_0 and over RAG, with 95% intervals.",
+    )
+    _add_common(study)
+    study.add_argument("action", choices=["queue", "table"])
+    study.add_argument("--settings", nargs="+", metavar="NAME", help="only these settings")
 
     repro = sub.add_parser(
         "repro",
@@ -316,12 +330,25 @@ def _cmd_repro(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace, root: Path) -> int:
+    from flows import study
+
+    if args.action == "queue":
+        study.queue(args.settings, root)
+        print("queued; run them with `dvc queue start -j 1`, follow with `dvc queue status`")
+        return 0
+    rows = [r for r in study.experiments(root) if not args.settings or r["name"] in args.settings]
+    print(study.study_table(rows) if rows else "no finished study experiment yet", end="")
+    return 0
+
+
 COMMANDS = {
     "run": _cmd_run,
     "serve": _cmd_serve,
     "compare": _cmd_compare,
     "ui": _cmd_ui,
     "repro": _cmd_repro,
+    "study": _cmd_study,
 }
 
 

@@ -34,6 +34,27 @@ def _examples(it_dir: Path, n: int = 2) -> tuple[list, list]:
     return pick(ranked.head(n)), pick(ranked.tail(n).iloc[::-1])
 
 
+def stage_seconds(params) -> dict[str, float]:
+    """Wall time of each timed stage, from the seconds its stats files record."""
+    timed: dict[str, float] = {}
+    warm = Path("runs/warmup/train_stats.json")
+    if warm.is_file() and "seconds" in (w := io.read_json(warm)):
+        timed["warmup (training)"] = w["seconds"]
+    for it in params.em.iters:
+        for stage, name in (
+            ("sample", "sample_stats.json"),
+            ("weigh", "weight_stats.json"),
+            ("train", "train_stats.json"),
+        ):
+            stats = io.read_json(Path("runs") / it / name)
+            timed[f"{stage}@{it}"] = stats.get("seconds")
+    for c in params.em.evaluate:
+        timed[f"evaluate@{c}"] = round(
+            sum(io.read_json(f"runs/{c}/metrics.json")["seconds"].values()), 1
+        )
+    return timed
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     p = _common.parser(__doc__)
@@ -72,7 +93,9 @@ def main(argv: list[str] | None = None) -> None:
             plot_curve(rows, tmp, comparisons)
         io.write_text(
             out / "summary.md",
-            render_markdown(rows, weight_stats, examples, comparisons=comparisons),
+            render_markdown(
+                rows, weight_stats, examples, stage_seconds(params), comparisons=comparisons
+            ),
         )
         log.info("report written to %s", out)
         for c, entry in comparisons.items():

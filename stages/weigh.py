@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
             "score_mean": float(table["score"].mean()),
             "sampled_em": float(table["correct"].mean()),
             "sampled_f1": float(table["f1"].mean()),
+            "questions_with_a_correct_sample": float(table.groupby("qid")["correct"].any().mean()),
             "seconds": round(time.perf_counter() - started, 1),
         }
         with io.atomic_path(out / "weights.parquet") as tmp:

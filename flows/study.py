@@ -1,0 +1,120 @@
+"""The study: a grid of DVC experiments over what plausibly decides whether EM helps.
+
+    exsearch study queue       # one `dvc exp run --queue` per setting (named study-*)
+    dvc queue start -j 1       # run them; the warm-up comes from DVC's cache after the first
+    exsearch study table       # the F1 per iteration of each finished setting, with intervals
+
+Every setting runs the same campaign as params.yaml with a few overrides (`SETTINGS`), all of
+them scored on every dev set of `prepare.dev` (HotpotQA, 2Wiki and MuSiQue; `STUDY_OVERRIDES`)
+with the agent and the RAG baseline. Settings that do not touch the warm-up's inputs share
+iter_0 and its evaluation through DVC's run cache, so each costs only its EM iterations.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+PREFIX = "study-"
+
+# Applied to every setting: three EM iterations, every dev set, the agent and its RAG baseline.
+STUDY_OVERRIDES = (
+    "+em.iters.iter_3.prev=iter_2",
+    "em.evaluate=[iter_0,iter_1,iter_2,iter_3]",
+    "evaluate.datasets=[hotpotqa,2wiki,musique]",
+    "evaluate.methods=[agent,rag]",
+)
+
+# Setting name → its overrides of params.yaml (`dvc exp run -S` syntax).
+SETTINGS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "exp": ("weigh.scheme=exp",),
+    "uniform": ("weigh.scheme=uniform",),
+    "f1": ("weigh.scheme=f1",),
+    "filter": ("weigh.scheme=filter",),
+    "q64": ("sample.questions=64",),
+    "k8": ("sample.k=8",),
+    "t1.0": ("sample.temperature=1.0",),
+    "turn64": ("agent.max_new_tokens=64",),
+    "replay16": ("train.replay=16",),
+    "from-warmup": ("train.start_from=warmup",),
+    "default-seed1": ("seed=1",),
+}
+
+
+def queue_commands(names: Sequence[str] | None = None) -> list[list[str]]:
+    """The `dvc exp run --queue` command of each setting in `names` (all if None)."""
+    unknown = sorted(set(names or ()) - set(SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown study settings {unknown}; known: {sorted(SETTINGS)}")
+    cmds = []
+    for name in names or SETTINGS:
+        sets = [a for o in (*STUDY_OVERRIDES, *SETTINGS[name]) for a in ("-S", o)]
+        cmds.append(["dvc", "exp", "run", "--queue", "--name", PREFIX + name, *sets])
+    return cmds
+
+
+def queue(names: Sequence[str] | None = None, root: str | Path = ".") -> None:
+    """Queue the settings as DVC experiments (run them with `dvc queue start -j 1`)."""
+    for cmd in queue_commands(names):
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run([sys.executable, "-m", *cmd], cwd=root, check=True)
+
+
+def experiments(root: str | Path = ".") -> list[dict[str, Any]]:
+    """Name → reports/metrics.json and params of every finished study experiment."""
+    out = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "show", "--json", "--all-commits"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    found = []
+    for commit in json.loads(out):
+        for exp in commit.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                name = rev.get("name") or ""
+                data = rev.get("data") or {}
+                metrics = (data.get("metrics") or {}).get("reports/metrics.json", {}).get("data")
+                if name.startswith(PREFIX) and metrics:
+                    found.append({"name": name.removeprefix(PREFIX), "metrics": metrics})
+    return found
+
+
+def _cell(c: Mapping[str, Any] | None) -> str:
+    if not c:
+        return "–"
+    return f"{c['diff']:+.1f} [{c['lo']:+.1f}, {c['hi']:+.1f}]"
+
+
+def study_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One row per setting: agent F1 per checkpoint, and n.
+
+    Also the last iteration's gain over iter_0 and over the RAG baseline, with 95% intervals.
+    """
+    checkpoints = sorted(
+        {c for r in rows for c in r["metrics"]}, key=lambda c: int(c.rpartition("_")[2] or -1)
+    )
+    head = [
+        "setting",
+        *[f"F1 {c}" for c in checkpoints],
+        "last − iter_0 ΔF1",
+        "last − RAG ΔF1",
+        "n",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        m = r["metrics"]
+        last = max((c for c in m if c != "base"), key=lambda c: int(c.rpartition("_")[2]))
+        f1s = [f"{m[c]['f1']:.1f}" if c in m else "–" for c in checkpoints]
+        gain = _cell(m[last].get("vs_iter_0", {}).get("f1"))
+        rag = _cell(m[last].get("agent_vs_rag", {}).get("f1"))
+        lines.append(
+            f"| {r['name']} | " + " | ".join(f1s) + f" | {gain} | {rag} | {m[last]['n']} |"
+        )
+    return "\n".join(lines) + "\n"
