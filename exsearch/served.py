@@ -141,6 +141,9 @@ class OpenAIGenerator:
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
+    def reset(self) -> None:
+        """Nothing to forget here: whatever the server caches is its own business."""
+
     def generate(
         self,
         prompts: list[str],
