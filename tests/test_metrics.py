@@ -11,6 +11,7 @@ from exsearch.metrics import (
     retrieval_precision_at_k,
     retrieval_recall_at_k,
     supporting_recall,
+    title_key,
 )
 from exsearch.retrieval import Hit
 from exsearch.schema import Passage
@@ -102,6 +103,21 @@ def test_cover_em_ignores_golds_that_normalise_to_nothing():
     assert cover_em("anything", ["The", "..."]) == 0.0
 
 
+@pytest.mark.parametrize("gold", ["The", "?", "...", "a"])
+@pytest.mark.parametrize("prediction", ["", "the", "?", "anything"])
+def test_a_gold_that_normalises_to_nothing_matches_no_prediction(gold, prediction):
+    assert normalize_answer(gold) == ""
+    assert exact_match(prediction, [gold]) == 0.0
+    assert f1_score(prediction, [gold]) == 0.0
+    assert cover_em(prediction, [gold]) == 0.0
+
+
+def test_a_question_with_an_empty_alias_is_scored_on_its_other_aliases():
+    assert exact_match("", ["The", "Paris"]) == 0.0
+    assert exact_match("paris", ["The", "Paris"]) == 1.0
+    assert f1_score("the paris", ["?", "Paris"]) == 1.0
+
+
 def test_qa_scores_returns_mean_and_per_sample():
     scores = qa_scores(["Paris", "a cat", "no"], [["Paris"], ["the cat", "kitty"], ["yes"]])
     assert scores["em"] == MetricResult(2 / 3, [1.0, 1.0, 0.0])
@@ -161,3 +177,8 @@ def test_supporting_recall():
     assert supporting_recall(retrieved, titles, k=1).per_sample == [0.5, 1.0, None]
     assert supporting_recall([["Lima"]], [["Lima"]]).value == 1.0
     assert supporting_recall([[LIMA]], [[]]).value is None
+
+
+def test_supporting_titles_match_casefolded_and_whitespace_folded():
+    assert title_key("  Straße   Kino ") == title_key("STRASSE kino")
+    assert supporting_recall([[Passage("9", "the beatles", "x")]], [["The  Beatles"]]).value == 1.0
