@@ -36,7 +36,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from exsearch.config import Params
+from exsearch.config import Params, checkpoint_step
 from stages._provenance import campaign_key, git_commit, lock_outs
 
 PARENT_ENV = "EXSEARCH_PARENT_RUN_ID"
@@ -210,11 +210,7 @@ def _log_params_file(client: Any, run_id: str) -> None:
 
 def iteration_step(iteration: str) -> int:
     """`iter_3` → 3: the step of per-iteration metrics; `base` (before warm-up) → -1."""
-    if iteration == "base":
-        return -1
-    if not (m := re.fullmatch(r"\D*?(\d+)", iteration)):
-        raise ValueError(f"iteration {iteration!r}: expected base or a name ending in a number")
-    return int(m.group(1))
+    return checkpoint_step(iteration)
 
 
 def flatten(

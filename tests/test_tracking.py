@@ -260,7 +260,7 @@ def test_tracking_switched_off_touches_no_store(project, monkeypatch):
 
 def test_iteration_step_reads_the_iteration_number():
     assert [_tracking.iteration_step(i) for i in ("base", "iter_0", "iter_12")] == [-1, 0, 12]
-    with pytest.raises(ValueError, match="iteration"):
+    with pytest.raises(ValueError, match="not a checkpoint name"):
         _tracking.iteration_step("final")
 
 
