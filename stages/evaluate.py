@@ -12,6 +12,7 @@ Decoding is greedy (temperature 0) whatever `generation` says, so evaluation is 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +20,6 @@ from exsearch import io
 from exsearch.agent import Sampling, SearchAgent
 from exsearch.evaluation import markdown_table, summarize
 from exsearch.generation import make_generator
-from exsearch.retrieval import load_retriever
 from exsearch.schema import Question
 from stages import _common
 from stages._tracking import log_iteration_metrics, stage_run
@@ -68,11 +68,13 @@ def main(argv: list[str] | None = None) -> None:
         questions = [Question.from_dict(d) for d in io.read_jsonl(args.questions)]
         if params.evaluate.limit:
             questions = questions[: params.evaluate.limit]
+        if not questions:
+            sys.exit(f"error: {args.questions}: no dev questions; check prepare.dev")
         log.info(
             "evaluating %s on %d questions: %s", model_dir, len(questions), params.evaluate.methods
         )
+        retriever = _common.open_index(args.index)  # before the model: a bad index fails fast
         generator = make_generator(model_dir, params.model, params.generation)
-        retriever = load_retriever(args.index)
         agent = SearchAgent(generator, retriever, params.agent)
         records, doc = evaluate(questions, agent, params.evaluate.methods, params.seed)
         doc = {"iteration": args.iteration, "model": model_dir, **doc}

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import random
 import shutil
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,7 +23,6 @@ from statistics import fmean
 from exsearch import io
 from exsearch.agent import SearchAgent
 from exsearch.generation import make_generator
-from exsearch.retrieval import load_retriever
 from exsearch.sampling import fingerprint, sample_in_shards
 from exsearch.schema import Question
 from stages import _common
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = Path("runs") / args.prev / "model"
 
         questions = [Question.from_dict(d) for d in io.read_jsonl(args.questions)]
+        if not questions:
+            sys.exit(f"error: {args.questions}: no training questions; check prepare.train")
         if cfg.questions and cfg.questions < len(questions):
             # A seeded draw, not the head: the training files are grouped by dataset.
             questions = random.Random(params.seed).sample(questions, cfg.questions)
@@ -69,8 +71,9 @@ def main(argv: list[str] | None = None) -> None:
         log.info("sampling %d × %d trajectories with %s", len(questions), cfg.k, model_dir)
 
         started = time.perf_counter()
+        retriever = _common.open_index(args.index)  # before the model: a bad index fails fast
         generator = make_generator(model_dir, params.model, params.generation)
-        agent = SearchAgent(generator, load_retriever(args.index), agent_cfg)
+        agent = SearchAgent(generator, retriever, agent_cfg)
         records = sample_in_shards(
             questions,
             agent,

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 from exsearch import io
-from exsearch.retrieval import load_retriever
 from exsearch.schema import Question
 from exsearch.training import train_weighted
 from exsearch.warmup import build_trajectories
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
             log.info("read %d teacher trajectories from %s", len(trajectories), cfg.teacher_file)
         else:
             questions = [Question.from_dict(d) for d in io.read_jsonl(args.questions)]
-            retriever = load_retriever(args.index)
+            retriever = _common.open_index(args.index)
             trajectories, skipped = build_trajectories(
                 questions,
                 retriever,
