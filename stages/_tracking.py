@@ -62,6 +62,10 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "1.0")
 os.environ.setdefault("MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER", "false")
 HEALTH_TIMEOUT_S = 5
+# MLflow 3's UI opens an experiment by its kind tag (ExperimentKind in the UI's code); without it
+# the campaign opened in the GenAI "Overview" (0 traces). This is the "Model training" view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 log = logging.getLogger(__name__)
 _ACTIVE: list[StageRun] = []
@@ -192,14 +196,17 @@ def connect(params: Params) -> tuple[Any, str] | None:
 
         client = _Guarded(mlflow.MlflowClient(tracking_uri=uri))
         name = params.tracking.experiment
-        if (exp := client.get_experiment_by_name(name)) is not None:
-            return client, exp.experiment_id
-        try:
-            return client, client.create_experiment(name, _artifact_location(uri))
-        except StoreDown:
-            raise
-        except Exception:  # another process created it first (the store answered)
-            return client, client.get_experiment_by_name(name).experiment_id
+        if (exp := client.get_experiment_by_name(name)) is None:
+            kind = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            try:
+                return client, client.create_experiment(name, _artifact_location(uri), kind)
+            except StoreDown:
+                raise
+            except Exception:  # another process created it first (the store answered)
+                exp = client.get_experiment_by_name(name)
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # made before the tag, or by someone else
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return client, exp.experiment_id
     except Exception as e:
         _unusable(params, "open the experiment", e.__cause__ or e)
         return None

@@ -458,3 +458,39 @@ def test_a_server_that_dies_mid_stage_costs_one_failed_call_then_none(
     else:
         assert counts["end of the stage"] == counts["after the failure"]  # nothing more was sent
         assert (project / "out.txt").read_text() == "done"
+
+
+# ---- what the MLflow UI opens --------------------------------------------------------------------
+
+
+def test_a_new_experiment_opens_in_the_model_training_view(project):
+    with stage_run(write_params(project), stage="prepare"):
+        pass
+    tags = client().get_experiment_by_name("unit").tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_an_existing_experiment_without_a_kind_gets_it(project):
+    client().create_experiment("unit")
+    assert "mlflow.experimentKind" not in client().get_experiment_by_name("unit").tags
+    with stage_run(write_params(project), stage="prepare"):
+        pass
+    tags = client().get_experiment_by_name("unit").tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_kind_someone_chose_is_left_alone(project):
+    client().create_experiment("unit", tags={"mlflow.experimentKind": "genai_development"})
+    with stage_run(write_params(project), stage="prepare"):
+        pass
+    tags = client().get_experiment_by_name("unit").tags
+    assert tags["mlflow.experimentKind"] == "genai_development"
+
+
+def test_the_kind_is_one_the_installed_mlflow_ui_knows():
+    from importlib.resources import files
+
+    js = files("mlflow") / "server" / "js" / "build" / "static" / "js"
+    sources = "".join(p.read_text(errors="ignore") for p in js.iterdir() if p.name.endswith(".js"))
+    assert f'CUSTOM_MODEL_DEVELOPMENT="{_tracking.EXPERIMENT_KIND}"' in sources
+    assert f'"{_tracking.EXPERIMENT_KIND_TAG}"' in sources
