@@ -20,7 +20,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test lint bench lock clean-runs
+.PHONY: setup run test test-llama lint bench lock clean-runs
 setup: $(STAMP) $(DEFAULT_MODEL)
 
 $(STAMP): pyproject.toml $(LOCK)
@@ -46,6 +46,14 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The openai backend against llama.cpp's server (docs/serving.md): compiles llama-cpp-python
+# the first time (minutes), portable flags (a -march=native build can crash in AMX kernels).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+test-llama: setup
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -c $(LOCK) \
+		"llama-cpp-python[server]==0.3.36"
+	$(BIN)/python -m pytest tests/test_llama_server.py
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
