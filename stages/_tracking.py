@@ -276,6 +276,8 @@ def _resolve_parent(client: Any, exp_id: str) -> tuple[str, bool]:
     if parent := os.environ.get(PARENT_ENV):
         try:
             client.get_run(parent)
+        except StoreDown:
+            raise
         except Exception as e:
             raise TrackingError(
                 f"{PARENT_ENV}={parent}: no such run in {tracking_uri()} ({e}). Unset it, or "
