@@ -47,7 +47,9 @@ def build_examples(model_dir: str, n: int) -> list[dict]:
 
     params = load_params(ROOT / "params.yaml")
     questions = [Question.from_dict(d) for d in io.read_jsonl(ROOT / "data/prepared/train.jsonl")]
-    questions = random.Random(params.seed).sample([q for q in questions if q.extra.get("support")], n)
+    questions = random.Random(params.seed).sample(
+        [q for q in questions if q.extra.get("support")], n
+    )
     retriever = load_retriever(ROOT / "runs/index")
     shape = WarmupShape(
         top_k=params.agent.top_k,
@@ -146,7 +148,9 @@ def measure(target, model_dir: str, data: list[dict]) -> tuple[float, int, float
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default=str(ROOT / "runs/base/model"), help="model to train")
     p.add_argument("--examples", type=int, default=24, help="warm-up examples (one epoch)")
     p.add_argument("--repeats", type=int, default=1, help="alternating runs of each contender")
@@ -171,8 +175,12 @@ def main(argv: list[str] | None = None) -> None:
             )
     best = {name: min(r[0] for r in runs) for name, runs in results.items()}
     rss = {name: max(r[2] for r in runs) for name, runs in results.items()}
-    print(f"weighted M-step: {tokens / best['weighted']:.1f} tokens/s, peak RSS {rss['weighted']:.2f} GiB")
-    print(f"plain Trainer:   {tokens / best['plain']:.1f} tokens/s, peak RSS {rss['plain']:.2f} GiB")
+    print(
+        f"weighted M-step: {tokens / best['weighted']:.1f} tokens/s, peak RSS {rss['weighted']:.2f} GiB"
+    )
+    print(
+        f"plain Trainer:   {tokens / best['plain']:.1f} tokens/s, peak RSS {rss['plain']:.2f} GiB"
+    )
     print(f"mstep_vs_plain: {best['plain'] / best['weighted']:.2f}")
 
 

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from exsearch.io import read_text
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -115,7 +117,13 @@ class ModelConfig(Section):
 
     base: str = Field(
         default="default",
-        description="'default' (the bundled SmolLM2-135M-Instruct GGUF), a hub id or a local dir.",
+        description="'default' (the bundled SmolLM2-135M-Instruct GGUF), a local model directory, "
+        "or a hub id (owner/name), downloaded only with `allow_download: true`.",
+    )
+    allow_download: bool = Field(
+        default=False,
+        description="Let init_model download a `base` hub id that is not in the local cache "
+        "(also unset HF_HUB_OFFLINE). Off: nothing is fetched from a hub.",
     )
     gguf_file: str = Field(
         default="models/SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -259,6 +267,24 @@ class WeighConfig(Section):
     batch_size: int = Field(default=8, ge=1)
 
 
+# transformers.SchedulerType's values (tests/test_config.py checks the two lists agree); spelled
+# out so that loading params.yaml does not import transformers (and torch) in every stage.
+Scheduler = Literal[
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+    "greedy",
+]
+
+
 class TrainConfig(Section):
     """`train`: the weighted M-step."""
 
@@ -271,7 +297,9 @@ class TrainConfig(Section):
     epochs: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=4, ge=1)
     grad_accum: int = Field(default=1, ge=1)
-    lr_scheduler: str = "cosine"
+    lr_scheduler: Scheduler = Field(
+        default="cosine", description="transformers' learning-rate schedule (SchedulerType)."
+    )
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     max_length: int = Field(default=1024, ge=64)
     bf16: bool = False
@@ -312,6 +340,30 @@ class TrainConfig(Section):
     )
 
 
+_CHECKPOINT = re.compile(r"iter_(0|[1-9][0-9]*)")
+
+
+def checkpoint_step(name: str) -> int:
+    """The one parser of checkpoint names: `base` → -1, `iter_<n>` → n (no leading zeros).
+
+    The step of a checkpoint's metrics (MLflow, the report's curve) and its place in the chain.
+
+    Raises:
+        ValueError: any other name.
+    """
+    if name == "base":
+        return -1
+    if not (m := _CHECKPOINT.fullmatch(name)):
+        hint = ""
+        if (loose := re.fullmatch(r"iter_0*([0-9]+)", name)) is not None:
+            hint = f" (write iter_{int(loose.group(1))})"
+        raise ValueError(
+            f"{name!r} is not a checkpoint name: expected base or iter_<n>, n a number without "
+            f"leading zeros{hint}"
+        )
+    return int(m.group(1))
+
+
 class IterLink(Section):
     """One EM iteration: which iteration's model it starts from."""
 
@@ -333,8 +385,14 @@ class EmConfig(Section):
     def _chain_is_linear(self) -> EmConfig:
         seen = {"iter_0"}
         for name, link in self.iters.items():
-            if name in seen or not name.startswith("iter_"):
-                raise ValueError(f"iters.{name}: iteration names are iter_1, iter_2, … each once")
+            try:
+                step = checkpoint_step(name)
+            except ValueError as e:
+                raise ValueError(f"iters.{name}: {e}; iterations are iter_1, iter_2, …") from None
+            if step < 1:
+                raise ValueError(
+                    f"iters.{name}: iter_0 is the warm-up, not an EM iteration; start at iter_1"
+                )
             if link.prev not in seen:
                 raise ValueError(
                     f"iters.{name}.prev: '{link.prev}' is not iter_0 or an earlier iteration"
@@ -385,6 +443,9 @@ def _describe(err: dict[str, Any]) -> str:
         return f"{key}: unknown key (typo? see exsearch/config.py for the allowed keys)"
     if err["type"] == "missing":
         return f"{key}: required key is missing"
+    if err["type"] == "value_error" and "error" in err.get("ctx", {}):
+        # A section's own check (a model validator) starts its message with the sub-key.
+        return f"{key}.{err['ctx']['error']}"
     return f"{key}: {err['msg']} (got {err.get('input')!r})"
 
 
@@ -399,8 +460,31 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise ConfigError(f"{source}: invalid parameters\n{lines}") from None
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first_line: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-4` as a string; accept the exponent forms researchers write."""
+    """PyYAML's safe loader, stricter and closer to what researchers write.
+
+    YAML 1.1 reads `1e-4` as a string: the exponent forms are floats here. A key given twice in
+    one mapping is an error: PyYAML silently keeps the last one, so a forgotten earlier line
+    would win over the one being edited (or the reverse).
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str | int | float | bool) and key in first:
+                raise _DuplicateKey(key, line, first[key])
+            first.setdefault(key, line)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -414,9 +498,18 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     """Read and validate params.yaml."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506
+        text = read_text(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found (run from the project root)") from None
+    except ValueError as e:  # not UTF-8: names the line
+        raise ConfigError(str(e)) from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506
+    except _DuplicateKey as e:
+        raise ConfigError(
+            f"{path}:{e.line}: duplicate key {e.key!r} (first given at line {e.first_line}); "
+            "YAML would silently keep only the last one: delete one of them"
+        ) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     return parse_params(raw, str(path))

@@ -41,7 +41,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from exsearch.config import CorpusFile, DatasetFile
-from exsearch.io import atomic_path, read_json
+from exsearch.io import atomic_path, read_json, text_lines
 from exsearch.schema import Passage, Question
 
 Context = tuple[str, str]  # (title, paragraph text)
@@ -389,21 +389,20 @@ def _records(path: str | Path) -> Iterator[tuple[str, Any]]:
     Raises:
         ValueError: a JSON list (first character '[') that does not parse, naming file and line.
     """
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         while (first := f.read(1)) and first.isspace():
             pass
-    if first == "[":
+    if first == b"[":
         for i, rec in enumerate(read_json(path)):
             yield f"{path}: record {i}", rec
         return
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as e:
-                yield f"{path}:{lineno}", InvalidRecord(f"not valid JSON ({e.msg})")
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path}:{lineno}", json.loads(line)
+        except json.JSONDecodeError as e:
+            yield f"{path}:{lineno}", InvalidRecord(f"not valid JSON ({e.msg})")
 
 
 DPR_COLUMNS = ("id", "text", "title")
@@ -416,21 +415,21 @@ def _tsv_records(path: str | Path) -> Iterator[tuple[str, Any]]:
         ValueError: the header lacks one of the columns id, text, title.
     """
     csv.field_size_limit(2**31 - 1)  # a passage is one field; the default limit is 128 KiB
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
-        header = [h.strip().lower() for h in next(reader, [])]
-        if missing := [c for c in DPR_COLUMNS if c not in header]:
-            raise ValueError(
-                f"{path}:1: dpr_tsv needs a header row with columns {', '.join(DPR_COLUMNS)}; "
-                f"missing {', '.join(missing)} (header: {header})"
-            )
-        cols = [header.index(c) for c in DPR_COLUMNS]
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if len(row) != len(header):
-                yield where, InvalidRecord(f"{len(row)} columns, the header has {len(header)}")
-            else:
-                yield where, dict(zip(DPR_COLUMNS, (row[i] for i in cols), strict=True))
+    lines = (line for _, line in text_lines(path))  # a line that is not UTF-8 names itself
+    reader = csv.reader(lines, delimiter="\t")
+    header = [h.strip().lower() for h in next(reader, [])]
+    if missing := [c for c in DPR_COLUMNS if c not in header]:
+        raise ValueError(
+            f"{path}:1: dpr_tsv needs a header row with columns {', '.join(DPR_COLUMNS)}; "
+            f"missing {', '.join(missing)} (header: {header})"
+        )
+    cols = [header.index(c) for c in DPR_COLUMNS]
+    for row in reader:
+        where = f"{path}:{reader.line_num}"
+        if len(row) != len(header):
+            yield where, InvalidRecord(f"{len(row)} columns, the header has {len(header)}")
+        else:
+            yield where, dict(zip(DPR_COLUMNS, (row[i] for i in cols), strict=True))
 
 
 def _id_note(rec: Any) -> str:

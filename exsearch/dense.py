@@ -44,11 +44,14 @@ from exsearch.retrieval import (
     META_FILE,
     OFFSETS_FILE,
     PASSAGES_FILE,
+    REBUILD,
+    CorruptIndex,
     Hit,
     PassageIndex,
     _PassageFile,
     _write_passages,
     read_index_meta,
+    reading_index,
 )
 from exsearch.schema import Passage
 
@@ -295,19 +298,17 @@ class DenseRetriever(PassageIndex):
         """
         directory = Path(directory)
         meta = read_index_meta(directory, "dense")
-        cfg = IndexConfig.model_validate(meta["config"])
-        emb_path = directory / EMBEDDINGS_FILE
-        if not emb_path.is_file():
-            raise FileNotFoundError(f"{emb_path}: not found; rebuild the index")
-        emb = np.load(emb_path, mmap_mode="r" if mmap else None)
-        store = _PassageFile(directory)
-        if emb.shape != (meta["passages"], meta["dim"]) or len(store) != meta["passages"]:
-            raise ValueError(
-                f"{directory}: {len(store)} passages and embeddings of shape {emb.shape}, but "
-                f"{META_FILE} says {meta['passages']} × {meta['dim']}; rebuild the index"
-            )
-        passages = store if mmap else [store[i] for i in range(len(store))]
-        return cls(emb, cfg, passages, encoder)
+        with reading_index(directory):
+            cfg = IndexConfig.model_validate(meta["config"])
+            emb = np.load(directory / EMBEDDINGS_FILE, mmap_mode="r" if mmap else None)
+            store = _PassageFile(directory)
+            if emb.shape != (meta["passages"], meta["dim"]) or len(store) != meta["passages"]:
+                raise CorruptIndex(
+                    f"{directory}: {len(store)} passages and embeddings of shape {emb.shape}, "
+                    f"but {META_FILE} says {meta['passages']} × {meta['dim']}; {REBUILD}"
+                )
+            passages = store if mmap else [store[i] for i in range(len(store))]
+            return cls(emb, cfg, passages, encoder)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         """Top-k passages by cosine similarity for every query of a batch.

@@ -16,21 +16,24 @@ from exsearch.metrics import (
     cover_em,
     exact_match,
     f1_score,
-    normalize_answer,
     paired_bootstrap,
+    passage_has_answer,
+    supporting_recall,
 )
 from exsearch.schema import Passage, Question
 
 ANSWER_METRICS = ("em", "f1", "acc")
-
-
-def _contains_answer(text: str, answers: Sequence[str]) -> bool:
-    norm = f" {normalize_answer(text)} "
-    return any(f" {a} " in norm for a in (normalize_answer(x) for x in answers) if a)
+# Methods that never retrieve by design: retrieval metrics do not apply to them.
+NO_RETRIEVAL = frozenset({"direct"})
 
 
 def score_record(record: dict, passages: Mapping[str, Passage]) -> dict:
-    """Per-trajectory scores; retrieval scores are None when nothing was retrieved."""
+    """Per-trajectory scores, with the conventions of `exsearch.metrics`.
+
+    Retrieval recall and precision are 0 for a trajectory that retrieved nothing, and None
+    only for a method that never retrieves (`direct`); supporting-passage recall is also None
+    for a question without supporting titles.
+    """
     pred, golds = record["prediction"], record["answers"]
     seen: dict[str, Passage] = {}
     for step in record["steps"]:
@@ -48,14 +51,13 @@ def score_record(record: dict, passages: Mapping[str, Passage]) -> dict:
         "precision": None,
         "support_recall": None,
     }
-    if retrieved:
-        hits = [_contains_answer(f"{p.title} {p.text}", golds) for p in retrieved]
-        scores["recall"] = float(any(hits))
-        scores["precision"] = sum(hits) / len(hits)
+    if record.get("method") in NO_RETRIEVAL:
+        return scores
+    hits = [passage_has_answer(p, golds) for p in retrieved]
+    scores["recall"] = float(any(hits))
+    scores["precision"] = sum(hits) / len(hits) if hits else 0.0
     titles = record.get("supporting_titles") or []
-    if titles and record["steps"]:
-        got = {p.title for p in retrieved}
-        scores["support_recall"] = sum(t in got for t in titles) / len(titles)
+    scores["support_recall"] = supporting_recall([retrieved], [titles]).per_sample[0]
     return scores
 
 
@@ -77,7 +79,8 @@ def summarize(records: Sequence[dict], passages: Mapping[str, Passage]) -> dict:
     """Scores in percent, overall and per dataset, plus the per-trajectory list.
 
     Retrieval recall/precision count a passage as relevant when it contains a gold answer
-    (METHOD.md §4); `support_recall` is the share of gold supporting titles retrieved.
+    (METHOD.md §4); `support_recall` is the share of gold supporting titles retrieved
+    (titles compared case-folded). Trajectories that retrieved nothing count 0 in all three.
     """
     rows = [score_record(r, passages) for r in records]
     by_dataset: dict[str, list[int]] = defaultdict(list)

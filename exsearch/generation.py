@@ -2,7 +2,7 @@
 
 A backend takes already-templated prompt strings and returns `Completion`s: `hf`
 (`exsearch.hf_backend`, transformers in-process) or `openai` (`exsearch.served`, any
-OpenAI-compatible server such as vLLM). Another engine only has to implement `Generator`'s three
+OpenAI-compatible server such as vLLM). Another engine only has to implement `Generator`'s four
 methods and follow `exsearch.decoding`.
 """
 
@@ -61,6 +61,16 @@ class Generator(Protocol):
 
     def chat_prompt(self, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
         """Render chat messages with the model's chat template."""
+        ...
+
+    def reset(self) -> None:
+        """Forget what earlier calls left behind (e.g. reusable keys/values).
+
+        After a reset the next call's outputs depend on its own inputs only, bit for bit; a
+        resumable job resets before each unit of work so that a rerun of one unit alone gives
+        the bytes an uninterrupted run gave (in bfloat16, reused keys/values computed in another
+        batch differ in the last bits from freshly computed ones).
+        """
         ...
 
 

@@ -166,6 +166,10 @@ class HFGenerator:
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
+    def reset(self) -> None:
+        """Empty the prefix cache: later calls no longer depend on what earlier ones encoded."""
+        self.prefix_cache.clear()
+
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []

@@ -51,22 +51,53 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
     return n
 
 
+def not_utf8(path: str | os.PathLike, data: bytes, err: UnicodeDecodeError, line: int = 1) -> str:
+    """`path:line: not UTF-8 …` for bytes `data` (starting at `line`) that failed to decode."""
+    line += data.count(b"\n", 0, err.start)
+    column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+    return (
+        f"{path}:{line}: not UTF-8 (byte 0x{data[err.start]:02x} at column {column}); "
+        "convert the file to UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+    )
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """Read a UTF-8 file; bytes that are not UTF-8 raise ValueError naming file and line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(not_utf8(path, data, e)) from None
+
+
+def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """Yield `(line number, line)` of a UTF-8 file, newlines kept, streamed.
+
+    A line that is not UTF-8 raises ValueError naming file and line (text-mode reading would
+    name only a byte offset inside a read buffer).
+    """
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(not_utf8(path, raw, e, lineno)) from None
+
+
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Yield JSON objects; a bad line raises ValueError naming file and line."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Read JSON; a syntax error raises ValueError naming file and line."""
+    """Read JSON; bad syntax or a byte that is not UTF-8 raises ValueError naming file and line."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e

@@ -11,6 +11,19 @@ Normalisation (`normalize_answer`): NFKC, lower-case, drop punctuation (ASCII an
 punctuation character), drop the articles a/an/the as whole words, fold whitespace. Accents are
 kept ("Röntgen" ≠ "Rontgen"). Punctuation is deleted, not replaced by a space, as in the SQuAD
 script: "1,000" and "1000" match, and so do "U.S." and "US".
+
+Conventions where the SQuAD script is silent or lenient (`exsearch.evaluation` follows them too):
+
+- A gold alias that normalises to nothing ("The", "?", "...") matches no prediction: it scores
+  EM = F1 = Acc = 0, an empty prediction included (the SQuAD script would give an empty
+  prediction EM = F1 = 1 against it). The question is scored on its other aliases, if any.
+- Retrieval recall and precision count a trajectory that retrieved nothing (no search, or
+  searches that returned nothing) as 0, not as missing: a searcher that never searches is not
+  excused from retrieval. Only a method that never retrieves by design (`direct`) has no
+  retrieval scores. Supporting-passage recall follows the same rule for questions that have
+  supporting titles.
+- Titles (supporting-passage recall) are compared after NFKC, case folding and whitespace
+  folding (`title_key`), here and in `exsearch.evaluation`.
 """
 
 from __future__ import annotations
@@ -83,9 +96,12 @@ def _golds(golds: Sequence[str] | str) -> list[str]:
 
 
 def exact_match(prediction: str, golds: Sequence[str] | str) -> float:
-    """1.0 if the normalised prediction equals a normalised gold alias, else 0.0."""
+    """1.0 if the normalised prediction equals a normalised gold alias, else 0.0.
+
+    An alias that normalises to nothing matches nothing (see the module docstring).
+    """
     pred = normalize_answer(prediction)
-    return float(any(pred == normalize_answer(g) for g in _golds(golds)))
+    return float(any(gold and pred == gold for gold in map(normalize_answer, _golds(golds))))
 
 
 def _f1(pred: str, gold: str) -> float:
@@ -93,8 +109,8 @@ def _f1(pred: str, gold: str) -> float:
         return 0.0
     p, g = pred.split(), gold.split()
     if not p or not g:
-        # Both empty counts as a match (as EM would), one empty as a miss.
-        return float(p == g)
+        # An empty gold matches nothing (module docstring); an empty prediction has no overlap.
+        return 0.0
     same = sum((Counter(p) & Counter(g)).values())
     if same == 0:
         return 0.0
@@ -103,7 +119,10 @@ def _f1(pred: str, gold: str) -> float:
 
 
 def f1_score(prediction: str, golds: Sequence[str] | str) -> float:
-    """Token F1 of normalised strings, max over aliases; yes/no/noanswer must match exactly."""
+    """Token F1 of normalised strings, max over aliases; yes/no/noanswer must match exactly.
+
+    An alias that normalises to nothing scores 0 (see the module docstring).
+    """
     pred = normalize_answer(prediction)
     return max(_f1(pred, normalize_answer(g)) for g in _golds(golds))
 
@@ -201,7 +220,8 @@ def retrieval_precision_at_k(
     return _mean([sum(r) / len(r) if r else 0.0 for r in _relevance(retrieved, golds, k)])
 
 
-def _title_key(title: str) -> str:
+def title_key(title: str) -> str:
+    """What makes two titles the same: NFKC, case folding, whitespace folding."""
     return " ".join(unicodedata.normalize("NFKC", title).casefold().split())
 
 
@@ -222,12 +242,12 @@ def supporting_recall(
         )
     out: list[float | None] = []
     for ps, gold in zip(retrieved, supporting_titles, strict=True):
-        wanted = {_title_key(t) for t in gold}
+        wanted = {title_key(t) for t in gold}
         if not wanted:
             out.append(None)
             continue
         items = list(ps) if k is None else list(ps)[:k]
-        got = {_title_key(p if isinstance(p, str) else _as_passage_text(p)[0]) for p in items}
+        got = {title_key(p if isinstance(p, str) else _as_passage_text(p)[0]) for p in items}
         out.append(len(wanted & got) / len(wanted))
     return _mean(out)
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import transformers
@@ -117,6 +118,48 @@ def _load_gguf(gguf_file: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, An
     return model.to(dtype).eval(), tokenizer
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def base_source(cfg: ModelConfig) -> Literal["gguf", "local", "hub"]:
+    """What `model.base` names, checked before anything is loaded: a bad value fails here.
+
+    'default' is the bundled GGUF file and an existing directory a local model. Anything else
+    must be a hub id (`name` or `owner/name`), and even then it is downloaded only with
+    `model.allow_download: true` (otherwise only the local Hugging Face cache is read).
+    A value that looks like a path (absolute, ./ or ../, ~, a trailing or double slash, a
+    backslash, or under a folder that exists here, such as `models/`) but is not a directory
+    is an error, never a hub lookup.
+
+    Raises:
+        ValueError: a path that is not a directory, or a value that is not a hub id.
+    """
+    base = cfg.base
+    if base == "default":
+        return "gguf"
+    path = Path(base).expanduser()
+    if path.is_dir():
+        return "local"
+    head = base.split("/", 1)[0]
+    looks_like_path = (
+        base.startswith(("/", "./", "../", "~"))
+        or base.endswith("/")
+        or "\\" in base
+        or base.count("/") > 1
+        or ("/" in base and Path(head).is_dir())
+    )
+    if looks_like_path:
+        raise ValueError(
+            f"model.base: {base!r} is not a directory (looked in {path.resolve()}); give an "
+            "existing model directory, 'default', or a hub id such as owner/name"
+        )
+    if not _HUB_ID.fullmatch(base):
+        raise ValueError(
+            f"model.base: {base!r} is neither an existing directory nor a hub id (owner/name)"
+        )
+    return "hub"
+
+
 def _check_chat_tokenizer(tokenizer: Any, where: str) -> None:
     """The agent builds every prompt from the chat template: fail early if it cannot."""
     if not getattr(tokenizer, "chat_template", None):
@@ -131,22 +174,35 @@ def materialize_base(cfg: ModelConfig, out_dir: str | Path) -> Path:
     """Write the base model named by `cfg` to `out_dir` as a plain save_pretrained directory.
 
     `cfg.base` is 'default' (the GGUF file `cfg.gguf_file`, dequantised), a local directory or a
-    hub id. Weights are saved in `cfg.dtype` as safetensors, with the tokenizer (pad token set,
-    chat template kept) and `exsearch_model.json` recording the source. The directory appears
-    whole or not at all.
+    hub id (see `base_source`; downloaded only with `cfg.allow_download`). Weights are saved in
+    `cfg.dtype` as safetensors, with the tokenizer (pad token set, chat template kept) and
+    `exsearch_model.json` recording the source. The directory appears whole or not at all.
     """
     out_dir = Path(out_dir)
     dtype = resolve_dtype(cfg.dtype)
     start = time.perf_counter()
-    if cfg.base == "default":
+    kind = base_source(cfg)
+    if kind == "gguf":
         gguf_file = Path(cfg.gguf_file)
         model, tokenizer = _load_gguf(gguf_file, dtype)
         source: dict[str, Any] = {"gguf_file": gguf_file.name, "sha256": _sha256(gguf_file)}
     else:
-        local = Path(cfg.base).is_dir()
-        tokenizer = AutoTokenizer.from_pretrained(cfg.base)
-        model = AutoModelForCausalLM.from_pretrained(cfg.base, dtype=dtype)
-        source = {"local_dir": cfg.base} if local else {"hub_id": cfg.base}
+        offline = kind == "local" or not cfg.allow_download
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.base, local_files_only=offline)
+            model = AutoModelForCausalLM.from_pretrained(
+                cfg.base, dtype=dtype, local_files_only=offline
+            )
+        except OSError as e:
+            if kind == "local" or cfg.allow_download:
+                raise
+            raise ValueError(
+                f"model.base: {cfg.base!r} is not a directory here and not in the local Hugging "
+                "Face cache, and model.allow_download is false: set model.allow_download: true "
+                "(and unset HF_HUB_OFFLINE) to download it, or give a local model directory "
+                f"({type(e).__name__}: {str(e).splitlines()[0]})"
+            ) from None
+        source = {"local_dir": cfg.base} if kind == "local" else {"hub_id": cfg.base}
         commit = getattr(model.config, "_commit_hash", None)
         if commit:
             source["revision"] = commit

@@ -10,14 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from exsearch.config import checkpoint_step  # the x position: base is -1, iter_k is k
 from exsearch.evaluation import compare_records
 
 CURVE_METRICS = ("em", "f1", "acc", "recall", "support_recall")
-
-
-def checkpoint_step(name: str) -> int:
-    """The x position of a checkpoint: base is -1, iter_k is k."""
-    return -1 if name == "base" else int(name.removeprefix("iter_"))
 
 
 def curve_rows(metrics: Mapping[str, dict]) -> list[dict]:

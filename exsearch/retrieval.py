@@ -16,6 +16,7 @@ folder layout with embeddings instead of the bm25s arrays), by the kind its meta
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import mmap as mmap_module
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+REBUILD = "rebuild it with `dvc repro index` (or `python -m stages.index`)"
 META_FILE = "exsearch_index.json"
 PASSAGES_FILE = "passages.jsonl"
 OFFSETS_FILE = "passages.offsets.npy"
@@ -142,21 +144,67 @@ def _auto_progress(passages: Iterable[Passage], show_progress: bool | None) -> b
     return n is None or n >= PROGRESS_MIN_ITEMS
 
 
+class CorruptIndex(ValueError):
+    """An index folder that is there but cannot be read; the message names it and the fix."""
+
+
+# What numpy, json/orjson (bm25s) and the file system raise on truncated or garbled files.
+_UNREADABLE = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError)
+
+
+@contextlib.contextmanager
+def reading_index(directory: Path) -> Iterator[None]:
+    """Turn the raw errors of reading a damaged index into one `CorruptIndex` naming the folder."""
+    try:
+        yield
+    except CorruptIndex:
+        raise
+    except _UNREADABLE as e:
+        raise CorruptIndex(
+            f"{directory}: the index is unreadable, probably truncated or damaged "
+            f"({type(e).__name__}: {e}); {REBUILD}"
+        ) from e
+
+
 class _PassageFile:
-    """Passages on disk, read one line at a time through mmap (for memory-mapped indexes)."""
+    """Passages on disk, read one line at a time through mmap (for memory-mapped indexes).
+
+    Opening checks what is cheap to check whatever the size: the offsets span the file exactly
+    (no truncation) and a few passages spread over the file parse; a passage that does not parse
+    later raises `CorruptIndex` too.
+    """
+
+    SPOT_CHECKS = 16
 
     def __init__(self, directory: Path):
+        self.directory = directory
         self._offsets = np.load(directory / OFFSETS_FILE, mmap_mode="r")
-        with open(directory / PASSAGES_FILE, "rb") as f:
+        path = directory / PASSAGES_FILE
+        size = path.stat().st_size
+        if len(self._offsets) < 2 or int(self._offsets[0]) != 0 or self._offsets[-1] != size:
+            raise CorruptIndex(
+                f"{directory}: {PASSAGES_FILE} has {size} bytes but {OFFSETS_FILE} says "
+                f"{int(self._offsets[-1]) if len(self._offsets) else 0}: the index is truncated "
+                f"or damaged; {REBUILD}"
+            )
+        with open(path, "rb") as f:
             # The mapping stays valid after the file is closed.
             self._mm = mmap_module.mmap(f.fileno(), 0, access=mmap_module.ACCESS_READ)
+        for i in np.unique(np.linspace(0, len(self) - 1, self.SPOT_CHECKS).astype(int)):
+            self[int(i)]
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
     def __getitem__(self, i: int) -> Passage:
         start, end = int(self._offsets[i]), int(self._offsets[i + 1])
-        return Passage.from_dict(json.loads(self._mm[start:end]))
+        try:
+            return Passage.from_dict(json.loads(self._mm[start:end]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptIndex(
+                f"{self.directory}: passage {i} in {PASSAGES_FILE} (bytes {start}-{end}) is "
+                f"unreadable ({type(e).__name__}: {e}); the index is damaged; {REBUILD}"
+            ) from None
 
 
 def _write_passages(
@@ -222,17 +270,22 @@ def read_index_meta(directory: Path, kind: str | None = None) -> dict[str, Any]:
     """
     meta_path = directory / META_FILE
     if not directory.is_dir():
-        raise FileNotFoundError(f"{directory}: no such index folder (run `python -m stages.index`)")
+        raise FileNotFoundError(
+            f"{directory}: no such index folder; build it with `dvc repro index` "
+            "(or `python -m stages.index`)"
+        )
     if not meta_path.is_file():
         raise FileNotFoundError(
-            f"{meta_path}: not found; {directory} is not an index built by exsearch "
-            "(run `python -m stages.index`)"
+            f"{meta_path}: not found; {directory} is not an index built by exsearch; {REBUILD}"
         )
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    with reading_index(directory):
+        meta = json.loads(meta_path.read_bytes())
+        if not isinstance(meta, dict):
+            raise ValueError(f"{META_FILE} holds {type(meta).__name__}, not an object")
     if meta.get("format") != FORMAT_VERSION:
         raise ValueError(
             f"{meta_path}: index format {meta.get('format')!r}, this code reads "
-            f"{FORMAT_VERSION}; rebuild the index"
+            f"{FORMAT_VERSION}; {REBUILD}"
         )
     meta.setdefault("kind", "bm25")
     if kind is not None and meta["kind"] != kind:
@@ -253,7 +306,7 @@ def load_retriever(directory: str | Path, *, mmap: bool = False) -> BM25Retrieve
         from exsearch.dense import DenseRetriever  # imports this module: not at the top
 
         return DenseRetriever.load(directory, mmap=mmap)
-    raise ValueError(f"{directory / META_FILE}: unknown index kind {kind!r}; rebuild the index")
+    raise ValueError(f"{directory / META_FILE}: unknown index kind {kind!r}; {REBUILD}")
 
 
 class PassageIndex:
@@ -329,16 +382,19 @@ class BM25Retriever(PassageIndex):
         """
         directory = Path(directory)
         meta = read_index_meta(directory, "bm25")
-        cfg = IndexConfig.model_validate(meta["config"])
-        bm25 = bm25s.BM25.load(str(directory), mmap=mmap, load_corpus=False, show_progress=False)
-        store = _PassageFile(directory)
-        if len(store) != meta["passages"] or bm25.scores["num_docs"] != meta["passages"]:
-            raise ValueError(
-                f"{directory}: {len(store)} passages and {bm25.scores['num_docs']} indexed "
-                f"documents, but {META_FILE} says {meta['passages']}; rebuild the index"
+        with reading_index(directory):
+            cfg = IndexConfig.model_validate(meta["config"])
+            bm25 = bm25s.BM25.load(
+                str(directory), mmap=mmap, load_corpus=False, show_progress=False
             )
-        passages = store if mmap else [store[i] for i in range(len(store))]
-        return cls(bm25, cfg, passages)
+            store = _PassageFile(directory)
+            if len(store) != meta["passages"] or bm25.scores["num_docs"] != meta["passages"]:
+                raise CorruptIndex(
+                    f"{directory}: {len(store)} passages and {bm25.scores['num_docs']} indexed "
+                    f"documents, but {META_FILE} says {meta['passages']}; {REBUILD}"
+                )
+            passages = store if mmap else [store[i] for i in range(len(store))]
+            return cls(bm25, cfg, passages)
 
     def search(self, queries: Sequence[str], k: int, *, n_threads: int = 0) -> list[list[Hit]]:
         """Top-k passages for every query of a batch.

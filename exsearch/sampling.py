@@ -9,7 +9,10 @@ and questions repeat.
 
 Questions are cut into fixed shards; each shard is sampled with its own seed (base seed + shard
 number) and written atomically, so a crash keeps the finished shards and a rerun samples only the
-missing ones, producing the same trajectories as an uninterrupted run.
+missing ones, producing the same trajectories as an uninterrupted run. The generator is reset
+before each shard (`Generator.reset`): a shard must not reuse keys/values that an earlier shard
+left in the prefix cache, or, in bfloat16, a resumed run (whose cache starts empty) would
+sample slightly different trajectories than an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -104,6 +107,7 @@ def sample_in_shards(
         else:
             batch = questions[s * shard_size : (s + 1) * shard_size]
             log.info("shard %d/%d: sampling %d × %d", s + 1, n_shards, len(batch), k)
+            agent.gen.reset()  # the shard depends on its questions and seed only
             recs = agent.run(
                 batch,
                 method="agent",

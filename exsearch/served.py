@@ -20,6 +20,7 @@ message.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -141,6 +142,9 @@ class OpenAIGenerator:
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
+    def reset(self) -> None:
+        """Nothing to forget here: whatever the server caches is its own business."""
+
     def generate(
         self,
         prompts: list[str],
@@ -163,8 +167,17 @@ class OpenAIGenerator:
                 raise ValueError(f"prompt {i} is empty; a prompt needs at least one token")
             body = self._body(prompt, max_tokens=max_new_tokens, temperature=temperature)
             # Neutral values for knobs a server may otherwise fill from the model's
-            # generation_config.json (vLLM does), as `HFGenerator` pins them too.
-            body.update(top_p=top_p, top_k=-1, min_p=0.0, repetition_penalty=1.0, logprobs=1)
+            # generation_config.json (vLLM does) or its own defaults (llama.cpp's top_k 40,
+            # min_p 0.05, repeat_penalty 1.1), as `HFGenerator` pins them too. top_k 0 is "off"
+            # for both vLLM and llama.cpp; each ignores the other's repetition-penalty name.
+            body.update(
+                top_p=top_p,
+                top_k=0,
+                min_p=0.0,
+                repetition_penalty=1.0,
+                repeat_penalty=1.0,
+                logprobs=1,
+            )
             if stops:
                 body["stop"] = stops
             if seeds is not None:
@@ -213,24 +226,27 @@ class OpenAIGenerator:
         lp = choice.get("logprobs") or {}
         tokens, token_lps = lp.get("tokens") or [], lp.get("token_logprobs") or []
         offsets = lp.get("text_offset") or []
-        n_prompt = (answer.get("usage") or {}).get("prompt_tokens") or len(token_lps) - 1
-        if len(token_lps) < n_prompt:
-            raise ServerError(
-                f"trajectory {_tid(traj)}: the server returned no prompt log-probs; it must "
-                "support `echo` with `logprobs` (vLLM, SGLang do)"
-            )
-        if "".join(tokens[:n_prompt]) == text and len(offsets) >= n_prompt:
+        usage = answer.get("usage") or {}
+        n_prompt = usage.get("prompt_tokens") or len(token_lps) - 1
+        if (
+            len(token_lps) >= n_prompt
+            and "".join(tokens[:n_prompt]) == text
+            and len(offsets) >= n_prompt
+        ):
             # The tokens spell the text exactly, so the offsets are true character offsets.
             ends = [*offsets[1:n_prompt], len(text)]
             pos = [j for j in range(n_prompt) if offsets[j] < b and ends[j] > a]
         else:
-            # Token strings that do not spell the text (raw BPE symbols, replacement characters
-            # of split multi-byte characters) make offsets drift. The same tokenizer gives the
-            # same tokens, so align with the local tokenization, plus a BOS the server added.
-            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            shift = n_prompt - len(enc["input_ids"])
-            spans = enumerate(enc["offset_mapping"])
-            pos = [j + shift for j, (s, e) in spans if s < b and e > a] if shift in (0, 1) else []
+            n_generated = usage.get("completion_tokens")
+            pos = self._align_with_local_tokens(
+                text, a, b, n_prompt, len(token_lps), 1 if n_generated is None else n_generated
+            )
+            if pos is None:
+                raise ServerError(
+                    f"trajectory {_tid(traj)}: the server returned no prompt log-probs; it must "
+                    "support `echo` with `logprobs` (vLLM, SGLang and llama.cpp's Python server "
+                    "with --logits_all true do)"
+                )
         if len(pos) != n_gold or any(token_lps[j] is None for j in pos):
             raise ServerError(
                 f"trajectory {_tid(traj)}: the server finds {len(pos)} gold-answer tokens among "
@@ -239,6 +255,39 @@ class OpenAIGenerator:
                 "special tokens?"
             )
         return [float(token_lps[j]) for j in pos]
+
+    def _align_with_local_tokens(
+        self, text: str, a: int, b: int, n_prompt: int, n_logprobs: int, n_generated: int
+    ) -> list[int] | None:
+        """Positions, in the server's echoed log-probs, of the tokens overlapping [a, b) of `text`.
+
+        For token strings that do not spell the text (raw BPE symbols, replacement characters of
+        split multi-byte characters, special tokens echoed as ''): the same tokenizer gives the
+        same tokens, so positions come from the local tokenization, shifted by a BOS the server
+        added. llama.cpp's Python server (llama-cpp-python 0.3) leaves every token whose id is
+        the BOS id out of the echoed list, wherever it is: in ChatML models whose BOS is
+        `<|im_start|>` (SmolLM2) that is one token per message, and positions are mapped past
+        them. That server's echoed log-probs are right only for a prompt that starts with BOS
+        (it drops that token and reads each next one from the logits before it; otherwise they
+        are one position off), so only that layout is accepted. None when the log-probs fit
+        no layout (e.g. the server echoed no prompt).
+        """
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        wanted = [j for j, (s, e) in enumerate(enc["offset_mapping"]) if s < b and e > a]
+        shift = n_prompt - len(ids)
+        bos = self.tokenizer.bos_token_id
+        if (
+            shift == 0
+            and bos is not None
+            and ids[:1] == [bos]
+            and n_logprobs == n_prompt + n_generated - ids.count(bos)
+        ):
+            echoed = list(itertools.accumulate(t != bos for t in ids))  # 1-based echoed index
+            return [echoed[j] - 1 for j in wanted if ids[j] != bos]
+        if n_logprobs >= n_prompt:
+            return [j + shift for j in wanted] if shift in (0, 1) else []
+        return None
 
     # ---------------------------------------------------------------- HTTP
     def _body(self, prompt: str, *, max_tokens: int, temperature: float) -> dict[str, Any]:

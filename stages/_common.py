@@ -1,12 +1,18 @@
-"""Glue shared by the stage CLIs: argument parsing, params loading and logging."""
+"""Glue shared by the stage CLIs: argument parsing, params loading, logging, opening the index."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from exsearch.config import ConfigError, Params, load_params
+
+if TYPE_CHECKING:
+    from exsearch.dense import DenseRetriever
+    from exsearch.retrieval import BM25Retriever
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -29,4 +35,18 @@ def setup(args: argparse.Namespace) -> Params:
     try:
         return load_params(args.params)
     except ConfigError as e:
+        sys.exit(f"error: {e}")
+
+
+def open_index(directory: str | Path) -> BM25Retriever | DenseRetriever:
+    """Open the index, or exit with a message naming the folder and `dvc repro index`.
+
+    Stages that search call this before loading a model, so a missing or damaged index costs
+    seconds, not a model load.
+    """
+    from exsearch.retrieval import load_retriever
+
+    try:
+        return load_retriever(directory)
+    except (FileNotFoundError, ValueError) as e:  # CorruptIndex is a ValueError
         sys.exit(f"error: {e}")

@@ -17,9 +17,17 @@ Which parent: `EXSEARCH_PARENT_RUN_ID`, set by the Prefect flow and by `exsearch
 `dvc repro` / `dvc exp run` the stages find-or-create the parent tagged with the same
 `campaign_key` (see stages/_provenance.py): one parent per DVC invocation.
 
-Tracking never costs a stage its outputs: an unusable store is detected before the stage's work
-starts (an error, or a warning and no tracking when `tracking.required: false`), and a logging
-error afterwards is a warning, never an exception.
+Tracking has a bounded cost. An unusable store is detected before the stage's work starts (an
+error, or a warning and no tracking when `tracking.required: false`). A store that fails later
+(a server that dies, or answers with errors) is given up on at its first failed call: that call
+costs at most two attempts of `MLFLOW_HTTP_REQUEST_TIMEOUT` seconds (MLflow's own client retries
+for minutes by default; the defaults set below make it 2 × 5 s, no Retry-After waits), and no
+MLflow call is made for the rest of the process but closing MLflow's active run (one more
+bounded call). Then the stage fails (`tracking.required: true`; DVC does not record its
+outputs) or goes on untracked with one warning. A failing or vanished server thus costs a stage
+at most ~25 s (a 5 s health probe and two bounded calls), a refused connection almost nothing.
+Answers that are not failures (a 4xx such as "already exists") and local mistakes (an artifact
+file that is not there) are warnings and leave tracking on.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from exsearch.config import Params
+from exsearch.config import Params, checkpoint_step
 from stages._provenance import campaign_key, git_commit, lock_outs
 
 PARENT_ENV = "EXSEARCH_PARENT_RUN_ID"
@@ -45,6 +53,19 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 
 # Set before mlflow is imported (lazily, below): nothing may call out to the internet.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# A bounded cost per call to a tracking server (MLflow's defaults: 7 retries with exponential
+# backoff, 120 s timeouts, and Retry-After honoured without a cap: minutes per call). Any of
+# these set in the environment wins.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "1.0")
+os.environ.setdefault("MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER", "false")
+HEALTH_TIMEOUT_S = 5
+# MLflow 3's UI opens an experiment by its kind tag (ExperimentKind in the UI's code); without it
+# the campaign opened in the GenAI "Overview" (0 traces). This is the "Model training" view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 log = logging.getLogger(__name__)
 _ACTIVE: list[StageRun] = []
@@ -52,6 +73,64 @@ _ACTIVE: list[StageRun] = []
 
 class TrackingError(RuntimeError):
     """The MLflow store cannot be used; the message names the URI and what to do."""
+
+
+class StoreDown(RuntimeError):
+    """The store failed once in this process; no further MLflow call is made (see module doc)."""
+
+
+# Why the store was given up on in this process; empty while it works.
+_FAILED: list[str] = []
+
+
+def store_failed() -> str | None:
+    """Why this process stopped calling the store, or None while it is in use."""
+    return _FAILED[0] if _FAILED else None
+
+
+def reset_store_state() -> None:
+    """Give the store a new chance (a new campaign in a long-lived process; tests)."""
+    _FAILED.clear()
+
+
+def _is_answer(err: Exception) -> bool:
+    """A 4xx-class MLflow error is the store answering (e.g. "already exists"), not failing."""
+    status = getattr(err, "get_http_status_code", None)
+    return status is not None and 400 <= status() < 500
+
+
+def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call the store once; its first failure is the last call of this process (`StoreDown`)."""
+    if _FAILED:
+        raise StoreDown(_FAILED[0])
+    try:
+        return fn(*args, **kwargs)
+    except StoreDown:
+        raise
+    except Exception as e:
+        if _is_answer(e):
+            raise
+        why = f"could not {what} ({type(e).__name__}: {str(e)[:500]})"
+        _FAILED.append(why)
+        log.warning(
+            "MLflow tracking store %s: %s. No further MLflow calls in this process.",
+            tracking_uri(),
+            why,
+        )
+        raise StoreDown(why) from e
+
+
+class _Guarded:
+    """An MlflowClient whose every call goes through `_call` (bounded cost, one failure)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+        return lambda *args, **kwargs: _call(name.replace("_", " "), attr, *args, **kwargs)
 
 
 def tracking_uri() -> str:
@@ -84,6 +163,8 @@ def tracking_enabled() -> bool:
 
 def _unusable(params: Params, what: str, err: Exception) -> None:
     """Raise TrackingError if tracking is required, else warn (the caller goes on untracked)."""
+    if not _FAILED:
+        _FAILED.append(f"could not {what} ({type(err).__name__}: {err})")
     msg = (
         f"MLflow tracking store {tracking_uri()}: could not {what} ({type(err).__name__}: {err}). "
         "Start the tracking server or set MLFLOW_TRACKING_URI to a reachable store (default "
@@ -103,30 +184,41 @@ def connect(params: Params) -> tuple[Any, str] | None:
     """
     if not tracking_enabled():
         return None
+    if why := store_failed():
+        _unusable(params, "use the store again after an earlier failure", StoreDown(why))
+        return None
     uri = tracking_uri()
     try:
         if uri.startswith(("http://", "https://")):
-            # Probe first: the MLflow REST client retries for minutes before giving up.
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+            # Probe first: a server that is not there fails in one short request.
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S).close()
         import mlflow
 
-        client = mlflow.MlflowClient(tracking_uri=uri)
+        client = _Guarded(mlflow.MlflowClient(tracking_uri=uri))
         name = params.tracking.experiment
-        if (exp := client.get_experiment_by_name(name)) is not None:
-            return client, exp.experiment_id
-        try:
-            return client, client.create_experiment(name, _artifact_location(uri))
-        except Exception:  # another process created it first
-            return client, client.get_experiment_by_name(name).experiment_id
+        if (exp := client.get_experiment_by_name(name)) is None:
+            kind = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            try:
+                return client, client.create_experiment(name, _artifact_location(uri), kind)
+            except StoreDown:
+                raise
+            except Exception:  # another process created it first (the store answered)
+                exp = client.get_experiment_by_name(name)
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # made before the tag, or by someone else
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return client, exp.experiment_id
     except Exception as e:
-        _unusable(params, "open the experiment", e)
+        _unusable(params, "open the experiment", e.__cause__ or e)
         return None
 
 
 def _warn_on_error(what: str, fn: Any, *args: Any, **kwargs: Any) -> bool:
+    """Call the store; False (with a warning, once per failed store) if it did not work."""
     try:
-        fn(*args, **kwargs)
+        _call(what, fn, *args, **kwargs)
         return True
+    except StoreDown:
+        return False  # warned once, when the store failed
     except Exception as e:
         log.warning("MLflow: could not %s in %s: %s: %s", what, tracking_uri(), type(e).__name__, e)
         return False
@@ -147,6 +239,7 @@ def start_campaign_run(
     Pass its id to the stage processes as `EXSEARCH_PARENT_RUN_ID`; close it with
     `end_campaign_run`.
     """
+    reset_store_state()  # a new campaign (e.g. a scheduled run) gives the store a new chance
     conn = connect(params)
     if conn is None:
         return None
@@ -163,7 +256,7 @@ def start_campaign_run(
 def _client() -> Any:
     import mlflow
 
-    return mlflow.MlflowClient(tracking_uri=tracking_uri())
+    return _Guarded(mlflow.MlflowClient(tracking_uri=tracking_uri()))
 
 
 def end_campaign_run(run_id: str | None, status: str = "FINISHED") -> None:
@@ -183,6 +276,8 @@ def _resolve_parent(client: Any, exp_id: str) -> tuple[str, bool]:
     if parent := os.environ.get(PARENT_ENV):
         try:
             client.get_run(parent)
+        except StoreDown:
+            raise
         except Exception as e:
             raise TrackingError(
                 f"{PARENT_ENV}={parent}: no such run in {tracking_uri()} ({e}). Unset it, or "
@@ -210,11 +305,7 @@ def _log_params_file(client: Any, run_id: str) -> None:
 
 def iteration_step(iteration: str) -> int:
     """`iter_3` → 3: the step of per-iteration metrics; `base` (before warm-up) → -1."""
-    if iteration == "base":
-        return -1
-    if not (m := re.fullmatch(r"\D*?(\d+)", iteration)):
-        raise ValueError(f"iteration {iteration!r}: expected base or a name ending in a number")
-    return int(m.group(1))
+    return checkpoint_step(iteration)
 
 
 def flatten(
@@ -250,19 +341,33 @@ class StageRun:
         run_id: str | None = None,
         parent_id: str | None = None,
         log_models: bool = False,
+        required: bool = False,
     ) -> None:
         self.client, self.run_id, self.parent_id = client, run_id, parent_id
         self.log_models = log_models
+        self.required = required
         self.errors = 0
 
     @property
     def enabled(self) -> bool:
-        return self.run_id is not None
+        return self.run_id is not None and not _FAILED
 
     def _do(self, what: str, method: str, *args: Any, **kwargs: Any) -> None:
-        """Call `self.client.<method>` if tracking is on; count (and warn about) a failure."""
-        if self.enabled and not _warn_on_error(what, getattr(self.client, method), *args, **kwargs):
+        """Call `self.client.<method>` if tracking is on; count (and warn about) a failure.
+
+        When the store itself fails, tracking stops for good; with `tracking.required` that
+        fails the stage (TrackingError), else the stage goes on untracked.
+        """
+        if not self.enabled:
+            return
+        if not _warn_on_error(what, getattr(self.client, method), *args, **kwargs):
             self.errors += 1
+            if self.required and _FAILED:
+                raise TrackingError(
+                    f"MLflow tracking store {tracking_uri()} failed during the stage: "
+                    f"{_FAILED[0]}. The stage stops (tracking.required: true); restart the "
+                    "store, or set `tracking.required: false` to go on untracked when it fails."
+                )
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log (nested) params, flattened to dotted keys."""
@@ -311,17 +416,27 @@ class StageRun:
         if self.parent_id:
             self.log_metrics(metrics, step=step, run_id=self.parent_id)
 
+    def _missing(self, path: str | os.PathLike) -> bool:
+        """A local mistake, not a store failure: warn and count, leave tracking on."""
+        if self.enabled and not os.path.exists(path):
+            log.warning("MLflow: could not log %s: no such file or directory", path)
+            self.errors += 1
+            return True
+        return False
+
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        self._do(f"log {path}", "log_artifact", self.run_id, str(path), artifact_path)
+        if not self._missing(path):
+            self._do(f"log {path}", "log_artifact", self.run_id, str(path), artifact_path)
 
     def log_artifacts(self, directory: str | os.PathLike, artifact_path: str | None = None) -> None:
-        self._do(
-            f"log {directory}",
-            "log_artifacts",
-            self.run_id,
-            str(directory),
-            artifact_path,
-        )
+        if not self._missing(directory):
+            self._do(
+                f"log {directory}",
+                "log_artifacts",
+                self.run_id,
+                str(directory),
+                artifact_path,
+            )
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Save `text` as an artifact (e.g. a sample of trajectories) without a local file."""
@@ -355,6 +470,8 @@ def record_lock_hashes(parent_id: str | None, lock_file: str | os.PathLike = "dv
             f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'FINISHED'",
             order_by=["start_time DESC"],
         )
+    except StoreDown:
+        return 0
     except Exception as e:
         log.warning("MLflow: could not read %s or the runs under %s: %s", lock_file, parent_id, e)
         return 0
@@ -408,11 +525,14 @@ def _open_stage_run(
     except TrackingError:
         raise
     except Exception as e:
-        _unusable(params, f"open the run of stage {stage}", e)
+        _unusable(params, f"open the run of stage {stage}", e.__cause__ or e)
         return StageRun(), False
-    run = StageRun(client, run_id, parent_id, params.tracking.log_models)
+    run = StageRun(client, run_id, parent_id, params.tracking.log_models, params.tracking.required)
     run.log_params({s: getattr(params, s).model_dump(mode="json") for s in sections})
     record_lock_hashes(parent_id)
+    if store_failed():  # the store failed while the run was being set up
+        _unusable(params, f"set up the run of stage {stage}", StoreDown(store_failed()))
+        return StageRun(), False
     return run, owned
 
 
@@ -449,6 +569,8 @@ def stage_run(
     try:
         yield run
         status = "FINISHED"
+    except TrackingError as e:  # the store failed mid-stage and tracking is required
+        raise SystemExit(f"error: {e}") from None
     except SystemExit as e:
         status = "FINISHED" if e.code in (None, 0) else "FAILED"
         raise
@@ -462,7 +584,13 @@ def stage_run(
         _ACTIVE.pop()
         active = mlflow.active_run()
         if active and active.info.run_id == run.run_id:
-            _warn_on_error("close the stage run", mlflow.end_run, status=status)
+            if _FAILED:
+                # MLflow would end its active run at exit anyway; end it now, for one more
+                # bounded call at most (it leaves the active run whatever the store says).
+                with contextlib.suppress(Exception):
+                    mlflow.end_run(status=status)
+            else:
+                _warn_on_error("close the stage run", mlflow.end_run, status=status)
         else:
             _warn_on_error("close the stage run", run.client.set_terminated, run.run_id, status)
         if owned:

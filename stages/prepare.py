@@ -53,8 +53,10 @@ def prepare(cfg: PrepareConfig, sink: Callable[[Passage], object] | None = None)
     fits in a few GiB. A corpus file that is missing and has a `url` is downloaded first.
 
     Raises:
-        ValueError: an invalid row (unless `cfg.skip_invalid`), or one question id given by two
-            files of the same split.
+        ValueError: an invalid row (unless `cfg.skip_invalid`), one question id given by two
+            files of the same split, or nothing to work with: a split that lists no file, a file
+            that yields no question (or no passage), an empty corpus. Later stages would only
+            fail on it after loading a model.
         OSError: a corpus file is missing and cannot be downloaded.
     """
     builder = CorpusBuilder(sink)
@@ -68,6 +70,8 @@ def prepare(cfg: PrepareConfig, sink: Callable[[Passage], object] | None = None)
         passages = tqdm(read_corpus(spec), spec.path, unit=" passages", disable=None, mininterval=5)
         added, dropped = builder.add_all(passages)
         log.info("corpus: %s: %d passages (%d new)", spec.path, added + dropped, added)
+        if added + dropped == 0:
+            raise ValueError(f"{spec.path}: no passages (prepare.corpus); is the file empty?")
         key = spec.path if spec.path not in corpus_files else f"{spec.path}#{len(corpus_files) + 1}"
         corpus_files[key] = {
             "passages": added + dropped,
@@ -75,6 +79,11 @@ def prepare(cfg: PrepareConfig, sink: Callable[[Passage], object] | None = None)
             "duplicate_passages": dropped,
         }
 
+    if len(builder) == 0:
+        raise ValueError(
+            "the corpus is empty: list files under prepare.corpus or set "
+            "prepare.contexts_in_corpus: true with question files that have contexts"
+        )
     missing = sum(
         (hop["title"], hop["paragraph"]) not in builder
         for q in train + dev
@@ -111,8 +120,13 @@ def _read_split(
     questions: list[Question] = []
     origin: dict[str, str] = {}  # question id -> file it came from
     files: dict[str, Any] = {}
+    if not getattr(cfg, split):
+        raise ValueError(f"prepare.{split} lists no question file; add at least one")
     for spec in getattr(cfg, split):
         got = read_questions(spec, skip_invalid=cfg.skip_invalid)
+        if not got.questions:
+            why = f"all {len(got.skipped)} rows are invalid" if got.skipped else "is it empty?"
+            raise ValueError(f"{spec.path}: no questions in prepare.{split} ({why})")
         kept = repeats = 0
         for q in got.questions:
             if q.id in origin:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,9 +23,8 @@ from statistics import fmean
 
 from exsearch import io
 from exsearch.agent import SearchAgent
+from exsearch.config import checkpoint_step
 from exsearch.generation import make_generator
-from exsearch.report import checkpoint_step
-from exsearch.retrieval import load_retriever
 from exsearch.sampling import fingerprint, iteration_questions, sample_in_shards
 from exsearch.schema import Question
 from stages import _common
@@ -58,7 +58,15 @@ def main(argv: list[str] | None = None) -> None:
         out = Path("runs") / args.iteration
         model_dir = Path("runs") / args.prev / "model"
 
+        retriever = _common.open_index(args.index)  # before any work: a bad index fails fast
         pool = [Question.from_dict(d) for d in io.read_jsonl(args.questions)]
+        if not pool:
+            sys.exit(f"error: {args.questions}: no training questions; check prepare.train")
+        if cfg.exclude_warmup and not Path(args.warmup).is_file():
+            sys.exit(
+                f"error: {args.warmup}: missing; EM iterations leave the warm-up's questions out "
+                "(run `dvc repro warmup`, or set sample.exclude_warmup: false)"
+            )
         warmup_ids = (
             {str(t["qid"]) for t in io.read_jsonl(args.warmup)} if cfg.exclude_warmup else set()
         )
@@ -99,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 
         started = time.perf_counter()
         generator = make_generator(model_dir, params.model, params.generation)
-        agent = SearchAgent(generator, load_retriever(args.index), agent_cfg)
+        agent = SearchAgent(generator, retriever, agent_cfg)
         records = sample_in_shards(
             questions,
             agent,

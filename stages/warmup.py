@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 from exsearch import io
-from exsearch.retrieval import load_retriever
 from exsearch.schema import Question
 from exsearch.training import train_weighted
 from exsearch.warmup import WarmupShape, build_trajectories
@@ -62,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
             if cfg.max_examples and cfg.max_examples < len(questions):
                 # A seeded draw, not the head: the training files are grouped by dataset.
                 questions = random.Random(params.seed).sample(questions, cfg.max_examples)
-            retriever = load_retriever(args.index)
+            retriever = _common.open_index(args.index)
             shape = WarmupShape(
                 top_k=params.agent.top_k,
                 passage_max_words=params.agent.passage_max_words,

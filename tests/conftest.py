@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model") / "model")
+
+
+@pytest.fixture(autouse=True)
+def _tracking_store_gets_a_new_chance():
+    """stages/_tracking.py gives up on a failed store for the rest of the process: per test here."""
+    yield
+    if (tracking := sys.modules.get("stages._tracking")) is not None:
+        tracking.reset_store_state()

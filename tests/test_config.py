@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exsearch.config import ConfigError, load_params, parse_params
+from exsearch.config import ConfigError, checkpoint_step, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,6 +82,83 @@ def test_every_iteration_must_be_evaluated(raw):
     raw["em"]["evaluate"].remove("iter_2")
     with pytest.raises(ConfigError, match="iter_2"):
         parse_params(raw)
+
+
+def add_iteration(raw, name, prev="iter_2"):
+    raw["em"]["iters"][name] = {"prev": prev}
+    raw["em"]["evaluate"].append(name)
+    return raw
+
+
+def test_an_iteration_named_iter_x_is_refused(raw):
+    with pytest.raises(ConfigError, match=r"em\.iters\.iter_x.*iter_<n>"):
+        parse_params(add_iteration(raw, "iter_x"))
+
+
+def test_an_iteration_with_a_leading_zero_is_refused_as_it_would_collide(raw):
+    with pytest.raises(ConfigError, match=r"em\.iters\.iter_01.*write iter_1"):
+        parse_params(add_iteration(raw, "iter_01", prev="iter_0"))
+
+
+def test_iter_0_is_the_warm_up_not_an_em_iteration(raw):
+    raw["em"]["iters"] = {"iter_0": {"prev": "iter_0"}, **raw["em"]["iters"]}
+    with pytest.raises(ConfigError, match=r"em\.iters\.iter_0: iter_0 is the warm-up"):
+        parse_params(raw)
+
+
+def test_an_iteration_name_must_be_iter_and_a_number(raw):
+    with pytest.raises(ConfigError, match="final"):
+        parse_params(add_iteration(raw, "final"))
+
+
+def test_checkpoint_names_have_one_parser():
+    assert [checkpoint_step(n) for n in ("base", "iter_0", "iter_12")] == [-1, 0, 12]
+    for bad in ("iter_01", "iter_x", "iter_-1", "final", "iter_1 "):
+        with pytest.raises(ValueError, match="not a checkpoint name"):
+            checkpoint_step(bad)
+
+
+def test_a_misspelt_lr_scheduler_is_refused_with_the_choices(raw):
+    raw["train"]["lr_scheduler"] = "cosin"
+    with pytest.raises(ConfigError, match=r"(?s)train\.lr_scheduler.*'cosine'.*'cosin'"):
+        parse_params(raw)
+
+
+def test_the_lr_scheduler_choices_are_transformers_scheduler_types():
+    from typing import get_args
+
+    from transformers.trainer_utils import SchedulerType
+
+    from exsearch.config import Scheduler
+
+    assert set(get_args(Scheduler)) == {s.value for s in SchedulerType}
+
+
+def test_a_duplicate_key_in_params_yaml_is_refused_with_key_and_line(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "prepare: {train: [], dev: []}\n"
+        "train:\n"
+        "  learning_rate: 1.0e-4\n"
+        "  epochs: 2\n"
+        "  learning_rate: 5.0e-4\n"
+    )
+    with pytest.raises(ConfigError, match=r"params\.yaml:5: duplicate key 'learning_rate'.*line 3"):
+        load_params(params)
+
+
+def test_a_duplicate_section_is_refused_too(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("prepare: {train: [], dev: []}\nseed: 1\nseed: 2\n")
+    with pytest.raises(ConfigError, match=r"params\.yaml:3: duplicate key 'seed'"):
+        load_params(params)
+
+
+def test_params_that_are_not_utf8_name_the_file_and_line(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_bytes(b"prepare: {train: [], dev: []}\n# caf\xe9\nseed: 1\n")
+    with pytest.raises(ConfigError, match=r"params\.yaml:2: not UTF-8 \(byte 0xe9 at column 6\)"):
+        load_params(params)
 
 
 def test_a_stage_cli_exits_with_the_message_not_a_traceback(tmp_path, raw):

@@ -207,7 +207,7 @@ def test_a_truncated_index_asks_for_a_rebuild(retriever, tmp_path):
     meta = json.loads((tmp_path / "exsearch_index.json").read_text())
     meta["passages"] += 1
     (tmp_path / "exsearch_index.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="rebuild the index"):
+    with pytest.raises(ValueError, match="rebuild it with `dvc repro index`"):
         DenseRetriever.load(tmp_path)
 
 

@@ -1,17 +1,76 @@
-"""Evaluation: which dev questions a campaign scores, and comparisons with their intervals."""
-
-from __future__ import annotations
+"""exsearch/evaluation.py: per-trajectory scores follow the conventions of exsearch/metrics.py;
+which dev questions a campaign scores; comparisons with their intervals."""
 
 import pytest
 
-from exsearch.evaluation import compare_records, select_questions
+from exsearch.evaluation import compare_records, score_record, select_questions, summarize
 from exsearch.report import checkpoint_comparisons, comparisons_markdown
-from exsearch.schema import Question
+from exsearch.schema import Passage, Question
+
+LIMA = Passage("p1", "Lima", "Lima is the capital of Peru.")
+PERU = Passage("p2", "Peru", "Peru is a country in South America.")
+PASSAGES = {p.id: p for p in (LIMA, PERU)}
+
+
+def record(method="agent", steps=(), prediction="Lima", answers=("Lima",), titles=("Lima",)):
+    return {
+        "qid": "q1",
+        "method": method,
+        "dataset": "toy",
+        "prediction": prediction,
+        "answers": list(answers),
+        "supporting_titles": list(titles),
+        "steps": [{"query": "q", "passage_ids": list(ids)} for ids in steps],
+        "tokens": {"generated": 7},
+        "finish_reason": "stop",
+    }
+
+
+def test_a_trajectory_without_search_counts_zero_in_retrieval_scores():
+    scores = score_record(record(steps=()), PASSAGES)
+    assert (scores["recall"], scores["precision"], scores["support_recall"]) == (0.0, 0.0, 0.0)
+
+
+def test_searches_that_returned_nothing_count_zero_too():
+    scores = score_record(record(steps=[[]]), PASSAGES)
+    assert (scores["recall"], scores["precision"], scores["support_recall"]) == (0.0, 0.0, 0.0)
+
+
+def test_a_method_that_never_retrieves_has_no_retrieval_scores():
+    scores = score_record(record(method="direct"), PASSAGES)
+    assert (scores["recall"], scores["precision"], scores["support_recall"]) == (None, None, None)
+    assert scores["em"] == 1.0
+
+
+def test_support_recall_is_undefined_only_without_supporting_titles():
+    assert score_record(record(titles=()), PASSAGES)["support_recall"] is None
+
+
+def test_supporting_titles_are_matched_casefolded_as_in_metrics():
+    scores = score_record(record(steps=[["p1"]], titles=("LIMA", "peru")), PASSAGES)
+    assert scores["support_recall"] == 0.5
+    assert score_record(record(steps=[["p1", "p2"]], titles=("LIMA", "peru")), PASSAGES)[
+        "support_recall"
+    ] == pytest.approx(1.0)
+
+
+def test_an_empty_prediction_gets_nothing_for_a_gold_that_normalises_to_nothing():
+    scores = score_record(record(prediction="", answers=("The",)), PASSAGES)
+    assert (scores["em"], scores["f1"], scores["acc"]) == (0.0, 0.0, 0.0)
+
+
+def test_summary_means_include_the_trajectories_that_never_searched():
+    records = [record(steps=[["p1"]]), record(steps=())]
+    overall = summarize(records, PASSAGES)["overall"]
+    assert overall["recall"] == 50.0 and overall["support_recall"] == 50.0
+
+
+# --- question selection and paired comparisons ---------------------------------------------
 
 QUESTIONS = [Question(f"{d}{i}", "?", ["a"], d) for d in ("hotpotqa", "2wiki") for i in range(3)]
 
 
-def record(qid: str, prediction: str, method: str = "agent") -> dict:
+def answered(qid: str, prediction: str, method: str = "agent") -> dict:
     return {"qid": qid, "prediction": prediction, "answers": ["red car"], "method": method}
 
 
@@ -31,8 +90,8 @@ def test_an_unknown_dev_dataset_is_named_with_the_ones_there_are():
 
 
 def test_records_are_compared_question_by_question():
-    better = [record("q1", "red car"), record("q2", "red"), record("q3", "blue")]
-    worse = [record("q3", "blue"), record("q2", "nothing"), record("q1", "nothing")]
+    better = [answered("q1", "red car"), answered("q2", "red"), answered("q3", "blue")]
+    worse = [answered("q3", "blue"), answered("q2", "nothing"), answered("q1", "nothing")]
     got = compare_records(better, worse)
     assert got["em"].diff == pytest.approx(100 / 3) and got["em"].n == 3
     assert got["f1"].diff == pytest.approx(100 * (1 + 2 / 3) / 3)
@@ -41,10 +100,10 @@ def test_records_are_compared_question_by_question():
 
 def test_each_checkpoint_is_compared_with_iter_0_its_previous_one_and_its_rag_baseline():
     preds = {
-        "base": [record("q1", "no")],
-        "iter_0": [record("q1", "no"), record("q1", "red car", "rag")],
-        "iter_1": [record("q1", "red car"), record("q1", "red car", "rag")],
-        "iter_2": [record("q1", "red car")],
+        "base": [answered("q1", "no")],
+        "iter_0": [answered("q1", "no"), answered("q1", "red car", "rag")],
+        "iter_1": [answered("q1", "red car"), answered("q1", "red car", "rag")],
+        "iter_2": [answered("q1", "red car")],
     }
     previous = {"iter_0": "base", "iter_1": "iter_0", "iter_2": "iter_1"}
     got = checkpoint_comparisons(preds, previous)

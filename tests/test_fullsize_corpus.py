@@ -138,7 +138,7 @@ def _cfg(tmp_path: Path, corpus: list[dict]):
     raw = {
         "prepare": {
             "train": [{"path": str(train), "format": "hotpotqa", "dataset": "hp"}],
-            "dev": [],
+            "dev": [{"path": str(train), "format": "hotpotqa", "dataset": "hp"}],  # no new context
             "corpus": corpus,
         }
     }

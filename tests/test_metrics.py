@@ -12,6 +12,7 @@ from exsearch.metrics import (
     retrieval_precision_at_k,
     retrieval_recall_at_k,
     supporting_recall,
+    title_key,
 )
 from exsearch.retrieval import Hit
 from exsearch.schema import Passage
@@ -101,6 +102,21 @@ def test_cover_em_matches_whole_words_by_default():
 
 def test_cover_em_ignores_golds_that_normalise_to_nothing():
     assert cover_em("anything", ["The", "..."]) == 0.0
+
+
+@pytest.mark.parametrize("gold", ["The", "?", "...", "a"])
+@pytest.mark.parametrize("prediction", ["", "the", "?", "anything"])
+def test_a_gold_that_normalises_to_nothing_matches_no_prediction(gold, prediction):
+    assert normalize_answer(gold) == ""
+    assert exact_match(prediction, [gold]) == 0.0
+    assert f1_score(prediction, [gold]) == 0.0
+    assert cover_em(prediction, [gold]) == 0.0
+
+
+def test_a_question_with_an_empty_alias_is_scored_on_its_other_aliases():
+    assert exact_match("", ["The", "Paris"]) == 0.0
+    assert exact_match("paris", ["The", "Paris"]) == 1.0
+    assert f1_score("the paris", ["?", "Paris"]) == 1.0
 
 
 def test_qa_scores_returns_mean_and_per_sample():
@@ -198,3 +214,8 @@ def test_paired_bootstrap_is_seeded_and_checks_its_input():
         paired_bootstrap(a, b[:3])
     with pytest.raises(ValueError, match="nothing to compare"):
         paired_bootstrap([], [])
+
+
+def test_supporting_titles_match_casefolded_and_whitespace_folded():
+    assert title_key("  Straße   Kino ") == title_key("STRASSE kino")
+    assert supporting_recall([[Passage("9", "the beatles", "x")]], [["The  Beatles"]]).value == 1.0

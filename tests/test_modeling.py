@@ -1,5 +1,6 @@
 import json
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ from tiny_model import build_model, build_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from exsearch.config import ModelConfig
-from exsearch.modeling import SOURCE_FILE, load_model, materialize_base
+from exsearch.modeling import SOURCE_FILE, base_source, load_model, materialize_base
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_GGUF = ROOT / ModelConfig().gguf_file
@@ -148,3 +149,52 @@ def test_default_gguf_model_materializes_to_an_equivalent_plain_model(tmp_path):
     torch.testing.assert_close(logits(model, tok, prompt), logits(ref, ref_tok, prompt))
     [done] = HFGenerator(model, tok).generate([prompt], max_new_tokens=16)
     assert done.text.strip() and done.n_tokens > 0
+
+
+@pytest.mark.parametrize(
+    "base", ["/nonexistent/SmolLM2", "./SmolLM2", "../SmolLM2", "a/b/c", "models/SmolLM2-135M/"]
+)
+def test_a_model_base_that_looks_like_a_path_and_is_no_directory_is_an_error(base, tmp_path):
+    with pytest.raises(ValueError, match="is not a directory"):
+        materialize_base(ModelConfig(base=base, allow_download=True), tmp_path / "out")
+
+
+def test_a_missing_folder_under_an_existing_one_is_a_path_not_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ValueError, match="'models/SmolLM2-135M-Instruct' is not a directory"):
+        base_source(ModelConfig(base="models/SmolLM2-135M-Instruct", allow_download=True))
+
+
+def test_a_value_that_is_neither_a_directory_nor_a_hub_id_is_an_error():
+    with pytest.raises(ValueError, match="neither an existing directory nor a hub id"):
+        base_source(ModelConfig(base="my model"))
+
+
+def test_a_hub_id_is_not_downloaded_without_allow_download(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    import huggingface_hub.utils._detect_agent as agent_registry
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # as if online
+    # huggingface_hub looks up a registry of agent names online whatever it loads; not a
+    # download, and not ours to switch off: only model-file requests count here.
+    monkeypatch.setattr(agent_registry, "_fetch_registry", lambda: None)
+    connections = []
+
+    def no_network(*args, **kwargs):
+        connections.append(args)
+        raise OSError("network used")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    cfg = ModelConfig(base="exsearch-tests/no-such-model")
+    assert base_source(cfg) == "hub"
+    with pytest.raises(ValueError, match="model.allow_download is false"):
+        materialize_base(cfg, tmp_path / "out")
+    assert connections == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_directory_and_the_default_need_no_download(tiny_model_dir):
+    assert base_source(ModelConfig(base=str(tiny_model_dir))) == "local"
+    assert base_source(ModelConfig()) == "gguf"

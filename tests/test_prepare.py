@@ -130,3 +130,75 @@ def test_the_bundled_params_keep_dev_and_train_questions_apart():
     assert not {q.id for q in got.train} & {q.id for q in got.dev}
     assert {q.dataset for q in got.dev} == {"hotpotqa", "2wiki", "musique"}
     assert len(got.dev) >= 500 and len(got.train) > 900
+
+
+def test_an_empty_question_file_fails_prepare_naming_it(tmp_path):
+    raw = prepare_cfg(tmp_path)
+    (tmp_path / "dev.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match=r"dev\.jsonl: no questions in prepare\.dev \(is it empty"):
+        prepare(parse_params(raw).prepare)
+
+
+def test_a_file_with_only_invalid_rows_fails_prepare_even_when_skipping_them(tmp_path):
+    raw = prepare_cfg(tmp_path)
+    (tmp_path / "train.json").write_text(json.dumps([hotpot("b", answer="")]))
+    with pytest.raises(ValueError, match=r"train\.json: no questions .*all 1 rows are invalid"):
+        prepare(parse_params(raw).prepare)
+
+
+@pytest.mark.parametrize("split", ["train", "dev"])
+def test_a_split_without_files_fails_prepare(tmp_path, split):
+    raw = prepare_cfg(tmp_path)
+    raw["prepare"][split] = []
+    with pytest.raises(ValueError, match=rf"prepare\.{split} lists no question file"):
+        prepare(parse_params(raw).prepare)
+
+
+def test_an_empty_corpus_file_fails_prepare(tmp_path):
+    raw = prepare_cfg(tmp_path)
+    (tmp_path / "empty.jsonl").write_text("")
+    raw["prepare"]["corpus"] = [{"path": str(tmp_path / "empty.jsonl"), "format": "flashrag"}]
+    with pytest.raises(ValueError, match=r"empty\.jsonl: no passages"):
+        prepare(parse_params(raw).prepare)
+
+
+def test_an_empty_corpus_fails_prepare(tmp_path):
+    raw = prepare_cfg(tmp_path, contexts_in_corpus=False, corpus=[])
+    with pytest.raises(ValueError, match="the corpus is empty"):
+        prepare(parse_params(raw).prepare)
+
+
+def test_the_stage_refuses_an_empty_split_before_writing_anything(tmp_path):
+    raw = prepare_cfg(tmp_path)
+    (tmp_path / "dev.jsonl").write_text("")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SystemExit, match="no questions"):
+        main(["--params", str(params), "--out-dir", str(tmp_path / "prepared")])
+    assert not (tmp_path / "prepared" / "train.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "content"),
+    [
+        ("q.jsonl", "flashrag", b'{"id": "1", "question": "Q?", "golden_answers": ["A"]}\n'),
+        ("q.json", "hotpotqa", b"[\n" + json.dumps(hotpot("a")).encode() + b"\n"),
+    ],
+)
+def test_a_question_file_that_is_not_utf8_names_the_file_and_line(tmp_path, name, fmt, content):
+    path = tmp_path / name
+    path.write_bytes(content + b'{"id": "2", "question": "Caf\xe9?", "golden_answers": ["A"]}\n')
+    raw = prepare_cfg(tmp_path)
+    raw["prepare"]["dev"] = [{"path": str(path), "format": fmt, "dataset": "x"}]
+    line = content.count(b"\n") + 1
+    with pytest.raises(ValueError, match=rf"{name}:{line}: not UTF-8 \(byte 0xe9 at column 29\)"):
+        prepare(parse_params(raw).prepare)
+
+
+def test_a_corpus_tsv_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    path = tmp_path / "psgs.tsv"
+    path.write_bytes(b"id\ttext\ttitle\n1\tfine\tA\n2\tna\xefve\tB\n")
+    raw = prepare_cfg(tmp_path)
+    raw["prepare"]["corpus"] = [{"path": str(path), "format": "dpr_tsv"}]
+    with pytest.raises(ValueError, match=r"psgs\.tsv:3: not UTF-8 \(byte 0xef at column 5\)"):
+        prepare(parse_params(raw).prepare)

@@ -155,7 +155,7 @@ def test_loading_a_truncated_passage_file_fails(retriever, tmp_path):
     meta = json.loads((tmp_path / "exsearch_index.json").read_text())
     meta["passages"] += 1
     (tmp_path / "exsearch_index.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="rebuild the index"):
+    with pytest.raises(ValueError, match="rebuild it with `dvc repro index`"):
         BM25Retriever.load(tmp_path)
 
 

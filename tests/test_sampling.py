@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from exsearch.agent import SearchAgent
+from exsearch import io
+from exsearch.agent import Sampling, SearchAgent
 from exsearch.config import AgentConfig, GenerationConfig, IndexConfig, ModelConfig
 from exsearch.hf_backend import HFGenerator
 from exsearch.retrieval import BM25Retriever
@@ -14,30 +15,48 @@ from exsearch.schema import Passage, Question
 PASSAGES = [
     Passage(f"p{i}", f"Title {i}", f"city river album number {i} founded") for i in range(20)
 ]
+# Questions of one shard start differently, and each shares a long start with questions of other
+# shards but differs in length: the keys/values an earlier shard leaves in the prefix cache are
+# then ones a fresh run computes in a forward pass of another length (other bits in bfloat16).
 QUESTIONS = [
-    Question(f"q{i}", f"Which city has river number {i}?", [f"Title {i}"], "toy") for i in range(6)
+    Question(f"q{i}", text, [f"Title {i}"], "toy")
+    for i, text in enumerate(
+        [
+            "Which city has river number 0?",
+            "Who founded album 1?",
+            "Which city has river number 2 and the album 2 founded in 1999?",
+            "Who founded album 3 with the band of the national team?",
+            "Which city has river number 4, album 4 and film 4?",
+            "Who founded album 5 in the year after the war?",
+        ]
+    )
 ]
 
 
 class Crashing:
-    """Wraps a generator and fails on its n-th call, like a run killed half-way."""
+    """Wraps a generator, fails on its n-th call (a run killed half-way), records every prompt."""
 
-    def __init__(self, gen, fail_at: int):
-        self.gen, self.fail_at, self.calls = gen, fail_at, 0
+    def __init__(self, gen, fail_at: int = -1):
+        self.gen, self.fail_at, self.calls, self.prompts = gen, fail_at, 0, []
 
     def __getattr__(self, name):
         return getattr(self.gen, name)
 
-    def generate(self, *args, **kwargs):
+    def generate(self, prompts, **kwargs):
         self.calls += 1
         if self.calls == self.fail_at:
             raise RuntimeError("killed")
-        return self.gen.generate(*args, **kwargs)
+        self.prompts.extend(prompts)
+        return self.gen.generate(prompts, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def agent_parts(tiny_model_dir):
-    gen = HFGenerator.from_config(tiny_model_dir, ModelConfig(), GenerationConfig(batch_size=8))
+    # bfloat16, the default dtype: reused keys/values differ in their last bits from freshly
+    # computed ones, so anything carried over from an earlier shard shows in the samples.
+    gen = HFGenerator.from_config(
+        tiny_model_dir, ModelConfig(dtype="bfloat16"), GenerationConfig(batch_size=2)
+    )
     cfg = AgentConfig(
         max_steps=2, max_new_tokens=10, answer_max_new_tokens=5, max_context_tokens=512, top_k=2
     )
@@ -57,20 +76,55 @@ def sample(agent, shard_dir):
     )
 
 
-def test_resampling_after_a_crash_gives_the_same_trajectories(agent_parts, tmp_path):
-    gen, retriever, cfg = agent_parts
-    whole = sample(SearchAgent(gen, retriever, cfg), tmp_path / "whole")
+def new_process(gen):
+    """What a fresh `python -m stages.sample` starts with: nothing cached."""
+    gen.prefix_cache.clear()
+    return gen
 
-    crashing = Crashing(gen, fail_at=4)  # dies inside the second shard
+
+def file_state(path):
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, path.read_bytes()
+
+
+def asked(prompts):
+    """Ids of the questions whose trajectories the prompts continue."""
+    return {q.id for q in QUESTIONS if any(q.question in p for p in prompts)}
+
+
+def test_a_resumed_bf16_run_reuses_finished_shards_and_writes_the_same_bytes(agent_parts, tmp_path):
+    gen, retriever, cfg = agent_parts
+    whole = sample(SearchAgent(new_process(gen), retriever, cfg), tmp_path / "whole")
+    io.write_jsonl(tmp_path / "whole.jsonl", whole)
+
+    crashing = Crashing(new_process(gen), fail_at=4)  # dies inside the second shard
     with pytest.raises(RuntimeError, match="killed"):
         sample(SearchAgent(crashing, retriever, cfg), tmp_path / "resumed")
-    kept = sorted(p.name for p in (tmp_path / "resumed").iterdir())
-    assert kept == ["shard_00000.jsonl"]  # finished shards survive, no half-written one
+    kept = sorted((tmp_path / "resumed").iterdir())
+    assert [p.name for p in kept] == ["shard_00000.jsonl"]  # none half-written
+    before = [file_state(p) for p in kept]
 
-    counting = Crashing(gen, fail_at=-1)
-    resumed = sample(SearchAgent(counting, retriever, cfg), tmp_path / "resumed")
-    assert [r["messages"] for r in resumed] == [r["messages"] for r in whole]
+    resuming = Crashing(new_process(gen))
+    resumed = sample(SearchAgent(resuming, retriever, cfg), tmp_path / "resumed")
+    io.write_jsonl(tmp_path / "resumed.jsonl", resumed)
+
+    assert (tmp_path / "resumed.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
     assert len(resumed) == len(QUESTIONS) * 2
+    # Reused, not resampled: the kept shards are the same files, untouched, and the resumed run
+    # asked the model only about the questions of the missing shards.
+    assert [file_state(p) for p in kept] == before
+    assert asked(resuming.prompts) == {"q2", "q3", "q4", "q5"}
+
+
+def test_a_shard_sampled_after_others_equals_that_shard_sampled_alone(agent_parts, tmp_path):
+    gen, retriever, cfg = agent_parts
+    everything = sample(SearchAgent(new_process(gen), retriever, cfg), tmp_path / "all")
+    alone = SearchAgent(new_process(gen), retriever, cfg).run(
+        QUESTIONS[2:4],
+        samples=2,
+        sampling=Sampling(temperature=1.0, top_p=0.95, seed=shard_seed(3, 1)),
+    )
+    assert alone == everything[4:8]
 
 
 def test_each_shard_has_its_own_fixed_seed():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from failing_server import BrokenTrackingServer
 from toy_project import OUTER_VARS, mlflow_store, offline_env
 
 from exsearch.config import load_params
@@ -260,7 +262,7 @@ def test_tracking_switched_off_touches_no_store(project, monkeypatch):
 
 def test_iteration_step_reads_the_iteration_number():
     assert [_tracking.iteration_step(i) for i in ("base", "iter_0", "iter_12")] == [-1, 0, 12]
-    with pytest.raises(ValueError, match="iteration"):
+    with pytest.raises(ValueError, match="not a checkpoint name"):
         _tracking.iteration_step("final")
 
 
@@ -321,3 +323,174 @@ def test_runs_logged_to_an_mlflow_server_are_read_back_over_http(project, monkey
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+# ---- bounded cost: a broken or vanished server --------------------------------------------------
+
+
+def test_a_server_that_answers_health_but_fails_the_api_stops_a_required_stage_before_work(
+    project, monkeypatch
+):
+    params = write_params(project, required=True)
+    ran = []
+    with BrokenTrackingServer() as server:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        with pytest.raises(SystemExit, match="500") as err:
+            with stage_run(params, stage="prepare"):
+                ran.append(True)
+    assert not ran
+    assert "tracking.required: false" in str(err.value.code)
+    # One call, tried twice (MLFLOW_HTTP_REQUEST_MAX_RETRIES=1), then nothing more.
+    assert 1 <= len(server.api_requests) <= 2
+
+
+def test_a_server_that_fails_the_api_leaves_an_optional_stage_untracked_after_one_call(
+    project, monkeypatch, caplog
+):
+    params = write_params(project, required=False)
+    with BrokenTrackingServer() as server:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        with stage_run(params, stage="evaluate", iteration="iter_1") as run:
+            (project / "out.txt").write_text("done")
+            run.log_metrics({"em": 0.5})
+            run.log_artifact(project / "out.txt")
+            log_iteration_metrics(params, "iter_1", {"em": 0.5})
+        assert record_lock_hashes("some-parent") == 0
+        assert start_campaign_run(params) is None  # a new campaign probes again, and gives up
+    assert not run.enabled and (project / "out.txt").read_text() == "done"
+    assert 2 <= len(server.api_requests) <= 4  # two failed calls in all, one per campaign
+    assert caplog.text.count("Continuing without tracking") == 2
+
+
+def mlflow_server(project):
+    port = free_port()
+    db = mlflow_store(project / "server.db")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            db,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=project,
+        env=offline_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2).close()
+            return server, uri
+        except OSError:
+            assert server.poll() is None, "mlflow server exited"
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+
+
+def stop(server):
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait(timeout=30)
+
+
+class CountingRequests:
+    """Counts the HTTP requests MLflow's client sends (each retry included)."""
+
+    def __init__(self, monkeypatch):
+        import requests
+
+        self.n = 0
+        send = requests.adapters.HTTPAdapter.send
+
+        def counted(adapter, *args, **kwargs):
+            self.n += 1
+            return send(adapter, *args, **kwargs)
+
+        monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", counted)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("required", [False, True])
+def test_a_server_that_dies_mid_stage_costs_one_failed_call_then_none(
+    project, monkeypatch, caplog, required
+):
+    params = write_params(project, required=required)
+    server, uri = mlflow_server(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    sent = CountingRequests(monkeypatch)
+    counts = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            if required:
+                stack.enter_context(pytest.raises(SystemExit, match="failed during the stage"))
+            with stage_run(params, stage="evaluate", iteration="iter_1") as run:
+                run.log_metrics({"before": 1.0})
+                assert run.errors == 0
+                stop(server)  # the server dies mid-stage
+                counts["before the failure"] = sent.n
+                run.log_metrics({"em": 0.5})  # fails: given up on (and, if required, the end)
+                counts["after the failure"] = sent.n
+                (project / "out.txt").write_text("done")
+                run.log_artifact(project / "out.txt")
+                run.log_dict({"a": 1}, "a.json")
+                log_iteration_metrics(params, "iter_1", {"em": 0.5})
+                counts["end of the stage"] = sent.n
+    finally:
+        stop(server)
+    assert not run.enabled
+    assert caplog.text.count("No further MLflow calls") == 1
+    # The failed call: two attempts (MLFLOW_HTTP_REQUEST_MAX_RETRIES=1); then at most closing
+    # MLflow's active run (two more).
+    assert sent.n - counts["before the failure"] <= 4
+    if required:
+        assert "after the failure" not in counts  # the stage stopped at the failed call
+    else:
+        assert counts["end of the stage"] == counts["after the failure"]  # nothing more was sent
+        assert (project / "out.txt").read_text() == "done"
+
+
+# ---- what the MLflow UI opens --------------------------------------------------------------------
+
+
+def test_a_new_experiment_opens_in_the_model_training_view(project):
+    with stage_run(write_params(project), stage="prepare"):
+        pass
+    tags = client().get_experiment_by_name("unit").tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_an_existing_experiment_without_a_kind_gets_it(project):
+    client().create_experiment("unit")
+    assert "mlflow.experimentKind" not in client().get_experiment_by_name("unit").tags
+    with stage_run(write_params(project), stage="prepare"):
+        pass
+    tags = client().get_experiment_by_name("unit").tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_kind_someone_chose_is_left_alone(project):
+    client().create_experiment("unit", tags={"mlflow.experimentKind": "genai_development"})
+    with stage_run(write_params(project), stage="prepare"):
+        pass
+    tags = client().get_experiment_by_name("unit").tags
+    assert tags["mlflow.experimentKind"] == "genai_development"
+
+
+def test_the_kind_is_one_the_installed_mlflow_ui_knows():
+    from importlib.resources import files
+
+    js = files("mlflow") / "server" / "js" / "build" / "static" / "js"
+    sources = "".join(p.read_text(errors="ignore") for p in js.iterdir() if p.name.endswith(".js"))
+    assert f'CUSTOM_MODEL_DEVELOPMENT="{_tracking.EXPERIMENT_KIND}"' in sources
+    assert f'"{_tracking.EXPERIMENT_KIND_TAG}"' in sources
