@@ -1,3 +1,4 @@
+import copy
 from pathlib import Path
 
 import pytest
@@ -78,10 +79,17 @@ def test_the_em_chain_must_link_to_earlier_iterations(raw):
         parse_params(raw)
 
 
-def test_every_iteration_must_be_evaluated(raw):
-    raw["em"]["evaluate"].remove("iter_2")
-    with pytest.raises(ConfigError, match="iter_2"):
-        parse_params(raw)
+def test_the_warm_up_and_the_last_iteration_must_be_evaluated(raw):
+    for end in ("iter_0", "iter_2"):
+        bad = copy.deepcopy(raw)
+        bad["em"]["evaluate"].remove(end)
+        with pytest.raises(ConfigError, match=end):
+            parse_params(bad)
+
+
+def test_iterations_between_the_ends_may_go_unevaluated(raw):
+    raw["em"]["evaluate"].remove("iter_1")
+    assert parse_params(raw).em.evaluate == ["base", "iter_0", "iter_2"]
 
 
 def add_iteration(raw, name, prev="iter_2"):
