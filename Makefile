@@ -20,7 +20,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test test-llama lint bench lock clean-runs
+.PHONY: setup run test test-llama lint bench lock
 setup: $(STAMP) $(DEFAULT_MODEL)
 
 $(STAMP): pyproject.toml $(LOCK)

@@ -1,6 +1,6 @@
 """Agent loop throughput against plain batched generation and a one-at-a-time loop.
 
-    python bench/agent.py [--model runs/iter_0/model] [--batch 16] [--serial 4]
+    python bench/agent.py [--model models/iter_0] [--batch 16] [--serial 4]
 
 Generated tokens per second of the agent (batch B, greedy, the hf backend: prefix cache, rows
 leave the batch when done), with the agent settings of params.yaml, against:
@@ -16,7 +16,7 @@ leave the batch when done), with the agent settings of params.yaml, against:
     with its prefix cache, and (b') without it;
 and the agent with the prefix cache off (`generation.prefix_cache_tokens: 0`). Also prints the
 peak RSS. Needs the prepared data and index (`dvc repro index`) and a model directory (default:
-the warmed-up runs/iter_0/model if present, else runs/base/model).
+the warmed-up models/iter_0 if present, else models/base).
 """
 
 from __future__ import annotations
@@ -97,11 +97,11 @@ def main() -> None:
     args = p.parse_args()
     params = load_params(args.params)
     model_dir = args.model or next(
-        (d for d in ("runs/iter_0/model", "runs/base/model") if Path(d, "config.json").is_file()),
+        (d for d in ("models/iter_0", "models/base") if Path(d, "config.json").is_file()),
         None,
     )
-    if model_dir is None or not Path("runs/index").is_dir():
-        sys.exit("needs runs/index and a model: run `dvc repro warmup` (or init_model) first")
+    if model_dir is None or not Path("data/index").is_dir():
+        sys.exit("needs data/index and a model: run `dvc repro warmup` (or init_model) first")
 
     questions = [Question.from_dict(d) for d in io.read_jsonl("data/prepared/dev.jsonl")][
         : args.batch
@@ -112,7 +112,7 @@ def main() -> None:
     uncached = HFGenerator(gen.model, gen.tokenizer, args.batch, prefix_cache_tokens=0)
     cfg = params.agent
     recorder = Recorder(gen)
-    agent = SearchAgent(recorder, load_retriever("runs/index"), cfg)
+    agent = SearchAgent(recorder, load_retriever("data/index"), cfg)
     agent_uncached = SearchAgent(uncached, agent.retriever, cfg)
     agent.run(questions[:2], progress=False)  # warm-up
     recorder.calls.clear()

@@ -1,6 +1,6 @@
 """Generation and training throughput of one model on CPU and, where there is one, a CUDA GPU.
 
-    python bench/throughput.py --model runs/base/model [--gpu-batch 64] [--cpu-batch 4]
+    python bench/throughput.py --model models/base [--gpu-batch 64] [--cpu-batch 4]
 
 Generation: greedy `HFGenerator.generate` over chat prompts built from the bundled dev
 questions, counting generated tokens. Training: LoRA forward + backward + AdamW steps on
@@ -105,7 +105,7 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model", default="runs/base/model", help="saved model directory")
+    p.add_argument("--model", default="models/base", help="saved model directory")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sequence")
     p.add_argument("--cpu-batch", type=int, default=4, help="sequences per batch on the CPU")
     p.add_argument("--gpu-batch", type=int, default=64, help="sequences per batch on the GPU")

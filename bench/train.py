@@ -1,6 +1,6 @@
 """The weighted M-step against a plain transformers Trainer, on the same warm-up examples.
 
-    python bench/train.py [--model runs/base/model] [--examples 24] [--repeats 1]
+    python bench/train.py [--model models/base] [--examples 24] [--repeats 1]
 
 Builds warm-up trajectories the way `stages.warmup` does (the `agent`, `warmup` and `train`
 settings of params.yaml; needs `dvc repro index init_model`), encodes them with the assistant
@@ -50,7 +50,7 @@ def build_examples(model_dir: str, n: int) -> list[dict]:
     questions = random.Random(params.seed).sample(
         [q for q in questions if q.extra.get("support")], n
     )
-    retriever = load_retriever(ROOT / "runs/index")
+    retriever = load_retriever(ROOT / "data/index")
     shape = WarmupShape(
         top_k=params.agent.top_k,
         passage_max_words=params.agent.passage_max_words,
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model", default=str(ROOT / "runs/base/model"), help="model to train")
+    p.add_argument("--model", default=str(ROOT / "models/base"), help="model to train")
     p.add_argument("--examples", type=int, default=24, help="warm-up examples (one epoch)")
     p.add_argument("--repeats", type=int, default=1, help="alternating runs of each contender")
     args = p.parse_args(argv)

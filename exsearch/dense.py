@@ -9,8 +9,8 @@ passages).
 
     cfg = IndexConfig(kind="dense", dense_model="models/all-MiniLM-L6-v2")
     retriever = DenseRetriever.build(passages, cfg)            # in memory
-    build_dense_index(passage_iter, cfg, "runs/index")         # streamed to disk (big corpora)
-    retriever = DenseRetriever.load("runs/index", mmap=True)
+    build_dense_index(passage_iter, cfg, "data/index")         # streamed to disk (big corpora)
+    retriever = DenseRetriever.load("data/index", mmap=True)
     hits = retriever.search(["who wrote hamlet", "capital of peru"], k=5)
 
 Search is exact (cosine similarity, since rows and queries are normalised): the embedding matrix

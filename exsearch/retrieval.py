@@ -6,8 +6,8 @@ one passage without loading the others), and `exsearch_index.json` (the IndexCon
 built with: queries must be stemmed and stop-worded exactly like the corpus).
 
     retriever = BM25Retriever.build(passages, IndexConfig())   # in memory
-    build_index(passage_iter, IndexConfig(), "runs/index")      # streamed to disk (big corpora)
-    retriever = BM25Retriever.load("runs/index", mmap=True)
+    build_index(passage_iter, IndexConfig(), "data/index")      # streamed to disk (big corpora)
+    retriever = BM25Retriever.load("data/index", mmap=True)
     hits = retriever.search(["who wrote hamlet", "capital of peru"], k=5)
 
 `load_retriever(directory)` opens any index exsearch builds, BM25 or dense (exsearch.dense, same

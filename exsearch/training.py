@@ -22,8 +22,8 @@ loss (`lean_weighted_loss`), and no token is spent on padding (batch_size 1 with
 CPU, or TRL's padding-free batches on a GPU). The trainer is TRL's SFTTrainer with this loss
 (`WeightedTrainer`); `bench/train.py` measures it against a plain transformers Trainer.
 
-    result = train_weighted("runs/iter_0/model", [{"messages": [...], "weight": 0.7}, ...],
-                            "runs/iter_1/model", params.train)
+    result = train_weighted("models/iter_0", [{"messages": [...], "weight": 0.7}, ...],
+                            "models/iter_1", params.train)
 """
 
 from __future__ import annotations

@@ -338,7 +338,10 @@ def _cmd_study(args: argparse.Namespace, root: Path) -> int:
         print("queued; run them with `dvc queue start -j 1`, follow with `dvc queue status`")
         return 0
     rows = [r for r in study.experiments(root) if not args.settings or r["name"] in args.settings]
-    print(study.study_table(rows) if rows else "no finished study experiment yet", end="")
+    if not rows:
+        print("no finished study experiment yet")
+        return 0
+    print(study.study_table(rows) + "\n" + study.evidence_table(rows), end="")
     return 0
 
 

@@ -69,7 +69,7 @@ def queue(names: Sequence[str] | None = None, root: str | Path = ".") -> None:
 
 
 def experiments(root: str | Path = ".") -> list[dict[str, Any]]:
-    """Name → reports/metrics.json and params of every finished study experiment."""
+    """Every finished study experiment of the repository at `root` (`parse_experiments`)."""
     out = subprocess.run(
         [sys.executable, "-m", "dvc", "exp", "show", "--json", "--all-commits"],
         cwd=root,
@@ -77,15 +77,31 @@ def experiments(root: str | Path = ".") -> list[dict[str, Any]]:
         capture_output=True,
         text=True,
     ).stdout
+    return parse_experiments(json.loads(out))
+
+
+def parse_experiments(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Study experiments in `dvc exp show --json`: name, reports/metrics.json, metrics files.
+
+    The files (by path) hold the evidence of each iteration: runs/iter_k/weight_stats.json (sampled
+    accuracy, weight entropy, effective sample size) and runs/<checkpoint>/metrics.json (finish
+    reasons). Experiments without a report (failed or queued) are left out.
+    """
     found = []
-    for commit in json.loads(out):
+    for commit in shown:
         for exp in commit.get("experiments") or []:
             for rev in exp.get("revs") or []:
                 name = rev.get("name") or ""
                 data = rev.get("data") or {}
-                metrics = (data.get("metrics") or {}).get("reports/metrics.json", {}).get("data")
+                files = {
+                    path: entry.get("data") or {}
+                    for path, entry in (data.get("metrics") or {}).items()
+                }
+                metrics = files.get("reports/metrics.json")
                 if name.startswith(PREFIX) and metrics:
-                    found.append({"name": name.removeprefix(PREFIX), "metrics": metrics})
+                    found.append(
+                        {"name": name.removeprefix(PREFIX), "metrics": metrics, "files": files}
+                    )
     return found
 
 
@@ -120,4 +136,40 @@ def study_table(rows: Sequence[Mapping[str, Any]]) -> str:
         lines.append(
             f"| {r['name']} | " + " | ".join(f1s) + f" | {gain} | {rag} | {m[last]['n']} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+EVIDENCE_COLUMNS = (
+    ("sampled EM", "sampled_em", 100.0),
+    ("q with a correct sample", "questions_with_a_correct_sample", 100.0),
+    ("weight entropy", "entropy_mean", 1.0),
+    ("ESS", "ess_mean", 1.0),
+)
+
+
+def evidence_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One row per setting and EM iteration: what the E-step saw and how the agent then ended.
+
+    Sampled EM and the share of questions with at least one correct sample (%), the mean
+    per-question weight entropy and effective sample size (out of K), and the finish reasons of
+    that iteration's checkpoint on the dev sets (when it was evaluated).
+    """
+    head = ["setting", "iteration", *[c[0] for c in EVIDENCE_COLUMNS], "dev finish reasons"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        files = r.get("files") or {}
+        iterations = sorted(
+            (p.split("/")[1] for p in files if p.endswith("/weight_stats.json")),
+            key=lambda c: int(c.rpartition("_")[2]),
+        )
+        for it in iterations:
+            stats = files[f"runs/{it}/weight_stats.json"]
+            cells = [
+                f"{stats[key] * scale:.1f}" if isinstance(stats.get(key), int | float) else "–"
+                for _, key, scale in EVIDENCE_COLUMNS
+            ]
+            reasons = (files.get(f"runs/{it}/metrics.json") or {}).get("overall", {})
+            finish = reasons.get("finish_reasons") or {}
+            shown = ", ".join(f"{k} {v}" for k, v in sorted(finish.items(), key=lambda kv: -kv[1]))
+            lines.append(f"| {r['name']} | {it} | " + " | ".join(cells) + f" | {shown or '–'} |")
     return "\n".join(lines) + "\n"

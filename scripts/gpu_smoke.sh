@@ -16,8 +16,8 @@ export EXSEARCH_TRACKING=off HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUF
 
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "no CUDA GPU here: running the CPU throughput slice only"
-  [ -d runs/base/model ] || "$PY" -m stages.init_model --out runs/base/model
-  PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" bench/throughput.py --model runs/base/model
+  [ -d models/base ] || "$PY" -m stages.init_model --out models/base
+  PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" bench/throughput.py --model models/base
 fi
 
 WORK=$(mktemp -d)
@@ -41,7 +41,7 @@ PYEOF
 step() { local name=$1; shift; local t0=$SECONDS; "$PY" -m "$@"; echo "stage $name: $((SECONDS - t0)) s"; }
 step prepare stages.prepare
 step index stages.index
-step init_model stages.init_model --out runs/base/model
+step init_model stages.init_model --out models/base
 step evaluate@base stages.evaluate --iteration base
 step warmup stages.warmup
 step evaluate@iter_0 stages.evaluate --iteration iter_0
@@ -55,4 +55,4 @@ done
 "$PY" -c "import json; s=json.load(open('runs/iter_1/sample_stats.json')); print('sampling', s)"
 "$PY" -c "import json; s=json.load(open('runs/iter_1/train_stats.json')); s.pop('loss_history'); print('training', s)"
 cd "$ROOT"
-PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" bench/throughput.py --model "$WORK/runs/base/model"
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" bench/throughput.py --model "$WORK/models/base"

@@ -1,4 +1,4 @@
-"""Glue shared by the stage CLIs: argument parsing, params loading, logging, opening the index."""
+"""Glue shared by the stage CLIs: arguments, params, logging, the index, checkpoint folders."""
 
 from __future__ import annotations
 
@@ -13,6 +13,16 @@ from exsearch.config import ConfigError, Params, load_params
 if TYPE_CHECKING:
     from exsearch.dense import DenseRetriever
     from exsearch.retrieval import BM25Retriever
+
+# Checkpoints (base, iter_0, iter_k) live outside runs/, which holds only the records the report
+# reads (trajectories, weights, stats, predictions, metrics): so the report does not depend on
+# models, and runs/ stays small enough to diff and copy.
+MODELS = Path("models")
+
+
+def checkpoint_dir(name: str) -> Path:
+    """The model folder of checkpoint `name` (models/base, models/iter_0, models/iter_k)."""
+    return MODELS / name
 
 
 def parser(description: str) -> argparse.ArgumentParser:

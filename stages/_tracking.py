@@ -6,7 +6,7 @@ Every stage wraps its work in `stage_run` and logs through the handle it yields:
     with stage_run(params, stage="train", iteration="iter_2") as run:
         ...  # compute, then write the outputs atomically
         run.log_metrics({"loss": 0.12})
-        run.log_model_dir("runs/iter_2/model")
+        run.log_model_dir("models/iter_2")
 
 Where runs go: `MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` in the working directory (the
 project root under DVC), experiment `params.tracking.experiment`. `EXSEARCH_TRACKING=off` turns

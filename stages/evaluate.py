@@ -2,7 +2,7 @@
 
     python -m stages.evaluate --iteration iter_0
 
-Reads runs/<iteration>/model, runs/index and data/prepared/dev.jsonl; writes
+Reads models/<iteration>, data/index and data/prepared/dev.jsonl; writes
 runs/<iteration>/predictions.jsonl (one record per question and method), metrics.json (EM, F1,
 Acc, retrieval recall/precision, supporting-passage recall, searches per question, finish
 reasons, tokens, seconds; per dataset and overall; and the first method's F1/EM difference to
@@ -76,15 +76,15 @@ def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     p = _common.parser(__doc__)
     p.add_argument("--iteration", default="iter_0", help="iteration to evaluate (default iter_0)")
-    p.add_argument("--model", help="model directory (default runs/<iteration>/model)")
-    p.add_argument("--index", default="runs/index", help="index directory (BM25 or dense)")
+    p.add_argument("--model", help="model directory (default models/<iteration>)")
+    p.add_argument("--index", default="data/index", help="index directory (BM25 or dense)")
     p.add_argument("--questions", default="data/prepared/dev.jsonl", help="dev questions")
     p.add_argument("--out", help="output directory (default runs/<iteration>)")
     args = p.parse_args(argv)
     params = _common.setup(args)
     with stage_run(params, "evaluate", args.iteration, ["evaluate", "agent", "generation"]) as run:
         out = Path(args.out or f"runs/{args.iteration}")
-        model_dir = args.model or f"runs/{args.iteration}/model"
+        model_dir = args.model or str(_common.checkpoint_dir(args.iteration))
 
         try:
             questions = select_questions(

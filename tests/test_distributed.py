@@ -127,7 +127,7 @@ def _chat(i: int) -> list[dict]:
 
 def _project(root: Path, model_dir: Path, train: dict) -> Path:
     """A stage-ready folder: iter_0's model, iter_1's trajectories and weights, params.yaml."""
-    shutil.copytree(model_dir, root / "runs/iter_0/model")
+    shutil.copytree(model_dir, root / "models/iter_0")
     work = root / "runs/iter_1"
     work.mkdir(parents=True)
     n = 8
@@ -189,14 +189,14 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
     # Only rank 0 wrote: one model folder, no stray temporary folders next to it.
+    assert {p.name for p in (tmp_path / "two/models").iterdir()} == {"iter_0", "iter_1"}
     assert {p.name for p in (tmp_path / "two/runs/iter_1").iterdir()} == {
-        "model",
         "trajectories.jsonl",
         "train_stats.json",
         "weights.parquet",
     }
-    w1 = load_file(tmp_path / "one/runs/iter_1/model/model.safetensors")
-    w2 = load_file(tmp_path / "two/runs/iter_1/model/model.safetensors")
+    w1 = load_file(tmp_path / "one/models/iter_1/model.safetensors")
+    w2 = load_file(tmp_path / "two/models/iter_1/model.safetensors")
     base = load_file(tiny_model_dir / "model.safetensors")
     assert w1.keys() == w2.keys()
     for name in w1:
@@ -208,7 +208,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
 @pytest.mark.slow
 def test_warmup_stage_trains_under_the_launcher_and_rank_0_writes_once(tmp_path, tiny_model_dir):
     root = tmp_path / "proj"
-    shutil.copytree(tiny_model_dir, root / "runs/base/model")
+    shutil.copytree(tiny_model_dir, root / "models/base")
     teacher = [{"qid": f"q{i}", "messages": _chat(i)} for i in range(4)]
     (root / "teacher.jsonl").write_text("".join(json.dumps(t) + "\n" for t in teacher))
     params = {
@@ -244,5 +244,5 @@ def test_warmup_stage_trains_under_the_launcher_and_rank_0_writes_once(tmp_path,
     assert stats["enabled"] and stats["examples"] == 4 and stats["steps"] == 2  # 4 / (1 × 2)
     lines = (root / "runs/warmup/trajectories.jsonl").read_text().splitlines()
     assert [json.loads(line)["qid"] for line in lines] == ["q0", "q1", "q2", "q3"]
-    assert (root / "runs/iter_0/model/model.safetensors").is_file()
-    assert sorted(p.name for p in (root / "runs").iterdir()) == ["base", "iter_0", "warmup"]
+    assert (root / "models/iter_0/model.safetensors").is_file()
+    assert sorted(p.name for p in (root / "runs").iterdir()) == ["warmup"]  # models/ holds models

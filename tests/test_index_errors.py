@@ -113,8 +113,8 @@ def project(tmp_path, monkeypatch):
     question = {"id": "q1", "question": "Which river?", "answers": ["Nile"], "dataset": "toy"}
     (tmp_path / "questions.jsonl").write_text(json.dumps(question) + "\n")
     for it in ("base", "iter_0"):
-        (tmp_path / "runs" / it / "model").mkdir(parents=True)
-        (tmp_path / "runs" / it / "model" / "config.json").write_text("{}")
+        (tmp_path / "models" / it).mkdir(parents=True)
+        (tmp_path / "models" / it / "config.json").write_text("{}")
     return tmp_path
 
 

@@ -254,8 +254,8 @@ def test_weigh_stage_scores_through_the_server_like_in_process(
     from stages import weigh
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "runs" / "iter_0").mkdir(parents=True)
-    (tmp_path / "runs" / "iter_0" / "model").symlink_to(tiny_model_dir)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "iter_0").symlink_to(tiny_model_dir)
     trajs = [{**chat("John Smith", n), "sample": n, "prediction": "Paris"} for n in (1, 2)]
     io.write_jsonl(tmp_path / "runs" / "iter_1" / "trajectories.jsonl", trajs)
     scores = {}

@@ -68,7 +68,7 @@ def test_the_dvc_chain_names_each_iterations_predecessor():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name in ("sample", "weigh", "train"):
         assert stages[name]["foreach"] == "${em.iters}"
-        assert "runs/${item.prev}/model" in stages[name]["do"]["deps"]
+        assert "models/${item.prev}" in stages[name]["do"]["deps"]
     assert stages["evaluate"]["foreach"] == "${em.evaluate}"
     params = load_params(ROOT / "params.yaml")
     assert params.em.iters["iter_1"].prev == "iter_0"
@@ -78,7 +78,7 @@ def test_the_dvc_chain_names_each_iterations_predecessor():
 def test_dvc_repro_runs_warmup_and_two_iterations(tiny_campaign):
     project, run = tiny_campaign
     for ckpt in ("base", "iter_0", "iter_1", "iter_2"):
-        assert (project / "runs" / ckpt / "model" / "config.json").is_file()
+        assert (project / "models" / ckpt / "config.json").is_file()
         metrics = json.loads((project / "runs" / ckpt / "metrics.json").read_text())
         assert metrics["overall"]["n"] == 4 and set(metrics["methods"]) == {
             "agent",
@@ -108,6 +108,22 @@ def test_a_second_dvc_repro_does_nothing(tiny_campaign):
     assert "Running stage" not in again.stdout
     status = dvc(project, "status")
     assert "up to date" in status.stdout
+
+
+@pytest.mark.slow
+def test_changing_the_prompts_makes_the_stages_that_use_them_stale(tiny_campaign):
+    project, _ = tiny_campaign
+    prompts = project / "exsearch" / "prompts.py"
+    original = prompts.read_text()
+    try:
+        prompts.write_text(original + "\n# changed\n")
+        stale = set(json.loads(dvc(project, "status", "--json").stdout))
+    finally:
+        prompts.write_text(original)
+    # weigh locates the scored answer span with the prompts' answer tag; train writes it
+    assert {"weigh@iter_1", "train@iter_1", "sample@iter_1", "evaluate@iter_0"} <= stale
+    assert "prepare" not in stale and "index" not in stale
+    assert "up to date" in dvc(project, "status").stdout
 
 
 @pytest.mark.slow

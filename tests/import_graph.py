@@ -1,0 +1,76 @@
+"""The project's own import graph, read from the source with `ast` (nothing is imported).
+
+Used by the tests that hold `dvc.yaml` to the code: a stage must depend on every project
+module it runs, or changing that module would leave its results stale.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGES = ("exsearch", "stages", "flows")
+
+
+def _module_file(root: Path, dotted: str, script_dir: Path | None = None) -> Path | None:
+    """The file a dotted project module name lives in, or None if it is not one of ours.
+
+    A script (a file outside the packages) also imports its neighbours by their bare names.
+    """
+    if script_dir is not None and (script_dir / f"{dotted}.py").is_file():
+        return script_dir / f"{dotted}.py"
+    if dotted.split(".")[0] not in PACKAGES:
+        return None
+    base = root.joinpath(*dotted.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _package_inits(root: Path, dotted: str) -> list[Path]:
+    """The `__init__.py` of every package on the way to `dotted` (importing runs them)."""
+    parts = dotted.split(".")
+    inits = [root.joinpath(*parts[:i], "__init__.py") for i in range(1, len(parts))]
+    return [p for p in inits if p.is_file()]
+
+
+def direct_imports(root: Path, path: Path) -> set[Path]:
+    """The project files that `path` imports, at module level or inside functions."""
+    package = list(path.relative_to(root).parts[:-1])
+    script_dir = None if (path.parent / "__init__.py").is_file() else path.parent
+    found: set[Path] = set()
+
+    def add(dotted: str) -> None:
+        if (f := _module_file(root, dotted, script_dir)) is not None:
+            found.add(f)
+            found.update(_package_inits(root, dotted))
+
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1])
+                dotted = f"{base}.{node.module}" if node.module else base
+            else:
+                dotted = node.module or ""
+            add(dotted)
+            for alias in node.names:  # `from pkg import module` imports the module
+                add(f"{dotted}.{alias.name}")
+    found.discard(path)
+    return found
+
+
+def transitive_imports(root: Path, entry: Path) -> set[Path]:
+    """`entry` and every project file it imports, directly or through others."""
+    seen: set[Path] = set()
+    todo = [entry]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        todo.extend(direct_imports(root, path) - seen)
+    return seen

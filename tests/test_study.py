@@ -1,0 +1,70 @@
+"""The study's tables read what `dvc exp show --json` reports of each finished experiment."""
+
+from __future__ import annotations
+
+from flows.study import evidence_table, parse_experiments, queue_commands, study_table
+
+
+def interval(diff, lo, hi):
+    return {"diff": diff, "lo": lo, "hi": hi}
+
+
+def shown():
+    """`dvc exp show --json` of one commit with a finished and a failed study experiment."""
+    report = {
+        "iter_0": {"n": 520, "f1": 24.0, "em": 18.0, "agent_vs_rag": {"f1": interval(2, -1, 5)}},
+        "iter_2": {
+            "n": 520,
+            "f1": 28.5,
+            "em": 21.0,
+            "vs_iter_0": {"f1": interval(4.5, 1.2, 7.8)},
+            "agent_vs_rag": {"f1": interval(3.0, 0.4, 5.6)},
+        },
+    }
+    weights = {
+        "sampled_em": 0.125,
+        "questions_with_a_correct_sample": 0.25,
+        "ess_mean": 3.5,
+        "entropy_mean": 1.3,
+    }
+    finished = {
+        "name": "study-filter",
+        "data": {
+            "metrics": {
+                "reports/metrics.json": {"data": report},
+                "runs/iter_1/weight_stats.json": {"data": weights},
+                "runs/iter_2/weight_stats.json": {"data": {**weights, "sampled_em": 0.2}},
+                "runs/iter_2/metrics.json": {
+                    "data": {"overall": {"finish_reasons": {"final": 400, "length": 120}}}
+                },
+            }
+        },
+    }
+    failed = {"name": "study-exp", "data": {"metrics": {}}}
+    return [
+        {"rev": "workspace", "experiments": None},
+        {"rev": "abc", "experiments": [{"revs": [finished]}, {"revs": [failed]}]},
+    ]
+
+
+def test_only_finished_study_experiments_are_read():
+    rows = parse_experiments(shown())
+    assert [r["name"] for r in rows] == ["filter"]
+    assert "runs/iter_2/weight_stats.json" in rows[0]["files"]
+
+
+def test_the_table_gives_f1_per_checkpoint_and_the_last_gains_with_intervals():
+    table = study_table(parse_experiments(shown()))
+    assert "| filter | 24.0 | 28.5 | +4.5 [+1.2, +7.8] | +3.0 [+0.4, +5.6] | 520 |" in table
+
+
+def test_the_evidence_shows_each_iterations_e_step_and_finish_reasons():
+    table = evidence_table(parse_experiments(shown()))
+    assert "| filter | iter_1 | 12.5 | 25.0 | 1.3 | 3.5 | – |" in table
+    assert "| filter | iter_2 | 20.0 | 25.0 | 1.3 | 3.5 | final 400, length 120 |" in table
+
+
+def test_every_setting_is_queued_with_the_study_overrides_and_its_own():
+    (cmd,) = queue_commands(["filter"])
+    assert cmd[:5] == ["dvc", "exp", "run", "--queue", "--name"] and cmd[5] == "study-filter"
+    assert "weigh.scheme=filter" in cmd and "evaluate.datasets=[hotpotqa,2wiki,musique]" in cmd
