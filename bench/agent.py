@@ -32,7 +32,7 @@ import torch
 from exsearch import io, prompts
 from exsearch.agent import Sampling, SearchAgent
 from exsearch.config import GenerationConfig, load_params
-from exsearch.hf_backend import HFGenerator
+from exsearch.generation.hf import HFGenerator
 from exsearch.retrieval import load_retriever
 from exsearch.schema import Question
 

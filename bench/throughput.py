@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from exsearch import prompts
-from exsearch.hf_backend import HFGenerator
+from exsearch.generation.hf import HFGenerator
 from exsearch.modeling import load_model
 
 DEV = Path("data/raw/hotpotqa/dev_subsampled.odd250.jsonl")

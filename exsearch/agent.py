@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -305,8 +304,3 @@ class SearchAgent:
 
 def _same_query(a: str, b: str) -> bool:
     return normalize_answer(a) == normalize_answer(b)
-
-
-def finish_reason_counts(records: Sequence[dict]) -> dict[str, int]:
-    """How many trajectories ended for each reason."""
-    return dict(Counter(r["finish_reason"] for r in records))

@@ -89,8 +89,9 @@ class IndexConfig(Section):
 
     kind: Literal["bm25", "dense"] = Field(
         default="bm25",
-        description="'bm25' (bm25s, exsearch.retrieval) or 'dense' (sentence-transformers "
-        "embeddings, exact inner-product search; exsearch.dense, needs the `dense` extra).",
+        description="'bm25' (bm25s, exsearch.retrieval.bm25) or 'dense' (sentence-transformers "
+        "embeddings, exact inner-product search; exsearch.retrieval.dense, needs the `dense` "
+        "extra).",
     )
     method: Literal["lucene", "robertson", "atire", "bm25l", "bm25+"] = "lucene"
     k1: float = Field(default=1.5, gt=0)

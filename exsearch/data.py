@@ -235,13 +235,6 @@ class CorpusBuilder:
         return added, dropped
 
 
-def build_corpus(*sources: Iterable[Passage | Context]) -> tuple[list[Passage], int]:
-    """De-duplicate the passages of all sources; return them and how many were dropped."""
-    builder = CorpusBuilder()
-    dropped = sum(builder.add_all(source)[1] for source in sources)
-    return builder.passages, dropped
-
-
 def join_sentences(sentences: Iterable[str]) -> str:
     """Rebuild a paragraph; HotpotQA sentences carry their leading space, 2Wiki's do not."""
     text = ""

@@ -21,7 +21,9 @@ assistant turn, and the final answer has a turn of its own. Generation stops at 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
@@ -173,3 +175,52 @@ def parse_steps(messages: list[dict]) -> tuple[list[Step], str | None]:
             if turn.answer is not None:
                 answer = turn.answer
     return steps, answer
+
+
+# --- the gold answer: what the E-step scores and the M-step trains -----------------------
+
+
+def with_gold_answer(messages: Sequence[dict[str, str]], gold: str) -> list[dict[str, str]]:
+    """Return a copy of the chat whose final assistant turn answers `gold` (whitespace-stripped)."""
+    if not messages or messages[-1].get("role") != "assistant":
+        last = messages[-1].get("role") if messages else "nothing"
+        raise ValueError(f"the chat must end with the assistant's answer turn, it ends with {last}")
+    return [dict(m) for m in messages[:-1]] + [
+        {"role": "assistant", "content": answer_turn(gold.strip())}
+    ]
+
+
+def trajectory_id(traj: dict[str, Any]) -> str:
+    """How errors name a trajectory: its question id and sample number."""
+    return f"qid={traj.get('qid')!r} sample={traj.get('sample')!r}"
+
+
+def gold_answer_tokens(tokenizer: Any, trajectory: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """Token ids of the chat with the gold answer, and the positions of the gold answer's tokens.
+
+    The whole chat is rendered and tokenised once, as training will see it, and the ids are cut
+    after the last answer token. Answer tokens are those whose characters overlap the gold string
+    inside the final `<answer>…</answer>`. An empty gold answer gives no positions.
+    """
+    try:
+        gold = trajectory["answers"][0].strip()
+        messages = with_gold_answer(trajectory["messages"], gold)
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise ValueError(f"trajectory {trajectory_id(trajectory)}: {e}") from e
+    prefix = tokenizer.apply_chat_template(
+        messages[:-1], tokenize=False, add_generation_prompt=True
+    )
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    start = full.find(ANSWER_OPEN + gold, len(prefix)) if full.startswith(prefix) else -1
+    if start < 0:
+        raise ValueError(
+            f"trajectory {trajectory_id(trajectory)}: the chat template does not render the "
+            "answer turn after the generation prompt; cannot locate the gold answer"
+        )
+    a = start + len(ANSWER_OPEN)
+    b = a + len(gold)
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    positions = [j for j, (s, e) in enumerate(enc["offset_mapping"]) if s < b and e > a]
+    if not positions:
+        return enc["input_ids"], []
+    return enc["input_ids"][: positions[-1] + 1], positions

@@ -35,57 +35,12 @@ import torch
 from tqdm.auto import tqdm
 
 from exsearch.metrics import exact_match, f1_score
-from exsearch.prompts import ANSWER_OPEN, answer_turn
+from exsearch.prompts import gold_answer_tokens, trajectory_id
 
 log = logging.getLogger(__name__)
 
 Scheme = Literal["softmax", "exp", "uniform", "f1", "filter"]
 SCHEMES: tuple[str, ...] = ("softmax", "exp", "uniform", "f1", "filter")
-
-
-def with_gold_answer(messages: Sequence[dict[str, str]], gold: str) -> list[dict[str, str]]:
-    """Return a copy of the chat whose final assistant turn answers `gold` (whitespace-stripped)."""
-    if not messages or messages[-1].get("role") != "assistant":
-        last = messages[-1].get("role") if messages else "nothing"
-        raise ValueError(f"the chat must end with the assistant's answer turn, it ends with {last}")
-    return [dict(m) for m in messages[:-1]] + [
-        {"role": "assistant", "content": answer_turn(gold.strip())}
-    ]
-
-
-def _trajectory_id(traj: dict[str, Any]) -> str:
-    return f"qid={traj.get('qid')!r} sample={traj.get('sample')!r}"
-
-
-def gold_answer_tokens(tokenizer: Any, trajectory: dict[str, Any]) -> tuple[list[int], list[int]]:
-    """Token ids of the chat with the gold answer, and the positions of the gold answer's tokens.
-
-    The whole chat is rendered and tokenised once, as training will see it, and the ids are cut
-    after the last answer token. Answer tokens are those whose characters overlap the gold string
-    inside the final `<answer>…</answer>`. An empty gold answer gives no positions.
-    """
-    try:
-        gold = trajectory["answers"][0].strip()
-        messages = with_gold_answer(trajectory["messages"], gold)
-    except (KeyError, IndexError, TypeError, ValueError) as e:
-        raise ValueError(f"trajectory {_trajectory_id(trajectory)}: {e}") from e
-    prefix = tokenizer.apply_chat_template(
-        messages[:-1], tokenize=False, add_generation_prompt=True
-    )
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
-    start = full.find(ANSWER_OPEN + gold, len(prefix)) if full.startswith(prefix) else -1
-    if start < 0:
-        raise ValueError(
-            f"trajectory {_trajectory_id(trajectory)}: the chat template does not render the "
-            "answer turn after the generation prompt; cannot locate the gold answer"
-        )
-    a = start + len(ANSWER_OPEN)
-    b = a + len(gold)
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    positions = [j for j, (s, e) in enumerate(enc["offset_mapping"]) if s < b and e > a]
-    if not positions:
-        return enc["input_ids"], []
-    return enc["input_ids"][: positions[-1] + 1], positions
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
@@ -112,9 +67,7 @@ def gold_answer_scores(
     encoded = [gold_answer_tokens(tokenizer, t) for t in trajectories]
     for traj, (_, pos) in zip(trajectories, encoded, strict=True):
         if not pos:
-            log.warning(
-                "trajectory %s has an empty gold answer; score is NaN", _trajectory_id(traj)
-            )
+            log.warning("trajectory %s has an empty gold answer; score is NaN", trajectory_id(traj))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     sliced = _accepts_logits_to_keep(model)
@@ -159,7 +112,7 @@ def score_table(trajectories: Sequence[dict[str, Any]], scores: Sequence[float])
         pred = traj.get("prediction") or ""
         golds = list(traj.get("answers") or [])
         if not golds:
-            raise ValueError(f"trajectory {_trajectory_id(traj)}: no gold answers")
+            raise ValueError(f"trajectory {trajectory_id(traj)}: no gold answers")
         rows.append(
             {
                 "qid": traj["qid"],

@@ -8,7 +8,7 @@ DVC stays the cache and the source of truth: each task is `dvc repro --single-it
 subprocess (tasks use NO_CACHE; DVC skips what is up to date, so a rerun resumes after the last
 stage that succeeded). Stages run one at a time: DVC takes a repo lock, and the only retried
 failure is that lock being busy. The flow opens the MLflow parent run and hands its id to the
-stages through `EXSEARCH_PARENT_RUN_ID` (see stages/_tracking.py).
+stages through `EXSEARCH_PARENT_RUN_ID` (see stages/tracking.py).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from exsearch.config import load_params, parse_params
+from exsearch.config import checkpoint_step, load_params, parse_params
 from exsearch.io import read_json, write_text
 from flows.dag import iteration_number, project_root, read_stages, select, stale
-from stages import _tracking
+from stages import tracking
 
 LOCK_BUSY = "Unable to acquire lock"
 
@@ -143,7 +143,7 @@ def extend_iterations(params_file: str | os.PathLike = "params.yaml") -> str:
     data = yaml.load(path.read_text(encoding="utf-8"))
     em = data.setdefault("em", {})
     iters = em.get("iters") or {}
-    last = max(iters, key=lambda k: int(k.rpartition("_")[2]), default="iter_0")
+    last = max(iters, key=checkpoint_step, default="iter_0")
     new = f"iter_{int(last.rpartition('_')[2]) + 1}"
     iters[new] = {"prev": last}
     em["iters"] = iters
@@ -231,10 +231,10 @@ def em_campaign(
         tags = {"prefect_flow_run_id": str(flow_run.id or ""), "overrides": json.dumps(overrides)}
         if exp_name:
             tags["dvc_exp"] = exp_name
-        parent = _tracking.start_campaign_run(params, f"campaign {flow_run.name}", tags)
-        env = {"MLFLOW_TRACKING_URI": _tracking.tracking_uri()}
+        parent = tracking.start_campaign_run(params, f"campaign {flow_run.name}", tags)
+        env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri()}
         if parent:
-            env[_tracking.PARENT_ENV] = parent
+            env[tracking.PARENT_ENV] = parent
         force = ["--force"] if rerun else []
         outcome: dict[str, str] = {}
         status = "FAILED"
@@ -246,12 +246,12 @@ def em_campaign(
                 exp = dvc(["exp", "run", *sets, *name, *force, *targets], str(root), env, "exp run")
                 outcome["exp run"] = exp
                 if exp and not exp_name:
-                    _tracking.tag_run(parent, {"dvc_exp": exp})
+                    tracking.tag_run(parent, {"dvc_exp": exp})
             else:
                 for s in stages:
                     args = ["repro", "--single-item", *force, s.address]
                     outcome[s.address] = dvc(args, str(root), env, s.address)
-                    _tracking.record_lock_hashes(parent)
+                    tracking.record_lock_hashes(parent)
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
@@ -265,14 +265,14 @@ def _wrap_up(root: Path, parent: str | None, status: str, logger: Any) -> list[d
     """Record out hashes, publish the summary table, close the parent run; never raises."""
     rows: list[dict[str, Any]] = []
     try:
-        _tracking.record_lock_hashes(parent)
+        tracking.record_lock_hashes(parent)
         rows = summarize(root)
         table = markdown_table(rows)
         create_markdown_artifact(f"## EM campaign\n\n{table}", key="em-campaign-summary")
         logger.info("summary:\n%s", table)
     except Exception as e:  # don't mask the campaign's own outcome
         logger.warning("could not publish the campaign summary: %s", e)
-    _tracking.end_campaign_run(parent, status)
+    tracking.end_campaign_run(parent, status)
     return rows
 
 

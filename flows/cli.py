@@ -165,7 +165,7 @@ def compare_rows(experiment: str, prefix: str = "overall/") -> list[dict[str, An
     """One row per (campaign, iteration): the latest evaluate run's metrics under `prefix`."""
     import mlflow
 
-    from stages._tracking import tracking_uri
+    from stages.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     if mlflow.get_experiment_by_name(experiment) is None:
@@ -215,7 +215,7 @@ COMPARISONS = {"vs_iter_0": "vs iter_0", "vs_prev": "vs previous", "agent_vs_rag
 
 def iteration_step_of(iteration: str) -> int:
     """The MLflow step an iteration's metrics are logged at (-2 for an unknown name)."""
-    from stages._tracking import iteration_step
+    from stages.tracking import iteration_step
 
     try:
         return iteration_step(iteration)
@@ -300,7 +300,7 @@ def ui_command(uri: str, port: int) -> list[str]:
 def _cmd_ui(args: argparse.Namespace, root: Path) -> int:
     import subprocess
 
-    from stages._tracking import tracking_uri
+    from stages.tracking import tracking_uri
 
     cmd = ui_command(tracking_uri(), args.port)
     print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
@@ -310,13 +310,13 @@ def _cmd_ui(args: argparse.Namespace, root: Path) -> int:
 def _cmd_repro(args: argparse.Namespace, root: Path) -> int:
     from exsearch.config import load_params
     from flows.campaign import StageFailed, stream, subprocess_env
-    from stages import _tracking
+    from stages import tracking
 
     dvc_args = [a for a in args.dvc_args if a != "--"]
-    parent = _tracking.start_campaign_run(load_params(), "repro " + " ".join(dvc_args))
-    env = {"MLFLOW_TRACKING_URI": _tracking.tracking_uri()}
+    parent = tracking.start_campaign_run(load_params(), "repro " + " ".join(dvc_args))
+    env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri()}
     if parent:
-        env[_tracking.PARENT_ENV] = parent
+        env[tracking.PARENT_ENV] = parent
     cmd = [sys.executable, "-m", "dvc", "repro", *dvc_args]
     status = "FAILED"
     try:
@@ -325,8 +325,8 @@ def _cmd_repro(args: argparse.Namespace, root: Path) -> int:
     except StageFailed:
         return 1
     finally:
-        _tracking.record_lock_hashes(parent)
-        _tracking.end_campaign_run(parent, status)
+        tracking.record_lock_hashes(parent)
+        tracking.end_campaign_run(parent, status)
     return 0
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from exsearch.config import checkpoint_step
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,11 @@ def iteration_of(address: str) -> str | None:
 
 
 def iteration_number(iteration: str | None) -> int:
-    """`iter_3` → 3, for ordering; -1 for `base`, None or a name without a number."""
-    m = re.search(r"(\d+)$", iteration or "")
-    return int(m.group(1)) if m else -1
+    """Ordering key: `iter_3` → 3 (`checkpoint_step`); -1 for `base`, None or any other name."""
+    try:
+        return checkpoint_step(iteration or "base")
+    except ValueError:
+        return -1
 
 
 def read_stages(root: str | os.PathLike = ".") -> list[StageInfo]:

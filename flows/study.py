@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from exsearch.config import checkpoint_step
+
 PREFIX = "study-"
 
 # Applied to every setting: the two EM iterations of params.yaml, iter_0 and the last one scored
@@ -116,9 +118,7 @@ def study_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
     Also the last iteration's gain over iter_0 and over the RAG baseline, with 95% intervals.
     """
-    checkpoints = sorted(
-        {c for r in rows for c in r["metrics"]}, key=lambda c: int(c.rpartition("_")[2] or -1)
-    )
+    checkpoints = sorted({c for r in rows for c in r["metrics"]}, key=checkpoint_step)
     head = [
         "setting",
         *[f"F1 {c}" for c in checkpoints],
@@ -129,7 +129,7 @@ def study_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         m = r["metrics"]
-        last = max((c for c in m if c != "base"), key=lambda c: int(c.rpartition("_")[2]))
+        last = max((c for c in m if c != "base"), key=checkpoint_step)
         f1s = [f"{m[c]['f1']:.1f}" if c in m else "–" for c in checkpoints]
         gain = _cell(m[last].get("vs_iter_0", {}).get("f1"))
         rag = _cell(m[last].get("agent_vs_rag", {}).get("f1"))
@@ -160,7 +160,7 @@ def evidence_table(rows: Sequence[Mapping[str, Any]]) -> str:
         files = r.get("files") or {}
         iterations = sorted(
             (p.split("/")[1] for p in files if p.endswith("/weight_stats.json")),
-            key=lambda c: int(c.rpartition("_")[2]),
+            key=checkpoint_step,
         )
         for it in iterations:
             stats = files[f"runs/{it}/weight_stats.json"]

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from exsearch.config import TrainConfig
-from stages._tracking import SWITCH_ENV
+from stages.tracking import SWITCH_ENV
 
 log = logging.getLogger(__name__)
 

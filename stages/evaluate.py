@@ -24,7 +24,7 @@ from exsearch.evaluation import compare_records, markdown_table, select_question
 from exsearch.generation import make_generator
 from exsearch.schema import Question
 from stages import _common
-from stages._tracking import log_iteration_metrics, stage_run
+from stages.tracking import log_iteration_metrics, stage_run
 
 log = logging.getLogger("stages.evaluate")
 

@@ -18,12 +18,12 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from exsearch.dense import DenseIndexStats, build_dense_index
 from exsearch.io import atomic_path, read_jsonl
 from exsearch.retrieval import IndexStats, build_index
+from exsearch.retrieval.dense import DenseIndexStats, build_dense_index
 from exsearch.schema import Passage
 from stages._common import parser, setup
-from stages._tracking import stage_run
+from stages.tracking import stage_run
 
 log = logging.getLogger("stages.index")
 # Progress bars only for corpora that take more than a few seconds (~20k passages).

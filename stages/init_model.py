@@ -17,7 +17,7 @@ from pathlib import Path
 
 from exsearch.modeling import materialize_base
 from stages._common import parser, setup
-from stages._tracking import stage_run
+from stages.tracking import stage_run
 
 log = logging.getLogger("stages.init_model")
 

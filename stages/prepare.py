@@ -28,7 +28,7 @@ from exsearch.data import CorpusBuilder, fetch_corpus_file, read_corpus, read_qu
 from exsearch.io import atomic_path, write_json, write_jsonl
 from exsearch.schema import Passage, Question
 from stages._common import parser, setup
-from stages._tracking import stage_run
+from stages.tracking import stage_run
 
 log = logging.getLogger("stages.prepare")
 

@@ -20,7 +20,7 @@ import pandas as pd
 from exsearch import io
 from exsearch.report import checkpoint_comparisons, curve_rows, plot_curve, render_markdown
 from stages import _common
-from stages._tracking import stage_run
+from stages.tracking import stage_run
 
 log = logging.getLogger("stages.report")
 

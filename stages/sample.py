@@ -28,7 +28,7 @@ from exsearch.generation import make_generator
 from exsearch.sampling import fingerprint, iteration_questions, sample_in_shards
 from exsearch.schema import Question
 from stages import _common
-from stages._tracking import stage_run
+from stages.tracking import stage_run
 
 log = logging.getLogger("stages.sample")
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import pandas as pd
 
 from exsearch import io
+from exsearch.prompts import with_gold_answer
 from exsearch.training import train_weighted
-from exsearch.weighting import with_gold_answer
 from stages import _common, _launch
-from stages._tracking import stage_run
+from stages.tracking import stage_run
 
 log = logging.getLogger("stages.train")
 

@@ -24,7 +24,7 @@ from exsearch.schema import Question
 from exsearch.training import train_weighted
 from exsearch.warmup import WarmupShape, build_trajectories
 from stages import _common, _launch
-from stages._tracking import stage_run
+from stages.tracking import stage_run
 from stages.train import run_stats
 
 log = logging.getLogger("stages.warmup")

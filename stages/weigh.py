@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 from exsearch import io
+from exsearch.generation.openai import OpenAIGenerator
 from exsearch.modeling import load_model
-from exsearch.served import OpenAIGenerator
 from exsearch.weighting import compute_weights, gold_answer_scores, score_table, weight_stats
 from stages import _common
-from stages._tracking import stage_run
+from stages.tracking import stage_run
 
 log = logging.getLogger("stages.weigh")
 

@@ -35,8 +35,13 @@ def _package_inits(root: Path, dotted: str) -> list[Path]:
     return [p for p in inits if p.is_file()]
 
 
-def direct_imports(root: Path, path: Path) -> set[Path]:
-    """The project files that `path` imports, at module level or inside functions."""
+def direct_imports(root: Path, path: Path, *, with_packages: bool = True) -> set[Path]:
+    """The project files that `path` imports, at module level or inside functions.
+
+    With `with_packages`, also the `__init__.py` of every package on the way, which Python runs
+    first (what a stage's results depend on); without, only the modules the code names (the
+    graph whose cycles matter).
+    """
     package = list(path.relative_to(root).parts[:-1])
     script_dir = None if (path.parent / "__init__.py").is_file() else path.parent
     found: set[Path] = set()
@@ -44,7 +49,8 @@ def direct_imports(root: Path, path: Path) -> set[Path]:
     def add(dotted: str) -> None:
         if (f := _module_file(root, dotted, script_dir)) is not None:
             found.add(f)
-            found.update(_package_inits(root, dotted))
+            if with_packages:
+                found.update(_package_inits(root, dotted))
 
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
         if isinstance(node, ast.Import):

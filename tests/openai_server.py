@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from exsearch.hf_backend import HFGenerator
+from exsearch.generation.hf import HFGenerator
 
 
 class FakeCompletionsServer:

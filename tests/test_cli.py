@@ -11,7 +11,7 @@ import pytest
 from toy_project import OUTER_VARS, make_toy_project, mlflow_store, offline_env
 
 from flows import cli
-from stages import _tracking
+from stages import tracking
 
 COMMANDS = ["run", "serve", "compare", "ui", "repro"]
 
@@ -93,14 +93,12 @@ def test_compare_tabulates_campaigns_by_iteration_and_saves_csv_and_markdown(
 
     params = load_params()
     for campaign, ems in [("first", [0.1, 0.2]), ("second", [0.3, 0.5])]:
-        parent = _tracking.start_campaign_run(params, campaign)
-        monkeypatch.setenv(_tracking.PARENT_ENV, parent)
+        parent = tracking.start_campaign_run(params, campaign)
+        monkeypatch.setenv(tracking.PARENT_ENV, parent)
         for i, em in enumerate(ems, 1):
-            with _tracking.stage_run(params, "evaluate", f"iter_{i}"):
-                _tracking.log_iteration_metrics(
-                    params, f"iter_{i}", {"overall": {"em": em}, "x": 1}
-                )
-        _tracking.end_campaign_run(parent)
+            with tracking.stage_run(params, "evaluate", f"iter_{i}"):
+                tracking.log_iteration_metrics(params, f"iter_{i}", {"overall": {"em": em}, "x": 1})
+        tracking.end_campaign_run(parent)
     assert cli.main(["compare"]) == 0
     printed = capsys.readouterr().out
     assert (
@@ -172,15 +170,15 @@ def test_compare_shows_the_paired_intervals_the_report_logged(project, monkeypat
     from exsearch.config import load_params
 
     params = load_params()
-    parent = _tracking.start_campaign_run(params, "with-intervals")
-    monkeypatch.setenv(_tracking.PARENT_ENV, parent)
+    parent = tracking.start_campaign_run(params, "with-intervals")
+    monkeypatch.setenv(tracking.PARENT_ENV, parent)
     for i in (1, 2):
-        with _tracking.stage_run(params, "evaluate", f"iter_{i}"):
-            _tracking.log_iteration_metrics(params, f"iter_{i}", {"overall": {"f1": 20.0 + i}})
+        with tracking.stage_run(params, "evaluate", f"iter_{i}"):
+            tracking.log_iteration_metrics(params, f"iter_{i}", {"overall": {"f1": 20.0 + i}})
     gain = {"vs_iter_0": {"f1": {"diff": 4.2, "lo": -1.3, "hi": 9.8, "n": 250}}}
-    with _tracking.stage_run(params, "report") as run:
+    with tracking.stage_run(params, "report") as run:
         run.log_iteration_metrics("iter_2", gain)
-    _tracking.end_campaign_run(parent)
+    tracking.end_campaign_run(parent)
     assert cli.main(["compare"]) == 0
     with (project / "reports/compare.csv").open() as f:
         rows = {r["iteration"]: r for r in csv.DictReader(f)}

@@ -6,7 +6,6 @@ import pytest
 from exsearch.config import CorpusFile, DatasetFile
 from exsearch.data import (
     CorpusBuilder,
-    build_corpus,
     join_sentences,
     passage_id,
     read_corpus,
@@ -360,8 +359,15 @@ def test_limit_keeps_the_first_n_valid_questions(tmp_path):
 # --- corpus building -------------------------------------------------------------------------
 
 
+def corpus_of(*sources):
+    """The de-duplicated passages of all sources, and how many were dropped."""
+    builder = CorpusBuilder()
+    dropped = sum(builder.add_all(source)[1] for source in sources)
+    return builder.passages, dropped
+
+
 def test_duplicates_are_merged_by_normalised_title_and_text():
-    passages, dropped = build_corpus(
+    passages, dropped = corpus_of(
         [("A", "one  two"), ("B", "one two")],
         [("A", "one two\n"), ("A", "   "), ("A", "one two three")],
     )
@@ -374,8 +380,8 @@ def test_duplicates_are_merged_by_normalised_title_and_text():
 
 
 def test_passage_ids_are_content_hashes_independent_of_order():
-    first, _ = build_corpus([("A", "x"), ("B", "y")])
-    second, _ = build_corpus([("B", "y"), ("A", " x ")])
+    first, _ = corpus_of([("A", "x"), ("B", "y")])
+    second, _ = corpus_of([("B", "y"), ("A", " x ")])
     assert {p.title: p.id for p in first} == {p.title: p.id for p in second}
     assert first[0].id == passage_id("A", "x") and first[0].id != first[1].id
     assert len({p.id for p in first}) == 2

@@ -9,10 +9,14 @@ pytest.importorskip(
     reason="dense retrieval needs the `dense` extra (sentence-transformers)",
 )
 
-from exsearch import dense  # noqa: E402
 from exsearch.config import IndexConfig  # noqa: E402
-from exsearch.dense import DenseRetriever, build_dense_index, load_encoder, passage_text  # noqa: E402
-from exsearch.retrieval import BM25Retriever, Hit, load_retriever  # noqa: E402
+from exsearch.retrieval import (  # noqa: E402
+    BM25Retriever,
+    Hit,
+    dense,  # noqa: E402
+    load_retriever,
+)
+from exsearch.retrieval.dense import DenseRetriever, build_dense_index, load_encoder, passage_text  # noqa: E402
 from exsearch.schema import Passage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

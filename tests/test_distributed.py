@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from exsearch import prompts as P
 from exsearch.config import TrainConfig, load_params
 from stages import _launch
-from stages._tracking import SWITCH_ENV
+from stages.tracking import SWITCH_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

@@ -6,10 +6,9 @@ import bm25s
 import numpy as np
 import pytest
 
-from exsearch import bm25_build
 from exsearch.config import CorpusFile, IndexConfig, parse_params
 from exsearch.data import fetch_corpus_file, passage_id, read_corpus
-from exsearch.retrieval import make_tokenizer
+from exsearch.retrieval import bm25_build, make_tokenizer
 from stages.prepare import prepare
 
 # DPR's psgs_w100.tsv layout: a header, tab-separated, text CSV-quoted with doubled quotes.

@@ -5,11 +5,11 @@ import torch
 from completions import clean_span, same_outputs
 
 from exsearch.config import GenerationConfig, ModelConfig
-from exsearch.decoding import cut_at_stop
 from exsearch.generation import Generator, make_generator
-from exsearch.hf_backend import HFGenerator
+from exsearch.generation.decoding import cut_at_stop
+from exsearch.generation.hf import HFGenerator
+from exsearch.generation.row_sampling import RowSampler
 from exsearch.modeling import load_model
-from exsearch.row_sampling import RowSampler
 
 QUESTIONS = [
     "Who founded the band?",
@@ -203,22 +203,3 @@ def test_cut_at_stop_keeps_the_stop_that_ends_first():
     )
     assert cut_at_stop("q</search> more", stops) == ("q</s", "</s")
     assert cut_at_stop("no stop here", stops) == ("no stop here", None)
-
-
-def test_score_continuations_matches_a_manual_computation(loaded, gen, prompts):
-    model, tok = loaded
-    continuations = ["<search>capital of France</search>", "1912", "The band was founded in", "a"]
-    pairs = list(zip(prompts[:4], continuations, strict=True))
-    scores = gen.score_continuations([p for p, _ in pairs], [c for _, c in pairs], batch_size=3)
-    for (prompt, cont), (logprob, n) in zip(pairs, scores, strict=True):
-        p_ids = tok(prompt, add_special_tokens=False).input_ids
-        c_ids = tok(cont, add_special_tokens=False).input_ids
-        with torch.inference_mode():
-            logp = model(torch.tensor([p_ids + c_ids])).logits[0].log_softmax(-1)
-        expected = sum(logp[len(p_ids) - 1 + k, t].item() for k, t in enumerate(c_ids))
-        assert n == len(c_ids)
-        assert logprob == pytest.approx(expected, abs=1e-3)
-
-
-def test_score_continuations_of_an_empty_continuation_is_zero(gen, prompts):
-    assert gen.score_continuations(prompts[:2], ["", "a"])[0] == (0.0, 0)

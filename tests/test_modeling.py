@@ -132,7 +132,7 @@ def test_init_model_stage_writes_the_model_dir(tiny_model_dir, tmp_path):
     reason=f"{DEFAULT_GGUF.name} absent: run `python scripts/fetch_default_model.py`",
 )
 def test_default_gguf_model_materializes_to_an_equivalent_plain_model(tmp_path):
-    from exsearch.hf_backend import HFGenerator
+    from exsearch.generation.hf import HFGenerator
 
     gguf = {"gguf_file": DEFAULT_GGUF.name}
     ref = AutoModelForCausalLM.from_pretrained(DEFAULT_GGUF.parent, **gguf).eval()

@@ -14,13 +14,13 @@ from openai_server import FakeCompletionsServer
 from exsearch import prompts as P
 from exsearch.agent import SearchAgent
 from exsearch.config import AgentConfig, GenerationConfig, IndexConfig, ModelConfig
-from exsearch.decoding import sequence_seed
 from exsearch.generation import Generator, make_generator
-from exsearch.hf_backend import HFGenerator
+from exsearch.generation.decoding import sequence_seed
+from exsearch.generation.hf import HFGenerator
+from exsearch.generation.openai import OpenAIGenerator, ServerError
 from exsearch.modeling import load_model
 from exsearch.retrieval import BM25Retriever
 from exsearch.schema import Passage, Question
-from exsearch.served import OpenAIGenerator, ServerError
 from exsearch.weighting import gold_answer_scores
 
 QUESTIONS = [
@@ -236,7 +236,7 @@ def test_requests_in_flight_never_exceed_max_concurrency(server, prompts):
 
 def test_make_generator_builds_the_openai_backend_from_params(tiny_model_dir, server, caplog):
     cfg = GenerationConfig(backend="openai", base_url=server.base_url, max_concurrency=2)
-    with caplog.at_level(logging.WARNING, logger="exsearch.served"):
+    with caplog.at_level(logging.WARNING, logger="exsearch.generation.openai"):
         gen = make_generator(tiny_model_dir, ModelConfig(), cfg)
     assert isinstance(gen, OpenAIGenerator)
     assert gen.model_name == "tiny"  # the one model the server lists

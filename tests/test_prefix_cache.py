@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from exsearch.hf_backend import HFGenerator
+from exsearch.generation.hf import HFGenerator
+from exsearch.generation.prefix_cache import PrefixCache, common_prefix
 from exsearch.modeling import load_model
-from exsearch.prefix_cache import PrefixCache, common_prefix
 
 QUESTIONS = ["Who founded the band?", "What year", "x", "The capital city of the state"]
 STOPS = ["</search>", "</answer>"]
@@ -128,7 +128,7 @@ def test_a_prefix_shared_by_a_batch_is_encoded_once_and_changes_nothing(loaded):
 
 
 def test_rows_of_very_different_new_lengths_are_encoded_apart():
-    from exsearch.hf_backend import _split_by_length
+    from exsearch.generation.hf import _split_by_length
 
     assert _split_by_length([200, 30, 190, 25]) == ([3, 1], [2, 0])
     assert _split_by_length([200, 190, 180, 170]) == ([], [0, 1, 2, 3])
@@ -154,7 +154,7 @@ def test_split_encoding_generates_what_each_prompt_alone_does(loaded):
 def test_a_growing_cache_holds_what_concatenation_would():
     import torch
 
-    from exsearch.prefix_cache import cache_layers, new_cache
+    from exsearch.generation.prefix_cache import cache_layers, new_cache
 
     torch.manual_seed(0)
     chunks = [torch.randn(3, 2, n, 4) for n in (5, 1, 1, 300, 1)]

@@ -7,7 +7,7 @@ import pytest
 from exsearch import io
 from exsearch.agent import Sampling, SearchAgent
 from exsearch.config import AgentConfig, GenerationConfig, IndexConfig, ModelConfig
-from exsearch.hf_backend import HFGenerator
+from exsearch.generation.hf import HFGenerator
 from exsearch.retrieval import BM25Retriever
 from exsearch.sampling import iteration_questions, sample_in_shards, shard_seed
 from exsearch.schema import Passage, Question

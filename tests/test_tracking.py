@@ -1,4 +1,4 @@
-"""stages/_tracking.py: parent/nested runs, tags, per-iteration metrics, failures, stores."""
+"""stages/tracking.py: parent/nested runs, tags, per-iteration metrics, failures, stores."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from failing_server import BrokenTrackingServer
 from toy_project import OUTER_VARS, mlflow_store, offline_env
 
 from exsearch.config import load_params
-from stages import _tracking
-from stages._tracking import (
+from stages import tracking
+from stages.tracking import (
     PARENT_ENV,
     TrackingError,
     end_campaign_run,
@@ -69,7 +69,7 @@ def project(tmp_path, monkeypatch):
 
 
 def client():
-    return mlflow.MlflowClient(_tracking.tracking_uri())
+    return mlflow.MlflowClient(tracking.tracking_uri())
 
 
 def runs(experiment="unit"):
@@ -109,11 +109,11 @@ def test_relative_sqlite_store_is_resolved_against_the_dvc_root(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
-    assert _tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "workspace"))  # e.g. `dvc exp run --temp`
-    assert _tracking.tracking_uri() == f"sqlite:///{tmp_path / 'workspace' / 'mlflow.db'}"
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'workspace' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert _tracking.tracking_uri() == "http://127.0.0.1:5000"
+    assert tracking.tracking_uri() == "http://127.0.0.1:5000"
 
 
 def test_stages_without_parent_share_one_auto_parent_per_campaign_key(project):
@@ -243,7 +243,7 @@ def test_finished_stage_runs_get_their_outs_hashes_from_dvc_lock(project):
 
 
 def test_tracking_switched_off_touches_no_store(project, monkeypatch):
-    monkeypatch.setenv(_tracking.SWITCH_ENV, "off")
+    monkeypatch.setenv(tracking.SWITCH_ENV, "off")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'never.db'}")
     params = write_params(project)
     assert start_campaign_run(params) is None
@@ -261,9 +261,9 @@ def test_tracking_switched_off_touches_no_store(project, monkeypatch):
 
 
 def test_iteration_step_reads_the_iteration_number():
-    assert [_tracking.iteration_step(i) for i in ("base", "iter_0", "iter_12")] == [-1, 0, 12]
+    assert [tracking.iteration_step(i) for i in ("base", "iter_0", "iter_12")] == [-1, 0, 12]
     with pytest.raises(ValueError, match="not a checkpoint name"):
-        _tracking.iteration_step("final")
+        tracking.iteration_step("final")
 
 
 @pytest.mark.slow
@@ -492,5 +492,5 @@ def test_the_kind_is_one_the_installed_mlflow_ui_knows():
 
     js = files("mlflow") / "server" / "js" / "build" / "static" / "js"
     sources = "".join(p.read_text(errors="ignore") for p in js.iterdir() if p.name.endswith(".js"))
-    assert f'CUSTOM_MODEL_DEVELOPMENT="{_tracking.EXPERIMENT_KIND}"' in sources
-    assert f'"{_tracking.EXPERIMENT_KIND_TAG}"' in sources
+    assert f'CUSTOM_MODEL_DEVELOPMENT="{tracking.EXPERIMENT_KIND}"' in sources
+    assert f'"{tracking.EXPERIMENT_KIND_TAG}"' in sources

@@ -7,14 +7,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from exsearch import prompts as P
+from exsearch.prompts import gold_answer_tokens, with_gold_answer
 from exsearch.weighting import (
     SCHEMES,
     compute_weights,
     gold_answer_scores,
-    gold_answer_tokens,
     score_table,
     weight_stats,
-    with_gold_answer,
 )
 
 

@@ -1,32 +1,25 @@
 """BM25 retrieval over passages with bm25s: build, save, load (optionally memory-mapped), search.
 
-An index directory holds the bm25s arrays, `passages.jsonl` (one Passage per line, in index
-order) with `passages.offsets.npy` (byte offset of every line, so a memory-mapped index can read
-one passage without loading the others), and `exsearch_index.json` (the IndexConfig it was
-built with: queries must be stemmed and stop-worded exactly like the corpus).
+An index folder holds the bm25s arrays next to the passages and meta file of `base.py`; the meta
+file records the IndexConfig it was built with (queries must be stemmed and stop-worded exactly
+like the corpus).
 
     retriever = BM25Retriever.build(passages, IndexConfig())   # in memory
     build_index(passage_iter, IndexConfig(), "data/index")      # streamed to disk (big corpora)
     retriever = BM25Retriever.load("data/index", mmap=True)
     hits = retriever.search(["who wrote hamlet", "capital of peru"], k=5)
-
-`load_retriever(directory)` opens any index exsearch builds, BM25 or dense (exsearch.dense, same
-folder layout with embeddings instead of the bm25s arrays), by the kind its meta file records.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import mmap as mmap_module
 import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
 
 import bm25s
 import numpy as np
@@ -34,31 +27,30 @@ import Stemmer
 from bm25s.tokenization import Tokenizer
 from tqdm.auto import tqdm
 
-from exsearch.bm25_build import build_bm25
 from exsearch.config import IndexConfig
+from exsearch.retrieval.base import (
+    FORMAT_VERSION,
+    META_FILE,
+    OFFSETS_FILE,
+    PASSAGES_FILE,
+    REBUILD,
+    CorruptIndex,
+    Hit,
+    PassageFile,
+    PassageIndex,
+    index_text,
+    read_index_meta,
+    reading_index,
+    write_passages,
+)
+from exsearch.retrieval.bm25_build import build_bm25
 from exsearch.schema import Passage
-
-if TYPE_CHECKING:
-    from exsearch.dense import DenseRetriever
 
 log = logging.getLogger(__name__)
 
-REBUILD = "rebuild it with `dvc repro index` (or `python -m stages.index`)"
-META_FILE = "exsearch_index.json"
-PASSAGES_FILE = "passages.jsonl"
-OFFSETS_FILE = "passages.offsets.npy"
-FORMAT_VERSION = 1
+
 # Progress bars only where a build or a batch of queries takes more than a moment.
 PROGRESS_MIN_ITEMS = 20_000
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result; `rank` is 1-based (1 = best), the number the agent shows as "[1]"."""
-
-    passage: Passage
-    score: float
-    rank: int
 
 
 @dataclass(frozen=True)
@@ -68,25 +60,6 @@ class IndexStats:
     passages: int
     terms: int
     seconds: float
-
-
-def format_passage(p: Passage, index: int | None = None, max_words: int | None = None) -> str:
-    """Render a passage for a prompt: `[index] Title: … Content: …`.
-
-    `index` is the 1-based number shown to the model (no prefix when None). `max_words` keeps
-    the first words of the text (whitespace folded); the title is never cut.
-    """
-    text = p.text
-    if max_words is not None:
-        if max_words < 1:
-            raise ValueError(f"max_words must be >= 1, got {max_words}")
-        text = " ".join(text.split()[:max_words])
-    out = f"Title: {p.title} Content: {text}"
-    if index is None:
-        return out
-    if index < 1:
-        raise ValueError(f"passage numbers shown to the model are 1-based, got {index}")
-    return f"[{index}] {out}"
 
 
 def make_tokenizer(cfg: IndexConfig) -> Tokenizer:
@@ -109,10 +82,6 @@ def make_tokenizer(cfg: IndexConfig) -> Tokenizer:
         ) from None
 
 
-def _index_text(p: Passage) -> str:
-    return f"{p.title} {p.text}"
-
-
 def _index_tokens(
     texts: Iterable[str],
     cfg: IndexConfig,
@@ -122,8 +91,8 @@ def _index_tokens(
 ) -> tuple[bm25s.BM25, Tokenizer, float]:
     """Tokenise `texts` (streamed) and build the BM25 matrix; returns (bm25, tokenizer, seconds).
 
-    The matrix is built by `exsearch.bm25_build` (same scores as `bm25s.BM25.index`, about a
-    quarter of its peak memory); token ids spill to a temporary file in `spill_dir`.
+    The matrix is built by `bm25_build` (same scores as `bm25s.BM25.index`, about a quarter of
+    its peak memory); token ids spill to a temporary file in `spill_dir`.
     """
     t0 = time.perf_counter()
     tokenizer = make_tokenizer(cfg)
@@ -142,83 +111,6 @@ def _auto_progress(passages: Iterable[Passage], show_progress: bool | None) -> b
         return show_progress
     n = len(passages) if isinstance(passages, Sequence) else None
     return n is None or n >= PROGRESS_MIN_ITEMS
-
-
-class CorruptIndex(ValueError):
-    """An index folder that is there but cannot be read; the message names it and the fix."""
-
-
-# What numpy, json/orjson (bm25s) and the file system raise on truncated or garbled files.
-_UNREADABLE = (OSError, EOFError, ValueError, KeyError, IndexError, TypeError)
-
-
-@contextlib.contextmanager
-def reading_index(directory: Path) -> Iterator[None]:
-    """Turn the raw errors of reading a damaged index into one `CorruptIndex` naming the folder."""
-    try:
-        yield
-    except CorruptIndex:
-        raise
-    except _UNREADABLE as e:
-        raise CorruptIndex(
-            f"{directory}: the index is unreadable, probably truncated or damaged "
-            f"({type(e).__name__}: {e}); {REBUILD}"
-        ) from e
-
-
-class _PassageFile:
-    """Passages on disk, read one line at a time through mmap (for memory-mapped indexes).
-
-    Opening checks what is cheap to check whatever the size: the offsets span the file exactly
-    (no truncation) and a few passages spread over the file parse; a passage that does not parse
-    later raises `CorruptIndex` too.
-    """
-
-    SPOT_CHECKS = 16
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self._offsets = np.load(directory / OFFSETS_FILE, mmap_mode="r")
-        path = directory / PASSAGES_FILE
-        size = path.stat().st_size
-        if len(self._offsets) < 2 or int(self._offsets[0]) != 0 or self._offsets[-1] != size:
-            raise CorruptIndex(
-                f"{directory}: {PASSAGES_FILE} has {size} bytes but {OFFSETS_FILE} says "
-                f"{int(self._offsets[-1]) if len(self._offsets) else 0}: the index is truncated "
-                f"or damaged; {REBUILD}"
-            )
-        with open(path, "rb") as f:
-            # The mapping stays valid after the file is closed.
-            self._mm = mmap_module.mmap(f.fileno(), 0, access=mmap_module.ACCESS_READ)
-        for i in np.unique(np.linspace(0, len(self) - 1, self.SPOT_CHECKS).astype(int)):
-            self[int(i)]
-
-    def __len__(self) -> int:
-        return len(self._offsets) - 1
-
-    def __getitem__(self, i: int) -> Passage:
-        start, end = int(self._offsets[i]), int(self._offsets[i + 1])
-        try:
-            return Passage.from_dict(json.loads(self._mm[start:end]))
-        except (ValueError, KeyError, TypeError) as e:
-            raise CorruptIndex(
-                f"{self.directory}: passage {i} in {PASSAGES_FILE} (bytes {start}-{end}) is "
-                f"unreadable ({type(e).__name__}: {e}); the index is damaged; {REBUILD}"
-            ) from None
-
-
-def _write_passages(
-    passages: Iterable[Passage],
-    f: IO[bytes],
-    offsets: array,
-    text: Callable[[Passage], str] = _index_text,
-) -> Iterator[str]:
-    """Write each passage as a JSON line while yielding `text(p)` (one pass, no copy)."""
-    for p in passages:
-        offsets.append(f.tell())
-        f.write(json.dumps(p.to_dict(), ensure_ascii=False).encode("utf-8") + b"\n")
-        yield text(p)
-    offsets.append(f.tell())
 
 
 def _save_arrays(
@@ -255,7 +147,7 @@ def build_index(
     total = len(passages) if isinstance(passages, Sequence) else None
     offsets = array("q")
     with open(directory / PASSAGES_FILE, "wb") as f:
-        texts = _write_passages(passages, f, offsets)
+        texts = write_passages(passages, f, offsets)
         bm25, tokenizer, seconds = _index_tokens(texts, cfg, progress, total, directory)
     n = len(offsets) - 1
     _save_arrays(bm25, cfg, n, offsets, directory)
@@ -263,78 +155,11 @@ def build_index(
     return IndexStats(n, len(tokenizer.get_vocab_dict()), seconds)
 
 
-def read_index_meta(directory: Path, kind: str | None = None) -> dict[str, Any]:
-    """Read an index folder's meta file, checking it exists, its format and (if given) its kind.
-
-    Indexes whose meta names no kind (written before dense retrieval existed) are BM25.
-    """
-    meta_path = directory / META_FILE
-    if not directory.is_dir():
-        raise FileNotFoundError(
-            f"{directory}: no such index folder; build it with `dvc repro index` "
-            "(or `python -m stages.index`)"
-        )
-    if not meta_path.is_file():
-        raise FileNotFoundError(
-            f"{meta_path}: not found; {directory} is not an index built by exsearch; {REBUILD}"
-        )
-    with reading_index(directory):
-        meta = json.loads(meta_path.read_bytes())
-        if not isinstance(meta, dict):
-            raise ValueError(f"{META_FILE} holds {type(meta).__name__}, not an object")
-    if meta.get("format") != FORMAT_VERSION:
-        raise ValueError(
-            f"{meta_path}: index format {meta.get('format')!r}, this code reads "
-            f"{FORMAT_VERSION}; {REBUILD}"
-        )
-    meta.setdefault("kind", "bm25")
-    if kind is not None and meta["kind"] != kind:
-        raise ValueError(
-            f"{directory}: a {meta['kind']} index, not a {kind} one; open it with "
-            "exsearch.retrieval.load_retriever, which picks the retriever by kind"
-        )
-    return meta
-
-
-def load_retriever(directory: str | Path, *, mmap: bool = False) -> BM25Retriever | DenseRetriever:
-    """Open a saved index of any kind (BM25 or dense), as its meta file says; see the loaders."""
-    directory = Path(directory)
-    kind = read_index_meta(directory)["kind"]
-    if kind == "bm25":
-        return BM25Retriever.load(directory, mmap=mmap)
-    if kind == "dense":
-        from exsearch.dense import DenseRetriever  # imports this module: not at the top
-
-        return DenseRetriever.load(directory, mmap=mmap)
-    raise ValueError(f"{directory / META_FILE}: unknown index kind {kind!r}; {REBUILD}")
-
-
-class PassageIndex:
-    """What every retriever holds: its passages in index order, in memory or mapped from disk."""
-
-    _passages: Sequence[Passage] | _PassageFile
-
-    def __len__(self) -> int:
-        return len(self._passages)
-
-    def iter_passages(self) -> Iterator[Passage]:
-        """Every indexed passage in index order, one at a time (streamed from a mapped index)."""
-        return (self._passages[i] for i in range(len(self)))
-
-    def _write_passage_file(self, directory: Path) -> array:
-        """Write the passages into `directory`; return their byte offsets."""
-        offsets = array("q")
-        with open(directory / PASSAGES_FILE, "wb") as f:
-            for _ in _write_passages(self.iter_passages(), f, offsets):
-                pass
-        return offsets
-
-
 class BM25Retriever(PassageIndex):
     """Batched BM25 search that returns whole passages. Build it, or load a saved index."""
 
     def __init__(
-        self, bm25: bm25s.BM25, cfg: IndexConfig, passages: Sequence[Passage] | _PassageFile
+        self, bm25: bm25s.BM25, cfg: IndexConfig, passages: Sequence[Passage] | PassageFile
     ):
         self._bm25 = bm25
         self.config = cfg
@@ -361,7 +186,7 @@ class BM25Retriever(PassageIndex):
         passages = list(passages)
         progress = _auto_progress(passages, show_progress)
         bm25, _, seconds = _index_tokens(
-            (_index_text(p) for p in passages), cfg, progress, len(passages)
+            (index_text(p) for p in passages), cfg, progress, len(passages)
         )
         log.info("indexed %d passages in %.1fs", len(passages), seconds)
         return cls(bm25, cfg, passages)
@@ -387,7 +212,7 @@ class BM25Retriever(PassageIndex):
             bm25 = bm25s.BM25.load(
                 str(directory), mmap=mmap, load_corpus=False, show_progress=False
             )
-            store = _PassageFile(directory)
+            store = PassageFile(directory)
             if len(store) != meta["passages"] or bm25.scores["num_docs"] != meta["passages"]:
                 raise CorruptIndex(
                     f"{directory}: {len(store)} passages and {bm25.scores['num_docs']} indexed "

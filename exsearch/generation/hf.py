@@ -4,7 +4,7 @@ Sampling is seeded per sequence: prompt i of a call draws from its own random st
 from `(seed, i)` or from `seed[i]`, so outputs do not depend on `batch_size` or on how prompts
 are grouped into batches (up to floating-point differences in the logits of padded batches).
 Prompts extending a sequence of an earlier call only encode their new tokens
-(`exsearch.prefix_cache`).
+(`exsearch.generation.prefix_cache`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import torch
 from transformers.cache_utils import Cache
 
 from exsearch.config import GenerationConfig, ModelConfig
-from exsearch.decoding import check_decoding, cut_at_stop, row_seeds
-from exsearch.generation import Completion
+from exsearch.generation.base import Completion
+from exsearch.generation.decoding import check_decoding, cut_at_stop, row_seeds
+from exsearch.generation.prefix_cache import PrefixCache, cache_layers, new_cache, shared_prefix
+from exsearch.generation.row_sampling import RowSampler
 from exsearch.modeling import load_model
-from exsearch.prefix_cache import PrefixCache, cache_layers, left_pad, new_cache, shared_prefix
-from exsearch.row_sampling import RowSampler
 
 # A prefix shared by the rows of a batch is encoded once when at least this long.
 _MIN_SHARED_PREFIX = 16
@@ -67,12 +67,6 @@ class _StopCheck:
         elif len(row.tokens) >= self.limit:
             row.finish = "length"
         return row.finish is not None
-
-    def _stop_in_tail(self, tokens: list[int]) -> str | None:
-        if not self.stops:
-            return None
-        tail = _decode(self.tokenizer, tokens[-self.window :])
-        return next((s for s in self.stops if s in tail), None)
 
     def completion(self, row: _Row) -> Completion:
         """The row's Completion: text cut right after its stop string, never holding EOS."""
@@ -174,10 +168,6 @@ class HFGenerator:
         if not texts:
             return []
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-
-    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask = left_pad(rows, self.pad_id)
-        return ids.to(self.device), mask.to(self.device)
 
     @torch.inference_mode()
     def generate(
@@ -347,47 +337,3 @@ class HFGenerator:
             **kw,
         )
         return out.logits[:, -1]
-
-    @torch.inference_mode()
-    def score_continuations(
-        self, prompts: list[str], continuations: list[str], batch_size: int | None = None
-    ) -> list[tuple[float, int]]:
-        """Log-probability of each continuation given its prompt: (sum log-prob, token count).
-
-        Prompt and continuation are tokenised separately (as in generation: prompt tokens, then
-        generated tokens) and concatenated. An empty continuation scores (0.0, 0).
-        """
-        if len(prompts) != len(continuations):
-            raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
-        p_ids, c_ids = self._encode(prompts), self._encode(continuations)
-        for i, ids in enumerate(p_ids):
-            if not ids:
-                raise ValueError(
-                    f"prompt {i} is empty; its first continuation token has no context"
-                )
-        order = sorted(range(len(prompts)), key=lambda i: -(len(p_ids[i]) + len(c_ids[i])))
-        scores: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
-        for batch in _chunks(order, batch_size or self.batch_size):
-            n_cont = [len(c_ids[i]) for i in batch]
-            width = max(n_cont)
-            if width == 0:
-                continue
-            ids, mask = self._left_pad([p_ids[i] + c_ids[i] for i in batch])
-            # Left padding puts every continuation at the right edge: only the last width + 1
-            # positions need logits. Positions count from each row's first real token.
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            kw = {"logits_to_keep": width + 1} if self._keeps_logits else {}
-            logits = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, **kw
-            ).logits
-            logits = logits[:, -(width + 1) : -1].float()
-            targets = ids[:, -width:]
-            token_lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-            keep = torch.arange(width, device=ids.device) >= (
-                width - torch.tensor(n_cont, device=ids.device)
-            ).unsqueeze(-1)
-            # where(), not a product: logits at padded positions may be NaN.
-            sums = torch.where(keep, token_lp, 0.0).sum(-1).tolist()
-            for i, s, n in zip(batch, sums, n_cont, strict=True):
-                scores[i] = (float(s), n)
-        return scores

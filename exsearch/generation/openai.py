@@ -36,11 +36,10 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from exsearch.config import GenerationConfig
-from exsearch.decoding import check_decoding, cut_at_stop, row_seeds
-from exsearch.generation import Completion
+from exsearch.generation.base import Completion
+from exsearch.generation.decoding import check_decoding, cut_at_stop, row_seeds
 from exsearch.modeling import prepare_tokenizer
-from exsearch.prompts import ANSWER_OPEN
-from exsearch.weighting import gold_answer_tokens, with_gold_answer
+from exsearch.prompts import ANSWER_OPEN, gold_answer_tokens, trajectory_id, with_gold_answer
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +199,9 @@ class OpenAIGenerator:
         for i, traj in enumerate(trajectories):
             _, positions = gold_answer_tokens(self.tokenizer, traj)  # validates the trajectory
             if not positions:
-                log.warning("trajectory %s has an empty gold answer; score is NaN", _tid(traj))
+                log.warning(
+                    "trajectory %s has an empty gold answer; score is NaN", trajectory_id(traj)
+                )
                 continue
             jobs.append((i, len(positions), *_gold_span(self.tokenizer, traj)))
         bodies = []
@@ -243,16 +244,16 @@ class OpenAIGenerator:
             )
             if pos is None:
                 raise ServerError(
-                    f"trajectory {_tid(traj)}: the server returned no prompt log-probs; it must "
-                    "support `echo` with `logprobs` (vLLM, SGLang and llama.cpp's Python server "
-                    "with --logits_all true do)"
+                    f"trajectory {trajectory_id(traj)}: the server returned no prompt log-probs; "
+                    "it must support `echo` with `logprobs` (vLLM, SGLang and llama.cpp's Python "
+                    "server with --logits_all true do)"
                 )
         if len(pos) != n_gold or any(token_lps[j] is None for j in pos):
             raise ServerError(
-                f"trajectory {_tid(traj)}: the server finds {len(pos)} gold-answer tokens among "
-                f"{n_prompt} prompt tokens, the local tokenizer {n_gold}; is the server serving "
-                f"this model (model {self.model_name!r} at {self.base_url}) and not adding "
-                "special tokens?"
+                f"trajectory {trajectory_id(traj)}: the server finds {len(pos)} gold-answer "
+                f"tokens among {n_prompt} prompt tokens, the local tokenizer {n_gold}; is the "
+                f"server serving this model (model {self.model_name!r} at {self.base_url}) and "
+                "not adding special tokens?"
             )
         return [float(token_lps[j]) for j in pos]
 
@@ -429,7 +430,7 @@ def _gold_span(tokenizer: Any, traj: dict[str, Any]) -> tuple[str, int, int]:
     """The chat with the gold answer, rendered whole, and the gold answer's character span.
 
     The whole text is scored rather than a prefix, so its tokens are exactly those
-    `weighting.gold_answer_tokens` cuts from (causal log-probs ignore what follows).
+    `prompts.gold_answer_tokens` cuts from (causal log-probs ignore what follows).
     """
     gold = traj["answers"][0].strip()
     messages = with_gold_answer(traj["messages"], gold)
@@ -439,7 +440,3 @@ def _gold_span(tokenizer: Any, traj: dict[str, Any]) -> tuple[str, int, int]:
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     a = full.find(ANSWER_OPEN + gold, len(prefix)) + len(ANSWER_OPEN)
     return full, a, a + len(gold)
-
-
-def _tid(traj: dict[str, Any]) -> str:
-    return f"qid={traj.get('qid')!r} sample={traj.get('sample')!r}"

@@ -1,19 +1,14 @@
-"""Text generation behind one narrow interface, so the agent never touches an engine.
+"""The generation interface: what a backend returns (`Completion`) and offers (`Generator`).
 
-A backend takes already-templated prompt strings and returns `Completion`s: `hf`
-(`exsearch.hf_backend`, transformers in-process) or `openai` (`exsearch.served`, any
-OpenAI-compatible server such as vLLM). Another engine only has to implement `Generator`'s four
-methods and follow `exsearch.decoding`.
+Kept apart from the backends (`hf.py`, `openai.py`) so that they and the agent share it
+without importing each other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
-
-from exsearch.config import GenerationConfig, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -72,18 +67,3 @@ class Generator(Protocol):
         batch differ in the last bits from freshly computed ones).
         """
         ...
-
-
-def make_generator(
-    model_path: str | Path, model_cfg: ModelConfig, gen_cfg: GenerationConfig
-) -> Generator:
-    """The backend named by `generation.backend`, loaded from `model_path`."""
-    if gen_cfg.backend == "hf":
-        from exsearch.hf_backend import HFGenerator  # imports this module; loads torch
-
-        return HFGenerator.from_config(model_path, model_cfg, gen_cfg)
-    if gen_cfg.backend == "openai":
-        from exsearch.served import OpenAIGenerator  # imports this module
-
-        return OpenAIGenerator.from_config(model_path, gen_cfg)
-    raise ValueError(f"generation.backend: unknown backend {gen_cfg.backend!r}")

@@ -39,7 +39,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from exsearch.config import IndexConfig
-from exsearch.retrieval import (
+from exsearch.retrieval.base import (
     FORMAT_VERSION,
     META_FILE,
     OFFSETS_FILE,
@@ -47,11 +47,11 @@ from exsearch.retrieval import (
     REBUILD,
     CorruptIndex,
     Hit,
+    PassageFile,
     PassageIndex,
-    _PassageFile,
-    _write_passages,
     read_index_meta,
     reading_index,
+    write_passages,
 )
 from exsearch.schema import Passage
 
@@ -213,7 +213,7 @@ def build_dense_index(
         bar,
     ):
         rows = _NpyRows(ef, np.dtype(cfg.dense_dtype))
-        texts = _write_passages(passages, pf, offsets, passage_text)
+        texts = write_passages(passages, pf, offsets, passage_text)
         for chunk in _embed_chunks(encoder, texts, cfg.dense_batch_size, bar):
             rows.append(chunk)
         rows.finish()
@@ -233,7 +233,7 @@ class DenseRetriever(PassageIndex):
         self,
         embeddings: np.ndarray,
         cfg: IndexConfig,
-        passages: Sequence[Passage] | _PassageFile,
+        passages: Sequence[Passage] | PassageFile,
         encoder: Encoder | None = None,
     ):
         if embeddings.ndim != 2 or len(embeddings) != len(passages):
@@ -301,7 +301,7 @@ class DenseRetriever(PassageIndex):
         with reading_index(directory):
             cfg = IndexConfig.model_validate(meta["config"])
             emb = np.load(directory / EMBEDDINGS_FILE, mmap_mode="r" if mmap else None)
-            store = _PassageFile(directory)
+            store = PassageFile(directory)
             if emb.shape != (meta["passages"], meta["dim"]) or len(store) != meta["passages"]:
                 raise CorruptIndex(
                     f"{directory}: {len(store)} passages and embeddings of shape {emb.shape}, "
