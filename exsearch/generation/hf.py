@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from tqdm.auto import tqdm
 from transformers.cache_utils import Cache
 
 from exsearch.config import GenerationConfig, ModelConfig
@@ -194,7 +195,11 @@ class HFGenerator:
                 raise ValueError(f"prompt {i} is empty; a prompt needs at least one token")
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         results: list[Completion | None] = [None] * len(prompts)
-        for batch in _chunks(order, self.batch_size):
+        batches = _chunks(order, self.batch_size)
+        # The agent sends every live trajectory's next turn in one call: on a CPU one call can
+        # run for minutes, so show its batches (only when there are several).
+        shown = tqdm(batches, desc="  turns", unit="batch", leave=False, disable=len(batches) < 4)
+        for batch in shown:
             done = self._generate_batch(
                 [encoded[i] for i in batch],
                 [seeds[i] for i in batch],
