@@ -85,3 +85,14 @@ def test_the_report_depends_on_run_records_not_on_models_or_the_index():
     assert read, "the report reads the stages' records"
     assert not [o for o in read if o.startswith(("models/", "data/index"))]
     assert {"runs/${item}/predictions.jsonl", "runs/${key}/weights.parquet"} <= read
+
+
+def test_every_output_is_cached_so_queued_experiments_keep_it():
+    uncached = [
+        o
+        for name, stage in stages().items()
+        for key in ("outs", "metrics", "plots")
+        for o in stage.get(key, [])
+        if isinstance(o, dict) and next(iter(o.values())).get("cache") is False
+    ]
+    assert not uncached, f"outputs a queued experiment would lose: {uncached}"
