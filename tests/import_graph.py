@@ -35,6 +35,23 @@ def _package_inits(root: Path, dotted: str) -> list[Path]:
     return [p for p in inits if p.is_file()]
 
 
+def imported_names(root: Path, path: Path) -> list[tuple[str, str]]:
+    """(module, name) of every import in `path`, relative modules resolved; name "" for
+    `import module`. Imports inside functions count too."""
+    package = list(path.relative_to(root).parts[:-1])
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out.extend((alias.name, "") for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1])
+                module = f"{base}.{module}" if module else base
+            out.extend((module, alias.name) for alias in node.names)
+    return out
+
+
 def direct_imports(root: Path, path: Path, *, with_packages: bool = True) -> set[Path]:
     """The project files that `path` imports, at module level or inside functions.
 
@@ -42,7 +59,6 @@ def direct_imports(root: Path, path: Path, *, with_packages: bool = True) -> set
     first (what a stage's results depend on); without, only the modules the code names (the
     graph whose cycles matter).
     """
-    package = list(path.relative_to(root).parts[:-1])
     script_dir = None if (path.parent / "__init__.py").is_file() else path.parent
     found: set[Path] = set()
 
@@ -52,19 +68,10 @@ def direct_imports(root: Path, path: Path, *, with_packages: bool = True) -> set
             if with_packages:
                 found.update(_package_inits(root, dotted))
 
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                add(alias.name)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = ".".join(package[: len(package) - node.level + 1])
-                dotted = f"{base}.{node.module}" if node.module else base
-            else:
-                dotted = node.module or ""
-            add(dotted)
-            for alias in node.names:  # `from pkg import module` imports the module
-                add(f"{dotted}.{alias.name}")
+    for module, name in imported_names(root, path):
+        add(module)
+        if name:  # `from pkg import module` imports the module
+            add(f"{module}.{name}")
     found.discard(path)
     return found
 

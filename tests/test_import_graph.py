@@ -3,12 +3,11 @@ private."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
-from tests.import_graph import PACKAGES, direct_imports
+from tests.import_graph import PACKAGES, direct_imports, imported_names
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
@@ -17,22 +16,6 @@ ORCHESTRATION = ("dvc", "prefect", "mlflow")
 
 def rel(path: Path) -> str:
     return str(path.relative_to(ROOT))
-
-
-def imported_names(path: Path) -> list[tuple[str, str]]:
-    """(module, name) of every `from module import name` in `path`, relative ones resolved."""
-    package = list(path.relative_to(ROOT).parts[:-1])
-    out = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom):
-            module = node.module or ""
-            if node.level:
-                base = ".".join(package[: len(package) - node.level + 1])
-                module = f"{base}.{module}" if module else base
-            out.extend((module, a.name) for a in node.names)
-        elif isinstance(node, ast.Import):
-            out.extend((a.name, "") for a in node.names)
-    return out
 
 
 def cycles(root: Path = ROOT, files: list[Path] = FILES) -> list[list[str]]:
@@ -73,7 +56,7 @@ def test_no_module_imports_itself_through_others():
 def test_no_private_name_is_imported_from_another_module(path):
     private = [
         f"{module}.{name}"
-        for module, name in imported_names(path)
+        for module, name in imported_names(ROOT, path)
         if module.split(".")[0] in PACKAGES
         and name.startswith("_")
         # a package's private module (stages/_common.py) serves the modules of that package
@@ -84,7 +67,7 @@ def test_no_private_name_is_imported_from_another_module(path):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "exsearch").rglob("*.py")), ids=rel)
 def test_the_library_knows_nothing_of_the_orchestration(path):
-    used = [m for m, _ in imported_names(path) if m.split(".")[0] in ORCHESTRATION]
+    used = [m for m, _ in imported_names(ROOT, path) if m.split(".")[0] in ORCHESTRATION]
     assert not used, f"{rel(path)} imports {used}: that belongs in stages/ or flows/"
 
 
