@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 from exsearch.modeling import materialize_base
-from stages._common import parser, setup
+from stages._common import checkpoint_dir, parser, setup
 from stages.tracking import stage_run
 
 log = logging.getLogger("stages.init_model")
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("models/iter_0"),
+        default=checkpoint_dir("iter_0"),
         help="model folder to write (default: models/iter_0)",
     )
     args = p.parse_args(argv)

@@ -33,10 +33,14 @@ log = logging.getLogger("stages.warmup")
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
     p = _common.parser(__doc__)
-    p.add_argument("--base", default="models/base", help="model to warm up")
+    p.add_argument("--base", default=str(_common.checkpoint_dir("base")), help="model to warm up")
     p.add_argument("--index", default="data/index", help="index directory (BM25 or dense)")
     p.add_argument("--questions", default="data/prepared/train.jsonl", help="training questions")
-    p.add_argument("--out", default="models/iter_0", help="where the warmed-up model goes")
+    p.add_argument(
+        "--out",
+        default=str(_common.checkpoint_dir("iter_0")),
+        help="where the warmed-up model goes",
+    )
     p.add_argument("--workdir", default="runs/warmup", help="trajectories and stats")
     args = p.parse_args(argv)
     params = _common.setup(args)
