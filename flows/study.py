@@ -36,14 +36,16 @@ STUDY_OVERRIDES = (
 # Setting name → its overrides of params.yaml (`dvc exp run -S` syntax), in the order they are
 # queued (most telling first).
 SETTINGS: dict[str, tuple[str, ...]] = {
-    "default": (),
-    "exp": ("weigh.scheme=exp",),
+    "exp": ("weigh.scheme=exp",),  # params.yaml's default since the first study
+    # A second seed for all that follows the warm-up: the questions each iteration draws, the
+    # samples and the M-step's data order; iter_0 and its scores are shared with `exp`.
+    "exp-seed1": ("weigh.scheme=exp", "sample.seed=1", "train.seed=1"),
+    "softmax": ("weigh.scheme=softmax",),
     "filter": ("weigh.scheme=filter",),
     "uniform": ("weigh.scheme=uniform",),
     "q64": ("sample.questions=64",),
     "replay16": ("train.replay=16",),
     "from-warmup": ("train.start_from=warmup",),
-    "default-seed1": ("seed=1",),
     "f1": ("weigh.scheme=f1",),
     "t1.0": ("sample.temperature=1.0",),
     "k8": ("sample.k=8",),

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
             pool,
             checkpoint_step(args.iteration),
             cfg.questions,
-            seed=params.seed,
+            seed=params.seed + cfg.seed,
             exclude=warmup_ids,
         )
         questions = draw.questions
