@@ -37,7 +37,7 @@ class QuestionSet:
     skipped: list[str] = field(default_factory=list)  # one "where: why" line per skipped row
 
 
-def read_questions(spec: DatasetFile, *, skip_invalid: bool = False) -> QuestionSet:
+def read_dataset(spec: DatasetFile, *, skip_invalid: bool = False) -> QuestionSet:
     """Read one question file in `spec.format`: skip `spec.skip` valid questions, keep `spec.limit`.
 
     Only the kept questions' contexts are returned.

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from exsearch.config import PrepareConfig
 from exsearch.corpus import CorpusBuilder, fetch_corpus_file, read_corpus
-from exsearch.dataset_files import read_questions
+from exsearch.dataset_files import read_dataset
 from exsearch.io import atomic_path, write_json, write_jsonl
 from exsearch.schema import Passage, Question
 from stages._common import parser, setup
@@ -124,7 +124,7 @@ def _read_split(
     if not getattr(cfg, split):
         raise ValueError(f"prepare.{split} lists no question file; add at least one")
     for spec in getattr(cfg, split):
-        got = read_questions(spec, skip_invalid=cfg.skip_invalid)
+        got = read_dataset(spec, skip_invalid=cfg.skip_invalid)
         if not got.questions:
             why = f"all {len(got.skipped)} rows are invalid" if got.skipped else "is it empty?"
             raise ValueError(f"{spec.path}: no questions in prepare.{split} ({why})")

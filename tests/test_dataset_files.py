@@ -5,7 +5,7 @@ import pytest
 
 from exsearch.config import CorpusFile, DatasetFile
 from exsearch.corpus import CorpusBuilder, read_corpus
-from exsearch.dataset_files import read_questions
+from exsearch.dataset_files import read_dataset
 
 RAW = Path(__file__).resolve().parents[1] / "data" / "raw"
 
@@ -110,7 +110,7 @@ def ircot_record(qid="i1", spans=("Paris",), number="", date=None):
 
 
 def test_hotpotqa_reader_builds_question_contexts_and_support(tmp_path):
-    got = read_questions(spec(write(tmp_path / "h.json", [hotpot_record()]), "hotpotqa", "hp"))
+    got = read_dataset(spec(write(tmp_path / "h.json", [hotpot_record()]), "hotpotqa", "hp"))
     (q,) = got.questions
     assert (q.id, q.answers, q.dataset) == ("q1", ["Paris"], "hp")
     assert q.supporting_titles == ["Tower", "Town"]
@@ -127,13 +127,13 @@ def test_hotpotqa_reader_builds_question_contexts_and_support(tmp_path):
 
 def test_hotpotqa_reader_reads_jsonl_with_one_record_per_line(tmp_path):
     path = write(tmp_path / "h.jsonl", [hotpot_record("a"), hotpot_record("b")], jsonl=True)
-    assert [q.id for q in read_questions(spec(path, "hotpotqa")).questions] == ["a", "b"]
+    assert [q.id for q in read_dataset(spec(path, "hotpotqa")).questions] == ["a", "b"]
 
 
 def test_hotpotqa_fact_past_paragraph_end_falls_back_to_whole_paragraph(tmp_path):
     rec = hotpot_record()
     rec["supporting_facts"] = [["Tower", 7], ["Town", 1]]
-    (q,) = read_questions(spec(write(tmp_path / "h.json", [rec]), "hotpotqa")).questions
+    (q,) = read_dataset(spec(write(tmp_path / "h.json", [rec]), "hotpotqa")).questions
     assert q.extra["support"][0]["sentences"] == ["The Tower is in Town.", "It is tall."]
 
 
@@ -141,11 +141,11 @@ def test_hotpotqa_fact_title_outside_context_is_invalid(tmp_path):
     rec = hotpot_record()
     rec["supporting_facts"] = [["Elsewhere", 0]]
     with pytest.raises(ValueError, match=r"record 0 \(id 'q1'\).*'Elsewhere'"):
-        read_questions(spec(write(tmp_path / "h.json", [rec]), "hotpotqa"))
+        read_dataset(spec(write(tmp_path / "h.json", [rec]), "hotpotqa"))
 
 
 def test_2wiki_reader_on_bundled_fixture_keeps_type_and_evidences():
-    got = read_questions(spec(RAW / "2wikimultihopqa" / "qa_sub.json", "2wiki", "2wiki"))
+    got = read_dataset(spec(RAW / "2wikimultihopqa" / "qa_sub.json", "2wiki", "2wiki"))
     assert len(got.questions) == 2
     q = got.questions[0]
     assert q.answers == ["20 March 851"]
@@ -157,7 +157,7 @@ def test_2wiki_reader_on_bundled_fixture_keeps_type_and_evidences():
 
 
 def test_2wiki_support_paragraphs_match_the_bundled_sub_corpus():
-    got = read_questions(spec(RAW / "2wikimultihopqa" / "qa_sub.json", "2wiki"))
+    got = read_dataset(spec(RAW / "2wikimultihopqa" / "qa_sub.json", "2wiki"))
     corpus = {
         p.title: p.text
         for p in read_corpus(
@@ -171,7 +171,7 @@ def test_2wiki_support_paragraphs_match_the_bundled_sub_corpus():
 
 
 def test_ircot_reader_answers_support_and_answer_paragraph_last(tmp_path):
-    got = read_questions(spec(write(tmp_path / "i.jsonl", [ircot_record()], jsonl=True), "ircot"))
+    got = read_dataset(spec(write(tmp_path / "i.jsonl", [ircot_record()], jsonl=True), "ircot"))
     (q,) = got.questions
     assert q.id == "i1" and q.answers == ["Paris"]
     assert len(got.contexts) == 3
@@ -188,11 +188,11 @@ def test_ircot_reader_answers_support_and_answer_paragraph_last(tmp_path):
 def test_ircot_answer_falls_back_to_number_then_date(tmp_path, number, date, expected):
     rec = ircot_record(spans=(), number=number, date=date)
     path = write(tmp_path / "i.jsonl", [rec], jsonl=True)
-    assert read_questions(spec(path, "ircot")).questions[0].answers == expected
+    assert read_dataset(spec(path, "ircot")).questions[0].answers == expected
 
 
 def test_musique_support_follows_decomposition_with_references_filled(tmp_path):
-    got = read_questions(spec(write(tmp_path / "m.json", [musique_record()]), "musique", "mq"))
+    got = read_dataset(spec(write(tmp_path / "m.json", [musique_record()]), "musique", "mq"))
     (q,) = got.questions
     assert q.answers == ["Paris", "City of Paris"]
     assert q.extra["type"] == "2hop" and q.extra["answerable"] is True
@@ -208,14 +208,14 @@ def test_musique_support_follows_decomposition_with_references_filled(tmp_path):
 def test_musique_unanswerable_rows_are_kept_only_with_an_answer(tmp_path):
     rows = [musique_record("a", answerable=False), musique_record("b", False, answer="")]
     rows[1]["answer_aliases"] = []
-    got = read_questions(spec(write(tmp_path / "m.json", rows), "musique"), skip_invalid=True)
+    got = read_dataset(spec(write(tmp_path / "m.json", rows), "musique"), skip_invalid=True)
     assert [q.id for q in got.questions] == ["a"]
     assert got.questions[0].extra["answerable"] is False
     assert len(got.skipped) == 1 and "no answer" in got.skipped[0]
 
 
 def test_flashrag_questions_on_bundled_nq():
-    got = read_questions(spec(RAW / "nq" / "test.jsonl", "flashrag", "nq"))
+    got = read_dataset(spec(RAW / "nq" / "test.jsonl", "flashrag", "nq"))
     assert len(got.questions) == 17 and got.contexts == []
     assert got.questions[2].id == "test_2"
     assert got.questions[2].answers == ["Olivia", "MFSK"]
@@ -223,7 +223,7 @@ def test_flashrag_questions_on_bundled_nq():
 
 
 def test_flashrag_reader_accepts_idx_and_single_answer_on_bundled_bamboogle():
-    got = read_questions(spec(RAW / "bamboogle" / "bamboogle.jsonl", "flashrag", "bamboogle"))
+    got = read_dataset(spec(RAW / "bamboogle" / "bamboogle.jsonl", "flashrag", "bamboogle"))
     assert len(got.questions) == 125
     assert got.questions[0].id == "1" and got.questions[0].answers == ["james madison"]
 
@@ -244,22 +244,22 @@ def test_invalid_jsonl_row_error_names_file_and_line(tmp_path, bad, why):
     rows = [{"id": "ok", "question": "Q?", "answer": "a"}, bad]
     path = write(tmp_path / "q.jsonl", rows, jsonl=True)
     with pytest.raises(ValueError, match=rf"q\.jsonl:2 \(id 'x'\): {why}"):
-        read_questions(spec(path, "flashrag"))
+        read_dataset(spec(path, "flashrag"))
 
 
 def test_unparseable_jsonl_line_is_an_invalid_row(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text('{"id": "1", "question": "Q?", "answer": "a"}\n{"id": oops\n')
     with pytest.raises(ValueError, match=r"q\.jsonl:2: not valid JSON"):
-        read_questions(spec(path, "flashrag"))
-    assert len(read_questions(spec(path, "flashrag"), skip_invalid=True).skipped) == 1
+        read_dataset(spec(path, "flashrag"))
+    assert len(read_dataset(spec(path, "flashrag"), skip_invalid=True).skipped) == 1
 
 
 def test_unparseable_json_list_fails_even_when_skipping(tmp_path):
     path = tmp_path / "h.json"
     path.write_text('[\n{"_id": "1",\n oops}\n]')
     with pytest.raises(ValueError, match=r"h\.json:3: not valid JSON"):
-        read_questions(spec(path, "hotpotqa"), skip_invalid=True)
+        read_dataset(spec(path, "hotpotqa"), skip_invalid=True)
 
 
 def test_malformed_record_names_record_index_and_id(tmp_path):
@@ -267,7 +267,7 @@ def test_malformed_record_names_record_index_and_id(tmp_path):
     rec["context"] = [["only a title"]]
     path = write(tmp_path / "h.json", [hotpot_record(), rec])
     with pytest.raises(ValueError, match=r"h\.json: record 1 \(id 'q9'\): malformed hotpotqa"):
-        read_questions(spec(path, "hotpotqa"))
+        read_dataset(spec(path, "hotpotqa"))
 
 
 def test_skip_invalid_skips_and_counts_every_bad_row(tmp_path):
@@ -278,7 +278,7 @@ def test_skip_invalid_skips_and_counts_every_bad_row(tmp_path):
         hotpot_record("d", question=" "),
         hotpot_record("a"),
     ]
-    got = read_questions(spec(write(tmp_path / "h.json", rows), "hotpotqa"), skip_invalid=True)
+    got = read_dataset(spec(write(tmp_path / "h.json", rows), "hotpotqa"), skip_invalid=True)
     assert [q.id for q in got.questions] == ["a", "c"]
     assert len(got.skipped) == 3
     assert "record 4 (id 'a'): question id 'a' appears twice" in got.skipped[2]
@@ -294,7 +294,7 @@ def test_limit_keeps_the_first_n_valid_questions(tmp_path):
         hotpot_record("d"),
     ]
     path = write(tmp_path / "h.json", rows)
-    got = read_questions(spec(path, "hotpotqa", limit=2), skip_invalid=True)
+    got = read_dataset(spec(path, "hotpotqa", limit=2), skip_invalid=True)
     assert [q.id for q in got.questions] == ["b", "c"]
     assert len(got.contexts) == 6
 
@@ -315,14 +315,14 @@ BUNDLED = [
 
 @pytest.mark.parametrize(("rel", "fmt", "count"), BUNDLED)
 def test_bundled_question_files_read_whole(rel, fmt, count):
-    got = read_questions(spec(RAW / rel, fmt))
+    got = read_dataset(spec(RAW / rel, fmt))
     assert len(got.questions) == count and got.skipped == []
     assert all(len(q.extra["support"]) >= 2 for q in got.questions)
     assert all(q.supporting_titles for q in got.questions)
 
 
 def test_every_gold_supporting_paragraph_of_bundled_data_is_in_the_corpus():
-    sets = [read_questions(spec(RAW / rel, fmt)) for rel, fmt, _ in BUNDLED]
+    sets = [read_dataset(spec(RAW / rel, fmt)) for rel, fmt, _ in BUNDLED]
     builder = CorpusBuilder()
     for s in sets:
         builder.add_all(s.contexts)
@@ -338,7 +338,7 @@ def test_hotpotqa_reader_reads_the_hugging_face_layout_of_the_bundled_sample(tmp
     # A slice of the bundled file: `context` and `supporting_facts` are dicts of lists there.
     records = json.loads((RAW / "hotpotqa/hotpotqa_500.first250.json").read_text())[:3]
     assert isinstance(records[0]["context"], dict)
-    got = read_questions(spec(write(tmp_path / "hf.json", records), "hotpotqa", "hotpotqa"))
+    got = read_dataset(spec(write(tmp_path / "hf.json", records), "hotpotqa", "hotpotqa"))
     assert [q.id for q in got.questions] == [r["id"] for r in records]
     for q, rec in zip(got.questions, records, strict=True):
         titles = list(dict.fromkeys(rec["supporting_facts"]["title"]))
@@ -373,7 +373,7 @@ def test_skip_and_limit_split_one_file_between_dev_and_train(tmp_path):
             for i in range(5)
         ],
     )
-    dev = read_questions(DatasetFile(path=str(path), format="hotpotqa", dataset="d", limit=2))
-    train = read_questions(DatasetFile(path=str(path), format="hotpotqa", dataset="d", skip=2))
+    dev = read_dataset(DatasetFile(path=str(path), format="hotpotqa", dataset="d", limit=2))
+    train = read_dataset(DatasetFile(path=str(path), format="hotpotqa", dataset="d", skip=2))
     assert [q.id for q in dev.questions] == ["q0", "q1"]
     assert [q.id for q in train.questions] == ["q2", "q3", "q4"]
