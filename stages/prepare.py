@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from exsearch.config import PrepareConfig
 from exsearch.corpus import CorpusBuilder, fetch_corpus_file, read_corpus
 from exsearch.dataset_files import read_dataset
-from exsearch.io import atomic_path, write_json, write_jsonl
+from exsearch.io import atomic_path, write_json
+from exsearch.questions import write_questions
 from exsearch.schema import Passage, Question
 from stages._common import parser, setup
 from stages.tracking import stage_run
@@ -204,8 +205,8 @@ def main(argv: list[str] | None = None) -> None:
                 out = prepare(params.prepare, sink=write)
             except (ValueError, OSError) as e:
                 sys.exit(f"error: {e}")
-        write_jsonl(args.out_dir / "train.jsonl", (q.to_dict() for q in out.train))
-        write_jsonl(args.out_dir / "dev.jsonl", (q.to_dict() for q in out.dev))
+        write_questions(args.out_dir / "train.jsonl", out.train)
+        write_questions(args.out_dir / "dev.jsonl", out.dev)
         write_json(args.out_dir / "stats.json", out.stats)
         log.info(
             "wrote %d train, %d dev questions and %d passages (%d duplicates removed) to %s",
