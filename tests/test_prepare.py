@@ -6,9 +6,10 @@ import yaml
 
 from exsearch.config import parse_params
 from exsearch.io import read_jsonl
+from exsearch.preparation import prepare
 from exsearch.questions import read_questions
 from exsearch.schema import Passage
-from stages.prepare import main, prepare
+from stages.prepare import main
 
 RAW = Path(__file__).resolve().parents[1] / "data" / "raw"
 
