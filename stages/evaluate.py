@@ -22,6 +22,7 @@ from exsearch import io
 from exsearch.agent import Sampling, SearchAgent
 from exsearch.evaluation import compare_records, markdown_table, select_questions, summarize
 from exsearch.generation import make_generator
+from exsearch.questions import read_questions
 from exsearch.schema import Question
 from stages import _common
 from stages.tracking import log_iteration_metrics, stage_run
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
 
         try:
             questions = select_questions(
-                [Question.from_dict(d) for d in io.read_jsonl(args.questions)],
+                read_questions(args.questions),
                 params.evaluate.datasets,
                 params.evaluate.limit,
             )

@@ -25,8 +25,8 @@ from exsearch import io
 from exsearch.agent import SearchAgent
 from exsearch.config import checkpoint_step
 from exsearch.generation import make_generator
+from exsearch.questions import read_questions
 from exsearch.sampling import fingerprint, iteration_questions, sample_in_shards
-from exsearch.schema import Question
 from stages import _common
 from stages.tracking import stage_run
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = _common.checkpoint_dir(args.prev)
 
         retriever = _common.open_index(args.index)  # before any work: a bad index fails fast
-        pool = [Question.from_dict(d) for d in io.read_jsonl(args.questions)]
+        pool = read_questions(args.questions)
         if not pool:
             sys.exit(f"error: {args.questions}: no training questions; check prepare.train")
         if cfg.exclude_warmup and not Path(args.warmup).is_file():

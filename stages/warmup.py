@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from exsearch import io
-from exsearch.schema import Question
+from exsearch.questions import read_questions
 from exsearch.training import train_weighted
 from exsearch.warmup import WarmupShape, build_trajectories
 from stages import _common, _launch
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             trajectories = list(io.read_jsonl(cfg.teacher_file))
             log.info("read %d teacher trajectories from %s", len(trajectories), cfg.teacher_file)
         else:
-            questions = [Question.from_dict(d) for d in io.read_jsonl(args.questions)]
+            questions = read_questions(args.questions)
             questions = [q for q in questions if q.extra.get("support")]
             if cfg.max_examples and cfg.max_examples < len(questions):
                 # A seeded draw, not the head: the training files are grouped by dataset.

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from exsearch.config import CorpusFile, IndexConfig, parse_params
-from exsearch.data import fetch_corpus_file, passage_id, read_corpus
+from exsearch.corpus import fetch_corpus_file, passage_id, read_corpus
+from exsearch.preparation import prepare
 from exsearch.retrieval import bm25_build, make_tokenizer
-from stages.prepare import prepare
 
 # DPR's psgs_w100.tsv layout: a header, tab-separated, text CSV-quoted with doubled quotes.
 DPR_TSV = (

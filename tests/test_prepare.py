@@ -6,8 +6,10 @@ import yaml
 
 from exsearch.config import parse_params
 from exsearch.io import read_jsonl
-from exsearch.schema import Passage, Question
-from stages.prepare import main, prepare
+from exsearch.preparation import prepare
+from exsearch.questions import read_questions
+from exsearch.schema import Passage
+from stages.prepare import main
 
 RAW = Path(__file__).resolve().parents[1] / "data" / "raw"
 
@@ -50,8 +52,8 @@ def test_prepare_stage_runs_end_to_end(tmp_path):
     out = tmp_path / "prepared"
     main(["--params", str(params), "--out-dir", str(out)])
 
-    train = [Question.from_dict(r) for r in read_jsonl(out / "train.jsonl")]
-    dev = [Question.from_dict(r) for r in read_jsonl(out / "dev.jsonl")]
+    train = read_questions(out / "train.jsonl")
+    dev = read_questions(out / "dev.jsonl")
     corpus = [Passage.from_dict(r) for r in read_jsonl(out / "corpus.jsonl")]
     stats = json.loads((out / "stats.json").read_text())
 

@@ -4,14 +4,8 @@ from pathlib import Path
 import pytest
 
 from exsearch.config import CorpusFile, DatasetFile
-from exsearch.data import (
-    CorpusBuilder,
-    join_sentences,
-    passage_id,
-    read_corpus,
-    read_questions,
-    split_sentences,
-)
+from exsearch.corpus import CorpusBuilder, read_corpus
+from exsearch.dataset_files import read_dataset
 
 RAW = Path(__file__).resolve().parents[1] / "data" / "raw"
 
@@ -116,7 +110,7 @@ def ircot_record(qid="i1", spans=("Paris",), number="", date=None):
 
 
 def test_hotpotqa_reader_builds_question_contexts_and_support(tmp_path):
-    got = read_questions(spec(write(tmp_path / "h.json", [hotpot_record()]), "hotpotqa", "hp"))
+    got = read_dataset(spec(write(tmp_path / "h.json", [hotpot_record()]), "hotpotqa", "hp"))
     (q,) = got.questions
     assert (q.id, q.answers, q.dataset) == ("q1", ["Paris"], "hp")
     assert q.supporting_titles == ["Tower", "Town"]
@@ -133,13 +127,13 @@ def test_hotpotqa_reader_builds_question_contexts_and_support(tmp_path):
 
 def test_hotpotqa_reader_reads_jsonl_with_one_record_per_line(tmp_path):
     path = write(tmp_path / "h.jsonl", [hotpot_record("a"), hotpot_record("b")], jsonl=True)
-    assert [q.id for q in read_questions(spec(path, "hotpotqa")).questions] == ["a", "b"]
+    assert [q.id for q in read_dataset(spec(path, "hotpotqa")).questions] == ["a", "b"]
 
 
 def test_hotpotqa_fact_past_paragraph_end_falls_back_to_whole_paragraph(tmp_path):
     rec = hotpot_record()
     rec["supporting_facts"] = [["Tower", 7], ["Town", 1]]
-    (q,) = read_questions(spec(write(tmp_path / "h.json", [rec]), "hotpotqa")).questions
+    (q,) = read_dataset(spec(write(tmp_path / "h.json", [rec]), "hotpotqa")).questions
     assert q.extra["support"][0]["sentences"] == ["The Tower is in Town.", "It is tall."]
 
 
@@ -147,11 +141,11 @@ def test_hotpotqa_fact_title_outside_context_is_invalid(tmp_path):
     rec = hotpot_record()
     rec["supporting_facts"] = [["Elsewhere", 0]]
     with pytest.raises(ValueError, match=r"record 0 \(id 'q1'\).*'Elsewhere'"):
-        read_questions(spec(write(tmp_path / "h.json", [rec]), "hotpotqa"))
+        read_dataset(spec(write(tmp_path / "h.json", [rec]), "hotpotqa"))
 
 
 def test_2wiki_reader_on_bundled_fixture_keeps_type_and_evidences():
-    got = read_questions(spec(RAW / "2wikimultihopqa" / "qa_sub.json", "2wiki", "2wiki"))
+    got = read_dataset(spec(RAW / "2wikimultihopqa" / "qa_sub.json", "2wiki", "2wiki"))
     assert len(got.questions) == 2
     q = got.questions[0]
     assert q.answers == ["20 March 851"]
@@ -163,7 +157,7 @@ def test_2wiki_reader_on_bundled_fixture_keeps_type_and_evidences():
 
 
 def test_2wiki_support_paragraphs_match_the_bundled_sub_corpus():
-    got = read_questions(spec(RAW / "2wikimultihopqa" / "qa_sub.json", "2wiki"))
+    got = read_dataset(spec(RAW / "2wikimultihopqa" / "qa_sub.json", "2wiki"))
     corpus = {
         p.title: p.text
         for p in read_corpus(
@@ -177,7 +171,7 @@ def test_2wiki_support_paragraphs_match_the_bundled_sub_corpus():
 
 
 def test_ircot_reader_answers_support_and_answer_paragraph_last(tmp_path):
-    got = read_questions(spec(write(tmp_path / "i.jsonl", [ircot_record()], jsonl=True), "ircot"))
+    got = read_dataset(spec(write(tmp_path / "i.jsonl", [ircot_record()], jsonl=True), "ircot"))
     (q,) = got.questions
     assert q.id == "i1" and q.answers == ["Paris"]
     assert len(got.contexts) == 3
@@ -194,11 +188,11 @@ def test_ircot_reader_answers_support_and_answer_paragraph_last(tmp_path):
 def test_ircot_answer_falls_back_to_number_then_date(tmp_path, number, date, expected):
     rec = ircot_record(spans=(), number=number, date=date)
     path = write(tmp_path / "i.jsonl", [rec], jsonl=True)
-    assert read_questions(spec(path, "ircot")).questions[0].answers == expected
+    assert read_dataset(spec(path, "ircot")).questions[0].answers == expected
 
 
 def test_musique_support_follows_decomposition_with_references_filled(tmp_path):
-    got = read_questions(spec(write(tmp_path / "m.json", [musique_record()]), "musique", "mq"))
+    got = read_dataset(spec(write(tmp_path / "m.json", [musique_record()]), "musique", "mq"))
     (q,) = got.questions
     assert q.answers == ["Paris", "City of Paris"]
     assert q.extra["type"] == "2hop" and q.extra["answerable"] is True
@@ -214,14 +208,14 @@ def test_musique_support_follows_decomposition_with_references_filled(tmp_path):
 def test_musique_unanswerable_rows_are_kept_only_with_an_answer(tmp_path):
     rows = [musique_record("a", answerable=False), musique_record("b", False, answer="")]
     rows[1]["answer_aliases"] = []
-    got = read_questions(spec(write(tmp_path / "m.json", rows), "musique"), skip_invalid=True)
+    got = read_dataset(spec(write(tmp_path / "m.json", rows), "musique"), skip_invalid=True)
     assert [q.id for q in got.questions] == ["a"]
     assert got.questions[0].extra["answerable"] is False
     assert len(got.skipped) == 1 and "no answer" in got.skipped[0]
 
 
 def test_flashrag_questions_on_bundled_nq():
-    got = read_questions(spec(RAW / "nq" / "test.jsonl", "flashrag", "nq"))
+    got = read_dataset(spec(RAW / "nq" / "test.jsonl", "flashrag", "nq"))
     assert len(got.questions) == 17 and got.contexts == []
     assert got.questions[2].id == "test_2"
     assert got.questions[2].answers == ["Olivia", "MFSK"]
@@ -229,60 +223,9 @@ def test_flashrag_questions_on_bundled_nq():
 
 
 def test_flashrag_reader_accepts_idx_and_single_answer_on_bundled_bamboogle():
-    got = read_questions(spec(RAW / "bamboogle" / "bamboogle.jsonl", "flashrag", "bamboogle"))
+    got = read_dataset(spec(RAW / "bamboogle" / "bamboogle.jsonl", "flashrag", "bamboogle"))
     assert len(got.questions) == 125
     assert got.questions[0].id == "1" and got.questions[0].answers == ["james madison"]
-
-
-def test_flashrag_corpus_splits_quoted_title_from_text(tmp_path):
-    path = tmp_path / "c.jsonl"
-    rows = [
-        {"id": "7", "contents": '"Evan Morris"\nEvan Morris was a lobbyist.'},
-        {"id": "8", "contents": "Absalon\ndragged forth"},
-        {"id": "9", "contents": "no title"},
-    ]
-    write(path, rows, jsonl=True)
-    got = [
-        (p.id, p.title, p.text) for p in read_corpus(CorpusFile(path=str(path), format="flashrag"))
-    ]
-    assert got == [
-        ("7", "Evan Morris", "Evan Morris was a lobbyist."),
-        ("8", "Absalon", "dragged forth"),
-        ("9", "", "no title"),
-    ]
-
-
-def test_bundled_flashrag_corpora_read_whole():
-    sample = list(
-        read_corpus(
-            CorpusFile(path=str(RAW / "wiki_corpus" / "sample_data.jsonl"), format="flashrag")
-        )
-    )
-    tiny = list(
-        read_corpus(
-            CorpusFile(path=str(RAW / "wiki_corpus" / "corpus.jsonl"), format="flashrag", limit=4)
-        )
-    )
-    assert len(sample) == 1000 and len(tiny) == 4
-    assert all(p.title and p.text for p in sample)
-
-
-def test_title_text_and_title_sentences_corpora(tmp_path):
-    tt = write(tmp_path / "tt.json", [{"title": "A", "text": "alpha"}, {"title": "B", "text": "b"}])
-    ts = tmp_path / "ts.json"
-    ts.write_text(json.dumps({"A": ["First.", " Second."], "C": ["One.", "Two."]}))
-    got_tt = [(p.title, p.text) for p in read_corpus(CorpusFile(path=str(tt), format="title_text"))]
-    got_ts = [
-        (p.title, p.text) for p in read_corpus(CorpusFile(path=str(ts), format="title_sentences"))
-    ]
-    assert got_tt == [("A", "alpha"), ("B", "b")]
-    assert got_ts == [("A", "First. Second."), ("C", "One. Two.")]
-
-
-def test_corpus_record_without_text_names_file_and_line(tmp_path):
-    path = write(tmp_path / "c.jsonl", [{"id": "1", "contents": "x"}, {"id": "2"}], jsonl=True)
-    with pytest.raises(ValueError, match=r"c\.jsonl:2 \(id '2'\): missing key 'contents'"):
-        list(read_corpus(CorpusFile(path=str(path), format="flashrag")))
 
 
 # --- invalid rows and limits ------------------------------------------------------------------
@@ -301,22 +244,22 @@ def test_invalid_jsonl_row_error_names_file_and_line(tmp_path, bad, why):
     rows = [{"id": "ok", "question": "Q?", "answer": "a"}, bad]
     path = write(tmp_path / "q.jsonl", rows, jsonl=True)
     with pytest.raises(ValueError, match=rf"q\.jsonl:2 \(id 'x'\): {why}"):
-        read_questions(spec(path, "flashrag"))
+        read_dataset(spec(path, "flashrag"))
 
 
 def test_unparseable_jsonl_line_is_an_invalid_row(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text('{"id": "1", "question": "Q?", "answer": "a"}\n{"id": oops\n')
     with pytest.raises(ValueError, match=r"q\.jsonl:2: not valid JSON"):
-        read_questions(spec(path, "flashrag"))
-    assert len(read_questions(spec(path, "flashrag"), skip_invalid=True).skipped) == 1
+        read_dataset(spec(path, "flashrag"))
+    assert len(read_dataset(spec(path, "flashrag"), skip_invalid=True).skipped) == 1
 
 
 def test_unparseable_json_list_fails_even_when_skipping(tmp_path):
     path = tmp_path / "h.json"
     path.write_text('[\n{"_id": "1",\n oops}\n]')
     with pytest.raises(ValueError, match=r"h\.json:3: not valid JSON"):
-        read_questions(spec(path, "hotpotqa"), skip_invalid=True)
+        read_dataset(spec(path, "hotpotqa"), skip_invalid=True)
 
 
 def test_malformed_record_names_record_index_and_id(tmp_path):
@@ -324,7 +267,7 @@ def test_malformed_record_names_record_index_and_id(tmp_path):
     rec["context"] = [["only a title"]]
     path = write(tmp_path / "h.json", [hotpot_record(), rec])
     with pytest.raises(ValueError, match=r"h\.json: record 1 \(id 'q9'\): malformed hotpotqa"):
-        read_questions(spec(path, "hotpotqa"))
+        read_dataset(spec(path, "hotpotqa"))
 
 
 def test_skip_invalid_skips_and_counts_every_bad_row(tmp_path):
@@ -335,7 +278,7 @@ def test_skip_invalid_skips_and_counts_every_bad_row(tmp_path):
         hotpot_record("d", question=" "),
         hotpot_record("a"),
     ]
-    got = read_questions(spec(write(tmp_path / "h.json", rows), "hotpotqa"), skip_invalid=True)
+    got = read_dataset(spec(write(tmp_path / "h.json", rows), "hotpotqa"), skip_invalid=True)
     assert [q.id for q in got.questions] == ["a", "c"]
     assert len(got.skipped) == 3
     assert "record 4 (id 'a'): question id 'a' appears twice" in got.skipped[2]
@@ -351,56 +294,9 @@ def test_limit_keeps_the_first_n_valid_questions(tmp_path):
         hotpot_record("d"),
     ]
     path = write(tmp_path / "h.json", rows)
-    got = read_questions(spec(path, "hotpotqa", limit=2), skip_invalid=True)
+    got = read_dataset(spec(path, "hotpotqa", limit=2), skip_invalid=True)
     assert [q.id for q in got.questions] == ["b", "c"]
     assert len(got.contexts) == 6
-
-
-# --- corpus building -------------------------------------------------------------------------
-
-
-def corpus_of(*sources):
-    """The de-duplicated passages of all sources, and how many were dropped."""
-    builder = CorpusBuilder()
-    dropped = sum(builder.add_all(source)[1] for source in sources)
-    return builder.passages, dropped
-
-
-def test_duplicates_are_merged_by_normalised_title_and_text():
-    passages, dropped = corpus_of(
-        [("A", "one  two"), ("B", "one two")],
-        [("A", "one two\n"), ("A", "   "), ("A", "one two three")],
-    )
-    assert [(p.title, p.text) for p in passages] == [
-        ("A", "one two"),
-        ("B", "one two"),
-        ("A", "one two three"),
-    ]
-    assert dropped == 2  # the repeat and the empty text
-
-
-def test_passage_ids_are_content_hashes_independent_of_order():
-    first, _ = corpus_of([("A", "x"), ("B", "y")])
-    second, _ = corpus_of([("B", "y"), ("A", " x ")])
-    assert {p.title: p.id for p in first} == {p.title: p.id for p in second}
-    assert first[0].id == passage_id("A", "x") and first[0].id != first[1].id
-    assert len({p.id for p in first}) == 2
-
-
-def test_builder_reports_added_and_dropped_per_source():
-    builder = CorpusBuilder()
-    assert builder.add_all([("A", "x"), ("A", "x")]) == (1, 1)
-    assert builder.add_all([("A", " x"), ("B", "x")]) == (1, 1)
-    assert len(builder) == 2 and ("A", "x  ") in builder
-
-
-def test_sentence_helpers():
-    assert join_sentences(["One.", " Two.", "Three."]) == "One. Two. Three."
-    assert split_sentences("George W. Bush met Dr. Who in the U.S. in 1999. Then he left!  Ok") == [
-        "George W. Bush met Dr. Who in the U.S. in 1999.",
-        "Then he left!",
-        "Ok",
-    ]
 
 
 # --- bundled data ----------------------------------------------------------------------------
@@ -419,14 +315,14 @@ BUNDLED = [
 
 @pytest.mark.parametrize(("rel", "fmt", "count"), BUNDLED)
 def test_bundled_question_files_read_whole(rel, fmt, count):
-    got = read_questions(spec(RAW / rel, fmt))
+    got = read_dataset(spec(RAW / rel, fmt))
     assert len(got.questions) == count and got.skipped == []
     assert all(len(q.extra["support"]) >= 2 for q in got.questions)
     assert all(q.supporting_titles for q in got.questions)
 
 
 def test_every_gold_supporting_paragraph_of_bundled_data_is_in_the_corpus():
-    sets = [read_questions(spec(RAW / rel, fmt)) for rel, fmt, _ in BUNDLED]
+    sets = [read_dataset(spec(RAW / rel, fmt)) for rel, fmt, _ in BUNDLED]
     builder = CorpusBuilder()
     for s in sets:
         builder.add_all(s.contexts)
@@ -442,7 +338,7 @@ def test_hotpotqa_reader_reads_the_hugging_face_layout_of_the_bundled_sample(tmp
     # A slice of the bundled file: `context` and `supporting_facts` are dicts of lists there.
     records = json.loads((RAW / "hotpotqa/hotpotqa_500.first250.json").read_text())[:3]
     assert isinstance(records[0]["context"], dict)
-    got = read_questions(spec(write(tmp_path / "hf.json", records), "hotpotqa", "hotpotqa"))
+    got = read_dataset(spec(write(tmp_path / "hf.json", records), "hotpotqa", "hotpotqa"))
     assert [q.id for q in got.questions] == [r["id"] for r in records]
     for q, rec in zip(got.questions, records, strict=True):
         titles = list(dict.fromkeys(rec["supporting_facts"]["title"]))
@@ -477,7 +373,7 @@ def test_skip_and_limit_split_one_file_between_dev_and_train(tmp_path):
             for i in range(5)
         ],
     )
-    dev = read_questions(DatasetFile(path=str(path), format="hotpotqa", dataset="d", limit=2))
-    train = read_questions(DatasetFile(path=str(path), format="hotpotqa", dataset="d", skip=2))
+    dev = read_dataset(DatasetFile(path=str(path), format="hotpotqa", dataset="d", limit=2))
+    train = read_dataset(DatasetFile(path=str(path), format="hotpotqa", dataset="d", skip=2))
     assert [q.id for q in dev.questions] == ["q0", "q1"]
     assert [q.id for q in train.questions] == ["q2", "q3", "q4"]
