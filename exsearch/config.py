@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from exsearch.config_yaml import DuplicateKeyError, load_yaml
 from exsearch.io import read_text
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -463,40 +464,6 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise ConfigError(f"{source}: invalid parameters\n{lines}") from None
 
 
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: Any, line: int, first_line: int):
-        super().__init__(f"duplicate key {key!r}")
-        self.key, self.line, self.first_line = key, line, first_line
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, stricter and closer to what researchers write.
-
-    YAML 1.1 reads `1e-4` as a string: the exponent forms are floats here. A key given twice in
-    one mapping is an error: PyYAML silently keeps the last one, so a forgotten earlier line
-    would win over the one being edited (or the reverse).
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        first: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if isinstance(key, str | int | float | bool) and key in first:
-                raise _DuplicateKey(key, line, first[key])
-            first.setdefault(key, line)
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     """Read and validate params.yaml."""
     path = Path(path)
@@ -507,8 +474,8 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     except ValueError as e:  # not UTF-8: names the line
         raise ConfigError(str(e)) from None
     try:
-        raw = yaml.load(text, Loader=_Loader)  # noqa: S506
-    except _DuplicateKey as e:
+        raw = load_yaml(text)
+    except DuplicateKeyError as e:
         raise ConfigError(
             f"{path}:{e.line}: duplicate key {e.key!r} (first given at line {e.first_line}); "
             "YAML would silently keep only the last one: delete one of them"
