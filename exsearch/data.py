@@ -40,7 +40,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from exsearch.config import CorpusFile, DatasetFile
+from exsearch.config_data import CorpusFile, DatasetFile
 from exsearch.io import atomic_path, read_json, text_lines
 from exsearch.schema import Passage, Question
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from exsearch.config import PrepareConfig
+from exsearch.config_data import PrepareConfig
 from exsearch.data import CorpusBuilder, fetch_corpus_file, read_corpus, read_questions
 from exsearch.io import atomic_path, write_json, write_jsonl
 from exsearch.schema import Passage, Question

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from exsearch.config import CorpusFile, DatasetFile
+from exsearch.config_data import CorpusFile, DatasetFile
 from exsearch.data import (
     CorpusBuilder,
     join_sentences,
