@@ -3,6 +3,10 @@
 Every stage calls `load_params()` once; a wrong type, a missing required key or an unknown key
 raises `ConfigError` naming the file and the dotted key, so a typo never silently falls back to a
 default.
+
+`Params` lists every section. Most are defined here; `prepare`'s are in `config_data`, and the
+training sections (`warmup`, `sample`, `weigh`, `train`) in `config_training`. `config_yaml`
+reads the YAML itself.
 """
 
 from __future__ import annotations
@@ -14,8 +18,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from exsearch.config_data import PrepareConfig
+from exsearch.config_section import Section
+from exsearch.config_training import SampleConfig, TrainConfig, WarmupConfig, WeighConfig
+from exsearch.config_yaml import DuplicateKeyError, load_yaml
 from exsearch.io import read_text
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -23,65 +31,6 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 class ConfigError(ValueError):
     """params.yaml is malformed; the message names the file and the key."""
-
-
-class Section(BaseModel):
-    """Base for every section: unknown keys are errors, values are checked strictly."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-DataFormat = Literal["hotpotqa", "ircot", "musique", "2wiki", "flashrag"]
-CorpusFormat = Literal["flashrag", "title_text", "title_sentences", "dpr_tsv"]
-
-
-class DatasetFile(Section):
-    """One question file and how to read it."""
-
-    path: str = Field(description="Path of the file, relative to the project root.")
-    format: DataFormat = Field(description="Reader to use (see exsearch.data).")
-    dataset: str = Field(description="Dataset name carried into every question and metric table.")
-    skip: int = Field(
-        default=0,
-        ge=0,
-        description="Leave out the first N valid questions (with `limit` on another entry of the "
-        "same file, this splits one file between dev and train).",
-    )
-    limit: int | None = Field(
-        default=None, ge=1, description="Keep only the first N questions (after `skip`)."
-    )
-    skip_repeats: bool = Field(
-        default=False,
-        description="Drop (and count) questions whose id an earlier file of the same split "
-        "already gave, instead of failing: for samples of one dataset taken from two sources.",
-    )
-
-
-class CorpusFile(Section):
-    """An extra passage file added to the corpus next to the question contexts."""
-
-    path: str
-    format: CorpusFormat
-    limit: int | None = Field(default=None, ge=1)
-    url: str | None = Field(
-        default=None,
-        description="Where to download `path` from when it is missing (a .gz URL is "
-        "decompressed), e.g. DPR's psgs_w100.tsv.gz.",
-    )
-
-
-class PrepareConfig(Section):
-    """`prepare`: read the raw datasets into one question schema and build the passage corpus."""
-
-    train: list[DatasetFile]
-    dev: list[DatasetFile]
-    corpus: list[CorpusFile] = Field(default_factory=list)
-    contexts_in_corpus: bool = Field(
-        default=True, description="Add every question's context paragraphs to the corpus."
-    )
-    skip_invalid: bool = Field(
-        default=False, description="Skip (and count) invalid rows instead of failing on the first."
-    )
 
 
 class IndexConfig(Section):
@@ -211,136 +160,6 @@ class EvaluateConfig(Section):
     )
 
 
-class WarmupConfig(Section):
-    """`warmup`: LLM-free warm-up trajectories from supporting facts, then SFT (METHOD.md §2)."""
-
-    enabled: bool = True
-    max_examples: int | None = Field(
-        default=None,
-        ge=1,
-        description="Warm up on a seeded draw of N training questions (null: all of them). EM "
-        "iterations then sample from the rest (sample.exclude_warmup).",
-    )
-    first_search: Literal["question", "hop"] = Field(
-        default="question",
-        description="'question': the first search is the question itself (what one-shot RAG "
-        "reads), then one search per supporting paragraph not shown yet; 'hop': one search "
-        "per supporting paragraph (exsearch.warmup).",
-    )
-    record_max_words: int = Field(
-        default=30, ge=1, description="Words kept of each record (around the answer)."
-    )
-    teacher_file: str | None = Field(
-        default=None,
-        description="JSONL trajectories written by a teacher, used instead of derived ones.",
-    )
-    epochs: float = Field(default=1.0, gt=0)
-    learning_rate: float = Field(default=1e-4, gt=0)
-
-
-class SampleConfig(Section):
-    """`sample`: E-step exploration, K trajectories per training question."""
-
-    k: int = Field(default=4, ge=1)
-    temperature: float = Field(default=0.8, ge=0)
-    top_p: float = Field(default=0.95, gt=0, le=1)
-    max_steps: int = Field(default=4, ge=1)
-    questions: int | None = Field(
-        default=None,
-        ge=1,
-        description="Training questions per EM iteration, each new to training (exsearch."
-        "sampling.iteration_questions); null samples the whole pool every iteration.",
-    )
-    exclude_warmup: bool = Field(
-        default=True,
-        description="Leave the warm-up's questions out of the pool EM iterations draw from.",
-    )
-    shard_size: int = Field(default=16, ge=1, description="Questions per resumable shard.")
-    seed: int = 0
-
-
-class WeighConfig(Section):
-    """`weigh`: E-step importance weights (METHOD.md §2)."""
-
-    scheme: Literal["softmax", "exp", "uniform", "f1", "filter"] = "softmax"
-    tau: float = Field(default=1.0, gt=0, description="Softmax temperature.")
-    c: float = Field(default=4.0, gt=0, description="Scale of the `exp` scheme.")
-    batch_size: int = Field(default=8, ge=1)
-
-
-# transformers.SchedulerType's values (tests/test_config.py checks the two lists agree); spelled
-# out so that loading params.yaml does not import transformers (and torch) in every stage.
-Scheduler = Literal[
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "constant",
-    "constant_with_warmup",
-    "inverse_sqrt",
-    "reduce_lr_on_plateau",
-    "cosine_with_min_lr",
-    "cosine_warmup_with_min_lr",
-    "warmup_stable_decay",
-    "greedy",
-]
-
-
-class TrainConfig(Section):
-    """`train`: the weighted M-step."""
-
-    lora: bool = True
-    lora_r: int = Field(default=16, ge=1)
-    lora_alpha: int = Field(default=32, ge=1)
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
-    merge_lora: bool = Field(default=True, description="Merge the adapter into the saved model.")
-    learning_rate: float = Field(default=1e-4, gt=0)
-    epochs: float = Field(default=1.0, gt=0)
-    batch_size: int = Field(default=4, ge=1)
-    grad_accum: int = Field(default=1, ge=1)
-    lr_scheduler: Scheduler = Field(
-        default="cosine", description="transformers' learning-rate schedule (SchedulerType)."
-    )
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
-    max_length: int = Field(default=1024, ge=64)
-    bf16: bool = False
-    padding_free: bool = Field(
-        default=False,
-        description="Lay each micro-batch's sequences end to end in one row (no padding; "
-        "TRL's collator, for flash-attention on GPUs). On a CPU, batch_size 1 with grad_accum "
-        "does the same work without padding.",
-    )
-    activation_checkpointing: bool = Field(
-        default=False,
-        description="Recompute activations in the backward pass: less memory, ~30% more compute.",
-    )
-    use_liger_kernel: bool = Field(
-        default=False, description="Liger's fused GPU kernels (SFTConfig; needs liger-kernel)."
-    )
-    seed: int = 0
-    start_from: Literal["previous", "warmup"] = Field(
-        default="previous",
-        description="The model each M-step fine-tunes: 'previous' (θ_t, METHOD.md §2) or "
-        "'warmup' (iter_0 every time, trained on the previous model's samples).",
-    )
-    replay: int = Field(
-        default=0,
-        ge=0,
-        description="Warm-up trajectories mixed into each M-step (weight 1 each, a seeded draw "
-        "per iteration): keeps the action format from drifting while the model learns from "
-        "its own samples.",
-    )
-    launcher: str = Field(
-        default="none",
-        description="'none' (one process), or an accelerate config file such as "
-        "configs/accelerate/ddp.yaml: the train and warmup stages then run themselves under "
-        "`accelerate launch` (stages/_launch.py).",
-    )
-    num_processes: int = Field(
-        default=1, ge=1, description="Processes (GPUs) the launcher starts; unused with 'none'."
-    )
-
-
 _CHECKPOINT = re.compile(r"iter_(0|[1-9][0-9]*)")
 
 
@@ -418,7 +237,7 @@ class TrackingConfig(Section):
 
 
 class Params(Section):
-    """The whole params.yaml."""
+    """The whole params.yaml: one field per section, each section's class holding its keys."""
 
     seed: int = 0
     prepare: PrepareConfig
@@ -463,40 +282,6 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise ConfigError(f"{source}: invalid parameters\n{lines}") from None
 
 
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: Any, line: int, first_line: int):
-        super().__init__(f"duplicate key {key!r}")
-        self.key, self.line, self.first_line = key, line, first_line
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, stricter and closer to what researchers write.
-
-    YAML 1.1 reads `1e-4` as a string: the exponent forms are floats here. A key given twice in
-    one mapping is an error: PyYAML silently keeps the last one, so a forgotten earlier line
-    would win over the one being edited (or the reverse).
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        first: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if isinstance(key, str | int | float | bool) and key in first:
-                raise _DuplicateKey(key, line, first[key])
-            first.setdefault(key, line)
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     """Read and validate params.yaml."""
     path = Path(path)
@@ -507,8 +292,8 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     except ValueError as e:  # not UTF-8: names the line
         raise ConfigError(str(e)) from None
     try:
-        raw = yaml.load(text, Loader=_Loader)  # noqa: S506
-    except _DuplicateKey as e:
+        raw = load_yaml(text)
+    except DuplicateKeyError as e:
         raise ConfigError(
             f"{path}:{e.line}: duplicate key {e.key!r} (first given at line {e.first_line}); "
             "YAML would silently keep only the last one: delete one of them"

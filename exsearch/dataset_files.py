@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from exsearch.config import DatasetFile
+from exsearch.config_data import DatasetFile
 from exsearch.corpus import Context, join_sentences, normalise_text, split_sentences
 from exsearch.records import InvalidRecord, id_note, read_records, require
 from exsearch.schema import Question

@@ -45,7 +45,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from exsearch.config import TrainConfig
+from exsearch.config_training import TrainConfig
 from exsearch.io import atomic_path, read_json, write_json
 from exsearch.modeling import ensure_pad_token
 from exsearch.prompts import DOCS_CLOSE

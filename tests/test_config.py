@@ -137,7 +137,7 @@ def test_the_lr_scheduler_choices_are_transformers_scheduler_types():
 
     from transformers.trainer_utils import SchedulerType
 
-    from exsearch.config import Scheduler
+    from exsearch.config_training import Scheduler
 
     assert set(get_args(Scheduler)) == {s.value for s in SchedulerType}
 

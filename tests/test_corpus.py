@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from exsearch.config import CorpusFile
+from exsearch.config_data import CorpusFile
 from exsearch.corpus import CorpusBuilder, join_sentences, passage_id, read_corpus, split_sentences
 
 RAW = Path(__file__).resolve().parents[1] / "data" / "raw"

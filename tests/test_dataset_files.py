@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from exsearch.config import CorpusFile, DatasetFile
+from exsearch.config_data import CorpusFile, DatasetFile
 from exsearch.corpus import CorpusBuilder, read_corpus
 from exsearch.dataset_files import read_dataset
 

@@ -6,7 +6,8 @@ import bm25s
 import numpy as np
 import pytest
 
-from exsearch.config import CorpusFile, IndexConfig, parse_params
+from exsearch.config import IndexConfig, parse_params
+from exsearch.config_data import CorpusFile
 from exsearch.corpus import fetch_corpus_file, passage_id, read_corpus
 from exsearch.preparation import prepare
 from exsearch.retrieval import bm25_build, make_tokenizer

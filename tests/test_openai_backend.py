@@ -15,9 +15,10 @@ from exsearch import prompts as P
 from exsearch.agent import SearchAgent
 from exsearch.config import AgentConfig, GenerationConfig, IndexConfig, ModelConfig
 from exsearch.generation import Generator, make_generator
+from exsearch.generation.completions_client import ServerError
 from exsearch.generation.decoding import sequence_seed
 from exsearch.generation.hf import HFGenerator
-from exsearch.generation.openai import OpenAIGenerator, ServerError
+from exsearch.generation.openai import OpenAIGenerator
 from exsearch.modeling import load_model
 from exsearch.retrieval import BM25Retriever
 from exsearch.schema import Passage, Question

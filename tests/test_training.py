@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from exsearch import prompts as P
-from exsearch.config import TrainConfig
+from exsearch.config_training import TrainConfig
 from exsearch.training import (
     BASE_MODEL_FILE,
     IGNORE_INDEX,

@@ -13,42 +13,30 @@ smoothed over here:
   so the server neither adds a second BOS to the templated prompt nor hides special tokens, and
   `top_k`, `min_p`, `repetition_penalty` are sent neutral so no model default changes sampling.
 
-Requests run concurrently (at most `max_concurrency` in flight) and are retried with exponential
-backoff on connection errors, timeouts, 429 and 5xx; other errors fail at once with the server's
-message.
+Requests go through `completions_client` (retries, timeouts, at most `max_concurrency` in
+flight); gold-answer scoring reads the server's echoed prompt through `echo_scoring`.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
-import random
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-import httpx
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from exsearch.config import GenerationConfig
 from exsearch.generation.base import Completion
+from exsearch.generation.completions_client import CompletionsClient, ServerError
 from exsearch.generation.decoding import check_decoding, cut_at_stop, row_seeds
+from exsearch.generation.echo_scoring import gold_logprobs, gold_span
 from exsearch.modeling import prepare_tokenizer
-from exsearch.prompts import ANSWER_OPEN, gold_answer_tokens, trajectory_id, with_gold_answer
+from exsearch.prompts import gold_answer_tokens, trajectory_id
 
 log = logging.getLogger(__name__)
-
-_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
-_MAX_BACKOFF_S = 60.0
-
-
-class ServerError(RuntimeError):
-    """The completions server could not be reached or answered with an error."""
 
 
 class OpenAIGenerator:
@@ -78,22 +66,17 @@ class OpenAIGenerator:
                 f"{max_concurrency}, {max_retries}, {timeout_s}"
             )
         self.tokenizer = tokenizer
-        self.base_url = base_url.rstrip("/")
-        self.max_concurrency = max_concurrency
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
         self.progress_min = progress_min
         self._warned_stop = False
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=timeout_s,
-            limits=httpx.Limits(
-                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
-            ),
+        self.client = CompletionsClient(
+            base_url,
+            api_key=api_key,
+            max_concurrency=max_concurrency,
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+            backoff_s=backoff_s,
         )
+        self.base_url = self.client.base_url
         self.model_name = model_name or self._served_model(model_path)
 
     @classmethod
@@ -118,7 +101,7 @@ class OpenAIGenerator:
 
     def close(self) -> None:
         """Close the HTTP connections."""
-        self._client.close()
+        self.client.close()
 
     def __enter__(self) -> OpenAIGenerator:
         return self
@@ -182,7 +165,7 @@ class OpenAIGenerator:
             if seeds is not None:
                 body["seed"] = seeds[i]
             bodies.append(body)
-        answers = self._post_all(bodies, "generating", len(bodies) >= self.progress_min)
+        answers = self.client.post_all(bodies, "generating", len(bodies) >= self.progress_min)
         return [self._completion(a, stops) for a in answers]
 
     # ---------------------------------------------------------------- scoring
@@ -203,94 +186,20 @@ class OpenAIGenerator:
                     "trajectory %s has an empty gold answer; score is NaN", trajectory_id(traj)
                 )
                 continue
-            jobs.append((i, len(positions), *_gold_span(self.tokenizer, traj)))
+            jobs.append((i, len(positions), *gold_span(self.tokenizer, traj)))
         bodies = []
         for *_, text, _, _ in jobs:
             body = self._body(text, max_tokens=1, temperature=0.0)
             body.update(echo=True, logprobs=1)
             bodies.append(body)
-        answers = self._post_all(bodies, "scoring gold answers", progress)
+        answers = self.client.post_all(bodies, "scoring gold answers", progress)
+        served = f"model {self.model_name!r} at {self.base_url}"
         for (i, n_gold, text, a, b), answer in zip(jobs, answers, strict=True):
-            lps = self._gold_logprobs(answer, text, a, b, n_gold, trajectories[i])
+            lps = gold_logprobs(self.tokenizer, answer, text, a, b, n_gold, trajectories[i], served)
             scores[i] = sum(lps) / len(lps)
         return scores
 
-    def _gold_logprobs(
-        self, answer: dict, text: str, a: int, b: int, n_gold: int, traj: dict[str, Any]
-    ) -> list[float]:
-        """Log-probs of the prompt tokens that overlap characters [a, b) of `text`.
-
-        `n_gold` is the number of gold tokens the local tokenizer finds, a check that the
-        server tokenises like the model directory's tokenizer.
-        """
-        choice = answer["choices"][0]
-        lp = choice.get("logprobs") or {}
-        tokens, token_lps = lp.get("tokens") or [], lp.get("token_logprobs") or []
-        offsets = lp.get("text_offset") or []
-        usage = answer.get("usage") or {}
-        n_prompt = usage.get("prompt_tokens") or len(token_lps) - 1
-        if (
-            len(token_lps) >= n_prompt
-            and "".join(tokens[:n_prompt]) == text
-            and len(offsets) >= n_prompt
-        ):
-            # The tokens spell the text exactly, so the offsets are true character offsets.
-            ends = [*offsets[1:n_prompt], len(text)]
-            pos = [j for j in range(n_prompt) if offsets[j] < b and ends[j] > a]
-        else:
-            n_generated = usage.get("completion_tokens")
-            pos = self._align_with_local_tokens(
-                text, a, b, n_prompt, len(token_lps), 1 if n_generated is None else n_generated
-            )
-            if pos is None:
-                raise ServerError(
-                    f"trajectory {trajectory_id(traj)}: the server returned no prompt log-probs; "
-                    "it must support `echo` with `logprobs` (vLLM, SGLang and llama.cpp's Python "
-                    "server with --logits_all true do)"
-                )
-        if len(pos) != n_gold or any(token_lps[j] is None for j in pos):
-            raise ServerError(
-                f"trajectory {trajectory_id(traj)}: the server finds {len(pos)} gold-answer "
-                f"tokens among {n_prompt} prompt tokens, the local tokenizer {n_gold}; is the "
-                f"server serving this model (model {self.model_name!r} at {self.base_url}) and "
-                "not adding special tokens?"
-            )
-        return [float(token_lps[j]) for j in pos]
-
-    def _align_with_local_tokens(
-        self, text: str, a: int, b: int, n_prompt: int, n_logprobs: int, n_generated: int
-    ) -> list[int] | None:
-        """Positions, in the server's echoed log-probs, of the tokens overlapping [a, b) of `text`.
-
-        For token strings that do not spell the text (raw BPE symbols, replacement characters of
-        split multi-byte characters, special tokens echoed as ''): the same tokenizer gives the
-        same tokens, so positions come from the local tokenization, shifted by a BOS the server
-        added. llama.cpp's Python server (llama-cpp-python 0.3) leaves every token whose id is
-        the BOS id out of the echoed list, wherever it is: in ChatML models whose BOS is
-        `<|im_start|>` (SmolLM2) that is one token per message, and positions are mapped past
-        them. That server's echoed log-probs are right only for a prompt that starts with BOS
-        (it drops that token and reads each next one from the logits before it; otherwise they
-        are one position off), so only that layout is accepted. None when the log-probs fit
-        no layout (e.g. the server echoed no prompt).
-        """
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = enc["input_ids"]
-        wanted = [j for j, (s, e) in enumerate(enc["offset_mapping"]) if s < b and e > a]
-        shift = n_prompt - len(ids)
-        bos = self.tokenizer.bos_token_id
-        if (
-            shift == 0
-            and bos is not None
-            and ids[:1] == [bos]
-            and n_logprobs == n_prompt + n_generated - ids.count(bos)
-        ):
-            echoed = list(itertools.accumulate(t != bos for t in ids))  # 1-based echoed index
-            return [echoed[j] - 1 for j in wanted if ids[j] != bos]
-        if n_logprobs >= n_prompt:
-            return [j + shift for j in wanted] if shift in (0, 1) else []
-        return None
-
-    # ---------------------------------------------------------------- HTTP
+    # ---------------------------------------------------------------- requests
     def _body(self, prompt: str, *, max_tokens: int, temperature: float) -> dict[str, Any]:
         return {
             "model": self.model_name,
@@ -303,7 +212,7 @@ class OpenAIGenerator:
 
     def _served_model(self, model_path: str | Path | None) -> str:
         """The one model the server lists; warn if it was not loaded from `model_path`."""
-        data = self._request("GET", "/models").get("data") or []
+        data = self.client.request("GET", "/models").get("data") or []
         ids = [m.get("id") for m in data]
         if len(ids) != 1:
             raise ServerError(
@@ -319,61 +228,6 @@ class OpenAIGenerator:
                 model_path,
             )
         return ids[0]
-
-    def _post_all(self, bodies: list[dict], desc: str, progress: bool) -> list[dict]:
-        """POST every body to /completions, at most `max_concurrency` at once; answers in order."""
-        answers: list[dict] = [{}] * len(bodies)
-        if not bodies:
-            return answers
-        bar = tqdm(total=len(bodies), desc=desc, disable=not progress, leave=False)
-        pool = ThreadPoolExecutor(min(self.max_concurrency, len(bodies)), "completions")
-        try:
-            futures = {
-                pool.submit(self._request, "POST", "/completions", b): i
-                for i, b in enumerate(bodies)
-            }
-            for future in as_completed(futures):
-                answers[futures[future]] = future.result()
-                bar.update()
-        finally:
-            # On an error, drop the queued requests instead of waiting for them.
-            pool.shutdown(wait=False, cancel_futures=True)
-            bar.close()
-        return answers
-
-    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
-        """One request, retried with exponential backoff (and jitter) on transient failures."""
-        url = f"{self.base_url}{path}"
-        error = ""
-        for attempt in range(self.max_retries + 1):
-            wait = self.backoff_s * 2**attempt * (0.5 + random.random() / 2)
-            try:
-                r = self._client.request(method, path, json=body)
-            except httpx.TimeoutException:
-                error = f"no answer within generation.timeout_s = {self.timeout_s:g}s"
-            except httpx.TransportError as e:
-                error = f"cannot reach the server ({type(e).__name__}: {e})"
-            else:
-                if r.status_code == 200:
-                    try:
-                        return r.json()
-                    except ValueError:
-                        raise ServerError(f"{method} {url}: not JSON: {r.text[:300]!r}") from None
-                detail = f"HTTP {r.status_code}: {r.text[:300]}"
-                if r.status_code not in _RETRY_STATUS:
-                    raise ServerError(f"{method} {url} failed with {detail}")
-                error = detail
-                retry_after = r.headers.get("retry-after", "")
-                if retry_after.replace(".", "", 1).isdigit():
-                    wait = max(wait, float(retry_after))
-            if attempt < self.max_retries:
-                time.sleep(min(wait, _MAX_BACKOFF_S))
-        raise ServerError(
-            f"{method} {url} failed after {self.max_retries + 1} attempt(s); last error: {error}. "
-            "Is the server running and serving this model (generation.base_url, "
-            "docs/serving.md)? A loaded server needs a larger generation.timeout_s or a smaller "
-            "generation.max_concurrency."
-        )
 
     # ---------------------------------------------------------------- answers → Completion
     def _completion(self, answer: dict, stops: list[str]) -> Completion:
@@ -424,19 +278,3 @@ class OpenAIGenerator:
                 self.base_url,
             )
         return None
-
-
-def _gold_span(tokenizer: Any, traj: dict[str, Any]) -> tuple[str, int, int]:
-    """The chat with the gold answer, rendered whole, and the gold answer's character span.
-
-    The whole text is scored rather than a prefix, so its tokens are exactly those
-    `prompts.gold_answer_tokens` cuts from (causal log-probs ignore what follows).
-    """
-    gold = traj["answers"][0].strip()
-    messages = with_gold_answer(traj["messages"], gold)
-    prefix = tokenizer.apply_chat_template(
-        messages[:-1], tokenize=False, add_generation_prompt=True
-    )
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
-    a = full.find(ANSWER_OPEN + gold, len(prefix)) + len(ANSWER_OPEN)
-    return full, a, a + len(gold)

@@ -1,0 +1,143 @@
+"""params.yaml's training sections: the warm-up and each EM iteration's E- and M-step.
+
+`warmup` trains iteration 0; every EM iteration then runs `sample` and `weigh` (the E-step) and
+`train` (the M-step). `config.Params` gathers these with the other sections.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from exsearch.config_section import Section
+
+
+class WarmupConfig(Section):
+    """`warmup`: LLM-free warm-up trajectories from supporting facts, then SFT (METHOD.md §2)."""
+
+    enabled: bool = True
+    max_examples: int | None = Field(
+        default=None,
+        ge=1,
+        description="Warm up on a seeded draw of N training questions (null: all of them). EM "
+        "iterations then sample from the rest (sample.exclude_warmup).",
+    )
+    first_search: Literal["question", "hop"] = Field(
+        default="question",
+        description="'question': the first search is the question itself (what one-shot RAG "
+        "reads), then one search per supporting paragraph not shown yet; 'hop': one search "
+        "per supporting paragraph (exsearch.warmup).",
+    )
+    record_max_words: int = Field(
+        default=30, ge=1, description="Words kept of each record (around the answer)."
+    )
+    teacher_file: str | None = Field(
+        default=None,
+        description="JSONL trajectories written by a teacher, used instead of derived ones.",
+    )
+    epochs: float = Field(default=1.0, gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0)
+
+
+class SampleConfig(Section):
+    """`sample`: E-step exploration, K trajectories per training question."""
+
+    k: int = Field(default=4, ge=1)
+    temperature: float = Field(default=0.8, ge=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_steps: int = Field(default=4, ge=1)
+    questions: int | None = Field(
+        default=None,
+        ge=1,
+        description="Training questions per EM iteration, each new to training (exsearch."
+        "sampling.iteration_questions); null samples the whole pool every iteration.",
+    )
+    exclude_warmup: bool = Field(
+        default=True,
+        description="Leave the warm-up's questions out of the pool EM iterations draw from.",
+    )
+    shard_size: int = Field(default=16, ge=1, description="Questions per resumable shard.")
+    seed: int = 0
+
+
+class WeighConfig(Section):
+    """`weigh`: E-step importance weights (METHOD.md §2)."""
+
+    scheme: Literal["softmax", "exp", "uniform", "f1", "filter"] = "softmax"
+    tau: float = Field(default=1.0, gt=0, description="Softmax temperature.")
+    c: float = Field(default=4.0, gt=0, description="Scale of the `exp` scheme.")
+    batch_size: int = Field(default=8, ge=1)
+
+
+# transformers.SchedulerType's values (tests/test_config.py checks the two lists agree); spelled
+# out so that loading params.yaml does not import transformers (and torch) in every stage.
+Scheduler = Literal[
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+    "greedy",
+]
+
+
+class TrainConfig(Section):
+    """`train`: the weighted M-step."""
+
+    lora: bool = True
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    merge_lora: bool = Field(default=True, description="Merge the adapter into the saved model.")
+    learning_rate: float = Field(default=1e-4, gt=0)
+    epochs: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=4, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    lr_scheduler: Scheduler = Field(
+        default="cosine", description="transformers' learning-rate schedule (SchedulerType)."
+    )
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    max_length: int = Field(default=1024, ge=64)
+    bf16: bool = False
+    padding_free: bool = Field(
+        default=False,
+        description="Lay each micro-batch's sequences end to end in one row (no padding; "
+        "TRL's collator, for flash-attention on GPUs). On a CPU, batch_size 1 with grad_accum "
+        "does the same work without padding.",
+    )
+    activation_checkpointing: bool = Field(
+        default=False,
+        description="Recompute activations in the backward pass: less memory, ~30% more compute.",
+    )
+    use_liger_kernel: bool = Field(
+        default=False, description="Liger's fused GPU kernels (SFTConfig; needs liger-kernel)."
+    )
+    seed: int = 0
+    start_from: Literal["previous", "warmup"] = Field(
+        default="previous",
+        description="The model each M-step fine-tunes: 'previous' (θ_t, METHOD.md §2) or "
+        "'warmup' (iter_0 every time, trained on the previous model's samples).",
+    )
+    replay: int = Field(
+        default=0,
+        ge=0,
+        description="Warm-up trajectories mixed into each M-step (weight 1 each, a seeded draw "
+        "per iteration): keeps the action format from drifting while the model learns from "
+        "its own samples.",
+    )
+    launcher: str = Field(
+        default="none",
+        description="'none' (one process), or an accelerate config file such as "
+        "configs/accelerate/ddp.yaml: the train and warmup stages then run themselves under "
+        "`accelerate launch` (stages/_launch.py).",
+    )
+    num_processes: int = Field(
+        default=1, ge=1, description="Processes (GPUs) the launcher starts; unused with 'none'."
+    )
