@@ -20,7 +20,7 @@ from pathlib import Path
 
 from exsearch import io
 from exsearch.agent import Sampling, SearchAgent
-from exsearch.evaluation import compare_records, markdown_table, select_questions, summarize
+from exsearch.evaluation import compare_records, scores_table, select_questions, summarize
 from exsearch.generation import make_generator
 from exsearch.schema import Question
 from stages import _common
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 
         io.write_jsonl(out / "predictions.jsonl", records)
         io.write_json(out / "metrics.json", doc)
-        table = markdown_table(doc["methods"])
+        table = scores_table(doc["methods"])
         if doc["comparisons"]:
             table += "\n" + comparisons_table(doc["comparisons"])
         io.write_text(out / "metrics.md", f"# Evaluation of {args.iteration}\n\n{table}")
