@@ -25,7 +25,7 @@ from exsearch.metrics import (
     supporting_recall,
 )
 from exsearch.schema import Passage, Question
-from exsearch.tables import markdown_table
+from exsearch.tables import format_interval, markdown_table
 
 ANSWER_METRICS = ("em", "f1", "acc")
 RETRIEVAL_METRICS = ("recall", "precision", "support_recall")
@@ -193,3 +193,61 @@ def compare_records(
         )
         for m in COMPARED_METRICS
     }
+
+
+def metrics_document(
+    summaries: Mapping[str, dict],
+    records: Mapping[str, Sequence[dict]],
+    seconds: Mapping[str, float],
+) -> dict:
+    """The evaluate stage's metrics.json (less iteration and model), methods in run order.
+
+    The first method is the primary one: its scores head the document, and it is compared
+    question by question with each other method (`<primary>_vs_<method>`).
+
+    Args:
+        summaries: method → its `summarize` result.
+        records: method → its prediction records.
+        seconds: method → wall time of its run.
+    """
+    if not summaries:
+        raise ValueError("no method was evaluated: evaluate.methods in params.yaml is empty")
+    primary, *others = summaries
+    comparisons = {
+        f"{primary}_vs_{m}": {
+            k: v.to_dict() for k, v in compare_records(records[primary], records[m]).items()
+        }
+        for m in others
+    }
+    return {
+        "primary": primary,
+        "overall": summaries[primary]["overall"],
+        "by_dataset": summaries[primary]["by_dataset"],
+        "comparisons": comparisons,
+        "seconds": seconds,
+        "methods": {
+            m: {k: v for k, v in r.items() if k != "per_sample"} for m, r in summaries.items()
+        },
+    }
+
+
+def comparisons_table(comparisons: Mapping[str, Mapping[str, dict]]) -> str:
+    """One row per comparison of a metrics document: F1 and EM differences with intervals."""
+    rows = [
+        {
+            "comparison": name,
+            "n": c["f1"]["n"],
+            "ΔF1 [95% CI]": format_interval(c["f1"]),
+            "ΔEM [95% CI]": format_interval(c["em"]),
+        }
+        for name, c in comparisons.items()
+    ]
+    return markdown_table(rows, ["comparison", "n", "ΔF1 [95% CI]", "ΔEM [95% CI]"])
+
+
+def metrics_markdown(doc: Mapping[str, dict]) -> str:
+    """The tables of a metrics document: every method's scores, then its comparisons if any."""
+    table = scores_table(doc["methods"])
+    if doc["comparisons"]:
+        table += "\n" + comparisons_table(doc["comparisons"])
+    return table

@@ -4,8 +4,11 @@ metrics document and its tables."""
 
 import pytest
 
+from exsearch.evaluate_methods import evaluate_methods
 from exsearch.evaluation import (
     compare_records,
+    metrics_document,
+    metrics_markdown,
     retrieved_passages,
     score_records,
     select_questions,
@@ -195,3 +198,66 @@ def test_each_checkpoint_is_compared_with_iter_0_its_previous_one_and_its_rag_ba
     assert got["iter_2"]["vs_prev"]["em"] == {"diff": 0.0, "lo": 0.0, "hi": 0.0, "n": 1}
     table = comparisons_markdown(got)
     assert "| iter_1 | iter_0 | 1 | +100.0 [+100.0, +100.0] |" in table
+
+
+# --- the metrics document the evaluate stage writes -------------------------------------------
+
+
+class ReplayAgent:
+    """Stands in for `SearchAgent`: each method's records, as if just generated."""
+
+    def __init__(self, by_method):
+        self.by_method = by_method
+        self.seen_passages = dict(PASSAGES)
+        self.sampling = []
+
+    def run(self, questions, *, method, sampling):
+        self.sampling.append(sampling)
+        return self.by_method[method]
+
+
+def test_the_first_method_heads_the_document_and_is_compared_with_each_other_one():
+    by_method = {
+        "agent": [record(qid="q1", steps=[["p1"]]), record(qid="q2", prediction="x")],
+        "rag": [record(qid="q1", prediction="x", method="rag"), record(qid="q2", method="rag")],
+        "direct": [record(qid="q2", method="direct")],
+    }
+    agent = ReplayAgent(by_method)
+    records, doc = evaluate_methods(QUESTIONS, agent, ["agent", "rag", "direct"], seed=3)
+    assert records == [*by_method["agent"], *by_method["rag"], *by_method["direct"]]
+    assert {(s.temperature, s.seed) for s in agent.sampling} == {(0.0, 3)}
+    assert list(doc) == ["primary", "overall", "by_dataset", "comparisons", "seconds", "methods"]
+    assert doc["primary"] == "agent" and doc["overall"]["em"] == 50.0
+    assert list(doc["comparisons"]) == ["agent_vs_rag", "agent_vs_direct"]
+    assert doc["comparisons"]["agent_vs_direct"]["em"] == {
+        "diff": -100.0,
+        "lo": -100.0,
+        "hi": -100.0,
+        "n": 1,
+    }
+    assert all("per_sample" not in m for m in doc["methods"].values())
+    assert set(doc["seconds"]) == {"agent", "rag", "direct"}
+
+
+def test_metrics_markdown_tabulates_every_method_then_the_comparisons():
+    by_method = {"agent": [record(steps=[["p1"]])], "direct": [record(method="direct")]}
+    summaries = {m: summarize(recs, PASSAGES) for m, recs in by_method.items()}
+    doc = metrics_document(summaries, by_method, {"agent": 1.0, "direct": 0.5})
+    assert metrics_markdown(doc) == (
+        "| method | dataset | n | em | f1 | acc | recall | precision | support_recall"
+        " | searches_per_question |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+        "| agent | all | 1 | 100 | 100 | 100 | 100 | 100 | 100 | 1 |\n"
+        "| agent | toy | 1 | 100 | 100 | 100 | 100 | 100 | 100 | 1 |\n"
+        "| direct | all | 1 | 100 | 100 | 100 | – | – | – | 0 |\n"
+        "| direct | toy | 1 | 100 | 100 | 100 | – | – | – | 0 |\n"
+        "\n"
+        "| comparison | n | ΔF1 [95% CI] | ΔEM [95% CI] |\n"
+        "|---|---|---|---|\n"
+        "| agent_vs_direct | 1 | +0.0 [+0.0, +0.0] | +0.0 [+0.0, +0.0] |\n"
+    )
+
+
+def test_a_document_needs_a_method():
+    with pytest.raises(ValueError, match="evaluate.methods"):
+        metrics_document({}, {}, {})
