@@ -32,6 +32,7 @@ from prefect.runtime import flow_run
 
 from exsearch.config import checkpoint_step, load_params, parse_params
 from exsearch.io import read_json, write_text
+from exsearch.tables import markdown_table
 from flows.dag import iteration_number, project_root, read_stages, select, stale
 from stages import tracking
 
@@ -156,7 +157,7 @@ def extend_iterations(params_file: str | os.PathLike = "params.yaml") -> str:
     return new
 
 
-def summarize(root: Path) -> list[dict[str, Any]]:
+def checkpoint_summary(root: Path) -> list[dict[str, Any]]:
     """One row per evaluated checkpoint: the `overall` numbers of runs/<checkpoint>/metrics.json."""
     rows = []
     for f in (root / "runs").glob("*/metrics.json"):
@@ -168,20 +169,6 @@ def summarize(root: Path) -> list[dict[str, Any]]:
         numbers = {k: v for k, v in scores.items() if isinstance(v, int | float)}
         rows.append({"checkpoint": f.parent.name, **numbers})
     return sorted(rows, key=lambda r: (iteration_number(r["checkpoint"]), r["checkpoint"]))
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """A GitHub markdown table of `rows` (columns in order of first appearance)."""
-    if not rows:
-        return "_no rows_\n"
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-
-    def cell(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else "" if v is None else str(v)
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def _check_overrides(overrides: list[str]) -> None:
@@ -266,7 +253,7 @@ def _wrap_up(root: Path, parent: str | None, status: str, logger: Any) -> list[d
     rows: list[dict[str, Any]] = []
     try:
         tracking.record_lock_hashes(parent)
-        rows = summarize(root)
+        rows = checkpoint_summary(root)
         table = markdown_table(rows)
         create_markdown_artifact(f"## EM campaign\n\n{table}", key="em-campaign-summary")
         logger.info("summary:\n%s", table)
