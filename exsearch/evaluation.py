@@ -57,7 +57,7 @@ def score_records(
     method that never retrieves (`direct`). Supporting-passage recall is also None for a
     question without supporting titles.
     """
-    if not records:
+    if not records:  # the metrics refuse empty input; an empty summary has no scores
         return {key: MetricResult(None, []) for key in (*ANSWER_METRICS, *RETRIEVAL_METRICS)}
     scores = qa_scores([r["prediction"] for r in records], [r["answers"] for r in records])
     idx = [i for i, r in enumerate(records) if r.get("method") not in NO_RETRIEVAL]
@@ -103,7 +103,8 @@ def summarize(records: Sequence[dict], passages: Mapping[str, Passage]) -> dict:
 
     Retrieval recall/precision count a passage as relevant when it contains a gold answer
     (METHOD.md §4); `support_recall` is the share of gold supporting titles retrieved
-    (titles compared case-folded). Trajectories that retrieved nothing count 0 in all three.
+    (titles compared by `metrics.title_key`). Trajectories that retrieved nothing count 0 in
+    all three.
     """
     scores = score_records(records, passages)
     by_dataset: dict[str, list[int]] = defaultdict(list)
