@@ -16,7 +16,7 @@ from typing import Literal, Protocol
 from tqdm.auto import tqdm
 
 from exsearch import prompts
-from exsearch.config import AgentConfig
+from exsearch.config import AgentConfig, Method
 from exsearch.generation import Generator
 from exsearch.metrics import normalize_answer
 from exsearch.prompts import Step
@@ -25,7 +25,6 @@ from exsearch.schema import Passage, Question
 
 log = logging.getLogger(__name__)
 
-Method = Literal["agent", "rag", "direct"]
 FinishReason = Literal["final", "max_steps", "malformed", "length"]
 
 # Below this many words per passage the budget is met by dropping passages instead.

@@ -143,7 +143,7 @@ class AgentConfig(Section):
     passage_max_words: int = Field(default=80, ge=1, description="Words kept of each passage.")
 
 
-Method = Literal["agent", "rag", "direct"]
+Method = Literal["agent", "rag", "direct"]  # how the agent answers; exsearch.agent uses this one
 
 
 class EvaluateConfig(Section):

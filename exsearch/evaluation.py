@@ -1,77 +1,100 @@
 """Score agent records: answer quality, retrieval quality and behaviour, per dataset and overall.
 
-Also the comparisons a campaign is judged by: two sets of records (two checkpoints, or the
-agent and the RAG baseline of one checkpoint) paired by question, with a bootstrap interval on
-their F1 and EM difference (`compare_records`).
+The scores are those of `exsearch.metrics` (per trajectory, then averaged), so the tested
+metric is the reported one. Also the comparisons a campaign is judged by: two sets of records
+(two checkpoints, or the agent and the RAG baseline of one checkpoint) paired by question, with
+a bootstrap interval on their F1 and EM difference (`compare_records`); and the metrics document
+and tables the evaluate stage writes.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from statistics import fmean
 
 from exsearch.metrics import (
     Interval,
-    cover_em,
+    MetricResult,
     exact_match,
     f1_score,
     paired_bootstrap,
-    passage_has_answer,
+    qa_scores,
+    retrieval_precision_at_k,
+    retrieval_recall_at_k,
     supporting_recall,
 )
 from exsearch.schema import Passage, Question
+from exsearch.tables import format_interval, markdown_table
 
 ANSWER_METRICS = ("em", "f1", "acc")
+RETRIEVAL_METRICS = ("recall", "precision", "support_recall")
 # Methods that never retrieve by design: retrieval metrics do not apply to them.
 NO_RETRIEVAL = frozenset({"direct"})
+SCORES_TABLE_COLUMNS = (*ANSWER_METRICS, *RETRIEVAL_METRICS, "searches_per_question")
 
 
-def score_record(record: dict, passages: Mapping[str, Passage]) -> dict:
-    """Per-trajectory scores, with the conventions of `exsearch.metrics`.
+def retrieved_passages(record: dict, passages: Mapping[str, Passage]) -> list[Passage]:
+    """The distinct passages a trajectory retrieved over all its searches, first seen first.
 
-    Retrieval recall and precision are 0 for a trajectory that retrieved nothing, and None
-    only for a method that never retrieves (`direct`); supporting-passage recall is also None
-    for a question without supporting titles.
+    Ids missing from `passages` are skipped.
     """
-    pred, golds = record["prediction"], record["answers"]
     seen: dict[str, Passage] = {}
     for step in record["steps"]:
         for pid in step["passage_ids"]:
             if pid in passages:
                 seen.setdefault(pid, passages[pid])
-    retrieved = list(seen.values())
-    scores = {
-        "em": exact_match(pred, golds),
-        "f1": f1_score(pred, golds),
-        "acc": cover_em(pred, golds),
-        "searches": len(record["steps"]),
-        "tokens": record["tokens"]["generated"],
-        "recall": None,
-        "precision": None,
-        "support_recall": None,
-    }
-    if record.get("method") in NO_RETRIEVAL:
-        return scores
-    hits = [passage_has_answer(p, golds) for p in retrieved]
-    scores["recall"] = float(any(hits))
-    scores["precision"] = sum(hits) / len(hits) if hits else 0.0
-    titles = record.get("supporting_titles") or []
-    scores["support_recall"] = supporting_recall([retrieved], [titles]).per_sample[0]
+    return list(seen.values())
+
+
+def score_records(
+    records: Sequence[dict], passages: Mapping[str, Passage]
+) -> dict[str, MetricResult]:
+    """Every answer and retrieval metric per trajectory, aligned with `records`.
+
+    The conventions of `exsearch.metrics`: retrieval recall and precision look at everything a
+    trajectory retrieved and are 0 for one that retrieved nothing; they are None only for a
+    method that never retrieves (`direct`). Supporting-passage recall is also None for a
+    question without supporting titles.
+    """
+    if not records:  # the metrics refuse empty input; an empty summary has no scores
+        return {key: MetricResult(None, []) for key in (*ANSWER_METRICS, *RETRIEVAL_METRICS)}
+    scores = qa_scores([r["prediction"] for r in records], [r["answers"] for r in records])
+    idx = [i for i, r in enumerate(records) if r.get("method") not in NO_RETRIEVAL]
+    shown = [retrieved_passages(records[i], passages) for i in idx]
+    golds = [records[i]["answers"] for i in idx]
+    titles = [records[i].get("supporting_titles") or [] for i in idx]
+    retrieval = (
+        {
+            "recall": retrieval_recall_at_k(shown, golds),
+            "precision": retrieval_precision_at_k(shown, golds),
+            "support_recall": supporting_recall(shown, titles),
+        }
+        if idx
+        else {key: MetricResult(None, []) for key in RETRIEVAL_METRICS}
+    )
+    for key, result in retrieval.items():
+        per_sample: list[float | None] = [None] * len(records)
+        for i, value in zip(idx, result.per_sample, strict=True):
+            per_sample[i] = value
+        scores[key] = MetricResult.of(per_sample)
     return scores
 
 
-def _aggregate(rows: Sequence[dict], records: Sequence[dict]) -> dict:
-    out: dict = {"n": len(rows)}
-    for key in (*ANSWER_METRICS, "recall", "precision", "support_recall"):
-        vals = [r[key] for r in rows if r[key] is not None]
-        out[key] = round(100 * fmean(vals), 2) if vals else None
-    out["searches_per_question"] = round(fmean(r["searches"] for r in rows), 3) if rows else 0.0
-    out["tokens_generated"] = sum(r["tokens"] for r in rows)
-    reasons: dict[str, int] = defaultdict(int)
-    for rec in records:
-        reasons[rec["finish_reason"]] += 1
-    out["finish_reasons"] = dict(sorted(reasons.items()))
+def _percent(result: MetricResult) -> float | None:
+    return None if result.value is None else round(100 * result.value, 2)
+
+
+def _aggregate(records: Sequence[dict], scores: Mapping[str, MetricResult], idx: list[int]) -> dict:
+    """The summary of the trajectories at `idx`: metrics in percent, searches, tokens, endings."""
+    out: dict = {"n": len(idx)}
+    out.update(
+        {key: _percent(scores[key].subset(idx)) for key in (*ANSWER_METRICS, *RETRIEVAL_METRICS)}
+    )
+    searches = [len(records[i]["steps"]) for i in idx]
+    out["searches_per_question"] = round(fmean(searches), 3) if searches else 0.0
+    out["tokens_generated"] = sum(records[i]["tokens"]["generated"] for i in idx)
+    out["finish_reasons"] = dict(sorted(Counter(records[i]["finish_reason"] for i in idx).items()))
     return out
 
 
@@ -80,32 +103,41 @@ def summarize(records: Sequence[dict], passages: Mapping[str, Passage]) -> dict:
 
     Retrieval recall/precision count a passage as relevant when it contains a gold answer
     (METHOD.md §4); `support_recall` is the share of gold supporting titles retrieved
-    (titles compared case-folded). Trajectories that retrieved nothing count 0 in all three.
+    (titles compared by `metrics.title_key`). Trajectories that retrieved nothing count 0 in
+    all three.
     """
-    rows = [score_record(r, passages) for r in records]
+    scores = score_records(records, passages)
     by_dataset: dict[str, list[int]] = defaultdict(list)
     for i, rec in enumerate(records):
         by_dataset[rec["dataset"]].append(i)
+    per_sample = [
+        {
+            **{key: scores[key].per_sample[i] for key in ANSWER_METRICS},
+            "searches": len(rec["steps"]),
+            "tokens": rec["tokens"]["generated"],
+            **{key: scores[key].per_sample[i] for key in RETRIEVAL_METRICS},
+        }
+        for i, rec in enumerate(records)
+    ]
     return {
-        "overall": _aggregate(rows, records),
+        "overall": _aggregate(records, scores, list(range(len(records)))),
         "by_dataset": {
-            name: _aggregate([rows[i] for i in idx], [records[i] for i in idx])
-            for name, idx in sorted(by_dataset.items())
+            name: _aggregate(records, scores, idx) for name, idx in sorted(by_dataset.items())
         },
-        "per_sample": rows,
+        "per_sample": per_sample,
     }
 
 
-def markdown_table(results: Mapping[str, dict]) -> str:
-    """One row per method and dataset: the table the evaluate stage writes."""
-    cols = ["em", "f1", "acc", "recall", "precision", "support_recall", "searches_per_question"]
-    head = "| method | dataset | n | " + " | ".join(cols) + " |"
-    lines = [head, "|" + "---|" * (len(cols) + 3)]
-    for method, res in results.items():
-        for name, agg in [("all", res["overall"]), *res["by_dataset"].items()]:
-            cells = ["–" if agg[c] is None else f"{agg[c]:g}" for c in cols]
-            lines.append(f"| {method} | {name} | {agg['n']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+def scores_table(results: Mapping[str, dict]) -> str:
+    """One row per method and dataset (`all` first) of `summarize`'s scores: metrics.md's table."""
+    rows = [
+        {"method": method, "dataset": name, **agg}
+        for method, res in results.items()
+        for name, agg in [("all", res["overall"]), *res["by_dataset"].items()]
+    ]
+    return markdown_table(
+        rows, ["method", "dataset", "n", *SCORES_TABLE_COLUMNS], floats="g", missing="–"
+    )
 
 
 def select_questions(
@@ -162,3 +194,61 @@ def compare_records(
         )
         for m in COMPARED_METRICS
     }
+
+
+def metrics_document(
+    summaries: Mapping[str, dict],
+    records: Mapping[str, Sequence[dict]],
+    seconds: Mapping[str, float],
+) -> dict:
+    """The evaluate stage's metrics.json (less iteration and model), methods in run order.
+
+    The first method is the primary one: its scores head the document, and it is compared
+    question by question with each other method (`<primary>_vs_<method>`).
+
+    Args:
+        summaries: method → its `summarize` result.
+        records: method → its prediction records.
+        seconds: method → wall time of its run.
+    """
+    if not summaries:
+        raise ValueError("no method was evaluated: evaluate.methods in params.yaml is empty")
+    primary, *others = summaries
+    comparisons = {
+        f"{primary}_vs_{m}": {
+            k: v.to_dict() for k, v in compare_records(records[primary], records[m]).items()
+        }
+        for m in others
+    }
+    return {
+        "primary": primary,
+        "overall": summaries[primary]["overall"],
+        "by_dataset": summaries[primary]["by_dataset"],
+        "comparisons": comparisons,
+        "seconds": seconds,
+        "methods": {
+            m: {k: v for k, v in r.items() if k != "per_sample"} for m, r in summaries.items()
+        },
+    }
+
+
+def comparisons_table(comparisons: Mapping[str, Mapping[str, dict]]) -> str:
+    """One row per comparison of a metrics document: F1 and EM differences with intervals."""
+    rows = [
+        {
+            "comparison": name,
+            "n": c["f1"]["n"],
+            "ΔF1 [95% CI]": format_interval(c["f1"]),
+            "ΔEM [95% CI]": format_interval(c["em"]),
+        }
+        for name, c in comparisons.items()
+    ]
+    return markdown_table(rows, ["comparison", "n", "ΔF1 [95% CI]", "ΔEM [95% CI]"])
+
+
+def metrics_markdown(doc: Mapping[str, dict]) -> str:
+    """The tables of a metrics document: every method's scores, then its comparisons if any."""
+    table = scores_table(doc["methods"])
+    if doc["comparisons"]:
+        table += "\n" + comparisons_table(doc["comparisons"])
+    return table

@@ -12,7 +12,8 @@ punctuation character), drop the articles a/an/the as whole words, fold whitespa
 kept ("Röntgen" ≠ "Rontgen"). Punctuation is deleted, not replaced by a space, as in the SQuAD
 script: "1,000" and "1000" match, and so do "U.S." and "US".
 
-Conventions where the SQuAD script is silent or lenient (`exsearch.evaluation` follows them too):
+Conventions where the SQuAD script is silent or lenient (`exsearch.evaluation` reports these
+functions' scores, so they hold for every reported number):
 
 - A gold alias that normalises to nothing ("The", "?", "...") matches no prediction: it scores
   EM = F1 = Acc = 0, an empty prediction included (the SQuAD script would give an empty
@@ -23,7 +24,7 @@ Conventions where the SQuAD script is silent or lenient (`exsearch.evaluation` f
   retrieval scores. Supporting-passage recall follows the same rule for questions that have
   supporting titles.
 - Titles (supporting-passage recall) are compared after NFKC, case folding and whitespace
-  folding (`title_key`), here and in `exsearch.evaluation`.
+  folding (`title_key`).
 """
 
 from __future__ import annotations
@@ -59,10 +60,20 @@ class MetricResult:
     value: float | None
     per_sample: list[float | None]
 
+    @classmethod
+    def of(cls, per_sample: list[float | None]) -> MetricResult:
+        """The mean of the defined entries of `per_sample` (None if none is defined)."""
+        vals = [x for x in per_sample if x is not None]
+        return cls(fmean(vals) if vals else None, per_sample)
+
     @property
     def n(self) -> int:
         """How many questions the mean is over."""
         return sum(x is not None for x in self.per_sample)
+
+    def subset(self, indices: Sequence[int]) -> MetricResult:
+        """The same metric over the samples at `indices` only (e.g. one dataset's questions)."""
+        return MetricResult.of([self.per_sample[i] for i in indices])
 
 
 class _DropPunctuation(dict):
@@ -146,11 +157,6 @@ def cover_em(prediction: str, golds: Sequence[str] | str, *, whole_words: bool =
     return float(any(_contains(pred, normalize_answer(g), whole_words) for g in _golds(golds)))
 
 
-def _mean(per_sample: list[float | None]) -> MetricResult:
-    vals = [x for x in per_sample if x is not None]
-    return MetricResult(fmean(vals) if vals else None, per_sample)
-
-
 def _check_lengths(a: Sequence, b: Sequence, what: str) -> None:
     if len(a) != len(b):
         raise ValueError(f"{what}: {len(a)} items but {len(b)} gold answer lists")
@@ -167,9 +173,9 @@ def qa_scores(
         if isinstance(g, str) or not g:
             raise ValueError(f"golds[{i}]: expected a non-empty list of aliases, got {g!r}")
     return {
-        "em": _mean([exact_match(p, g) for p, g in zip(predictions, golds, strict=True)]),
-        "f1": _mean([f1_score(p, g) for p, g in zip(predictions, golds, strict=True)]),
-        "acc": _mean([cover_em(p, g) for p, g in zip(predictions, golds, strict=True)]),
+        "em": MetricResult.of([exact_match(p, g) for p, g in zip(predictions, golds, strict=True)]),
+        "f1": MetricResult.of([f1_score(p, g) for p, g in zip(predictions, golds, strict=True)]),
+        "acc": MetricResult.of([cover_em(p, g) for p, g in zip(predictions, golds, strict=True)]),
     }
 
 
@@ -191,33 +197,38 @@ def passage_has_answer(item: Passage | str, golds: Sequence[str] | str) -> bool:
     return any(_contains(norm, normalize_answer(g), True) for g in _golds(golds))
 
 
-def _relevance(retrieved: Sequence[Sequence[Any]], golds: Sequence[Sequence[str]], k: int):
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+def _relevance(
+    retrieved: Sequence[Sequence[Any]], golds: Sequence[Sequence[str]], k: int | None
+) -> list[list[bool]]:
+    if k is not None and k < 1:
+        raise ValueError(f"k must be >= 1 (or None for all), got {k}")
     _check_lengths(retrieved, golds, "retrieved")
     return [
-        [passage_has_answer(p, g) for p in list(ps)[:k]]
+        [passage_has_answer(p, g) for p in (list(ps) if k is None else list(ps)[:k])]
         for ps, g in zip(retrieved, golds, strict=True)
     ]
 
 
 def retrieval_recall_at_k(
-    retrieved: Sequence[Sequence[Any]], golds: Sequence[Sequence[str]], k: int
+    retrieved: Sequence[Sequence[Any]], golds: Sequence[Sequence[str]], k: int | None = None
 ) -> MetricResult:
-    """Per question 1.0 if any of its top-k passages contains a gold answer (0.0 if none came)."""
-    return _mean([float(any(r)) for r in _relevance(retrieved, golds, k)])
+    """Per question 1.0 if any of its top-k passages contains a gold answer (0.0 if none came).
+
+    `k` None takes every passage: what a trajectory retrieved over all its searches.
+    """
+    return MetricResult.of([float(any(r)) for r in _relevance(retrieved, golds, k)])
 
 
 def retrieval_precision_at_k(
-    retrieved: Sequence[Sequence[Any]], golds: Sequence[Sequence[str]], k: int
+    retrieved: Sequence[Sequence[Any]], golds: Sequence[Sequence[str]], k: int | None = None
 ) -> MetricResult:
     """Per question the share of its top-k passages that contain a gold answer.
 
-    The denominator is the number of passages actually returned (at most k), so a retriever
-    that returns fewer than k passages is not charged for the missing ones; none returned
-    scores 0.0.
+    The denominator is the number of passages actually returned (at most k; all of them for
+    `k` None), so a retriever that returns fewer than k passages is not charged for the missing
+    ones; none returned scores 0.0.
     """
-    return _mean([sum(r) / len(r) if r else 0.0 for r in _relevance(retrieved, golds, k)])
+    return MetricResult.of([sum(r) / len(r) if r else 0.0 for r in _relevance(retrieved, golds, k)])
 
 
 def title_key(title: str) -> str:
@@ -249,7 +260,7 @@ def supporting_recall(
         items = list(ps) if k is None else list(ps)[:k]
         got = {title_key(p if isinstance(p, str) else _as_passage_text(p)[0]) for p in items}
         out.append(len(wanted & got) / len(wanted))
-    return _mean(out)
+    return MetricResult.of(out)
 
 
 # --------------------------------------------------------------------------- uncertainty

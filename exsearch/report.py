@@ -12,6 +12,7 @@ from pathlib import Path
 
 from exsearch.config import checkpoint_step  # the x position: base is -1, iter_k is k
 from exsearch.evaluation import compare_records
+from exsearch.tables import format_interval, markdown_table
 
 CURVE_METRICS = ("em", "f1", "acc", "recall", "support_recall")
 
@@ -112,16 +113,6 @@ def plot_curve(
     plt.close(fig)
 
 
-def _fmt(v: object) -> str:
-    return "–" if v is None else f"{v:g}" if isinstance(v, float | int) else str(v)
-
-
-def _table(rows: Sequence[dict], cols: Sequence[str]) -> str:
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _trajectory_md(t: dict, weight: float) -> str:
     steps = "\n".join(
         f"  {i}. search `{s['query']}` → record: {s.get('record') or '(none)'}"
@@ -134,24 +125,24 @@ def _trajectory_md(t: dict, weight: float) -> str:
     )
 
 
-def _interval(i: Mapping[str, float]) -> str:
-    return f"{i['diff']:+.1f} [{i['lo']:+.1f}, {i['hi']:+.1f}]"
-
-
 def comparisons_markdown(comparisons: Mapping[str, Mapping[str, dict]]) -> str:
     """One row per checkpoint and comparison: ΔF1 and ΔEM with 95% intervals, and n."""
-    lines = [
-        "| checkpoint | compared with | n | ΔF1 [95% CI] | ΔEM [95% CI] |",
-        "|---|---|---|---|---|",
-    ]
-    for name, entry in comparisons.items():
-        for what, c in entry.items():
-            label = (
+    rows = [
+        {
+            "checkpoint": name,
+            "compared with": (
                 what.removeprefix("vs_") if what.startswith("vs_") else what.replace("_vs_", " vs ")
-            )
-            f1, em = _interval(c["f1"]), _interval(c["em"])
-            lines.append(f"| {name} | {label} | {c['f1']['n']} | {f1} | {em} |")
-    return "\n".join(lines)
+            ),
+            "n": c["f1"]["n"],
+            "ΔF1 [95% CI]": format_interval(c["f1"]),
+            "ΔEM [95% CI]": format_interval(c["em"]),
+        }
+        for name, entry in comparisons.items()
+        for what, c in entry.items()
+    ]
+    return markdown_table(
+        rows, ["checkpoint", "compared with", "n", "ΔF1 [95% CI]", "ΔEM [95% CI]"]
+    )
 
 
 def render_markdown(
@@ -163,22 +154,24 @@ def render_markdown(
 ) -> str:
     """The summary: metrics, paired comparisons, weight statistics, example trajectories."""
     parts = ["# ExSearch campaign report", "", "## Dev metrics per checkpoint", ""]
-    parts.append(_table(rows, ["checkpoint", "n", *CURVE_METRICS, "searches"]))
-    parts += ["", "![metrics per iteration](em_curve.png)", ""]
+    # Each table ends in a newline: the blank line after it.
+    parts.append(
+        markdown_table(
+            rows, ["checkpoint", "n", *CURVE_METRICS, "searches"], floats="g", missing="–"
+        )
+    )
+    parts += ["![metrics per iteration](em_curve.png)", ""]
     if comparisons and any(comparisons.values()):
         parts += [
             "## Paired differences (agent F1/EM, points; bootstrap 95% intervals over questions)",
             "",
             comparisons_markdown(comparisons),
-            "",
         ]
     if weight_stats:
         parts += ["## E-step weights", ""]
         keys = sorted({k for s in weight_stats.values() for k in s})
-        parts.append(
-            _table([{"iteration": it, **s} for it, s in weight_stats.items()], ["iteration", *keys])
-        )
-        parts.append("")
+        stats = [{"iteration": it, **s} for it, s in weight_stats.items()]
+        parts.append(markdown_table(stats, ["iteration", *keys], floats="g", missing="–"))
     for it, (best, worst) in examples.items():
         parts += [f"## Example trajectories of {it}", "", "Highest weighted:", ""]
         parts += [_trajectory_md(t, w) for t, w in best]
@@ -187,10 +180,6 @@ def render_markdown(
         parts.append("")
     if stage_seconds:
         parts += ["## Wall time per stage", ""]
-        parts.append(
-            _table(
-                [{"stage": k, "seconds": v} for k, v in stage_seconds.items()], ["stage", "seconds"]
-            )
-        )
-        parts.append("")
+        timed = [{"stage": k, "seconds": v} for k, v in stage_seconds.items()]
+        parts.append(markdown_table(timed, ["stage", "seconds"], floats="g", missing="–"))
     return "\n".join(parts)

@@ -30,9 +30,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from exsearch.config import checkpoint_step, load_params, parse_params
+from exsearch.config import Params, checkpoint_step, load_params, parse_params
 from exsearch.io import read_json, write_text
-from flows.dag import iteration_number, project_root, read_stages, select, stale
+from exsearch.tables import markdown_table
+from flows.dag import StageInfo, iteration_number, project_root, read_stages, select, stale
 from stages import tracking
 
 LOCK_BUSY = "Unable to acquire lock"
@@ -156,7 +157,7 @@ def extend_iterations(params_file: str | os.PathLike = "params.yaml") -> str:
     return new
 
 
-def summarize(root: Path) -> list[dict[str, Any]]:
+def checkpoint_summary(root: Path) -> list[dict[str, Any]]:
     """One row per evaluated checkpoint: the `overall` numbers of runs/<checkpoint>/metrics.json."""
     rows = []
     for f in (root / "runs").glob("*/metrics.json"):
@@ -168,20 +169,6 @@ def summarize(root: Path) -> list[dict[str, Any]]:
         numbers = {k: v for k, v in scores.items() if isinstance(v, int | float)}
         rows.append({"checkpoint": f.parent.name, **numbers})
     return sorted(rows, key=lambda r: (iteration_number(r["checkpoint"]), r["checkpoint"]))
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """A GitHub markdown table of `rows` (columns in order of first appearance)."""
-    if not rows:
-        return "_no rows_\n"
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-
-    def cell(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else "" if v is None else str(v)
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def _check_overrides(overrides: list[str]) -> None:
@@ -215,43 +202,24 @@ def em_campaign(
     root = project_root(project_dir or ".")
     overrides = list(overrides or [])
     _check_overrides(overrides)
+    experiment = bool(overrides or exp_name)
     with contextlib.chdir(root):
         if extend and not dry_run:
             logger.info("params.yaml: added EM iteration %s", extend_iterations())
         params = load_params()
         stages = select(read_stages(root), iterations)
         if dry_run:
-            todo = stale(root, stages)
-            note = f" (then `dvc exp run` with {overrides})" if overrides or exp_name else ""
-            text = "\n".join(f"- {s}" for s in todo) or "nothing: everything is up to date"
-            create_markdown_artifact(f"## Stages that would run{note}\n\n{text}\n", key="dry-run")
-            logger.info("would run: %s", todo or "nothing")
-            return {"would_run": todo}
+            return _dry_run(root, stages, overrides if experiment else None, logger)
 
-        tags = {"prefect_flow_run_id": str(flow_run.id or ""), "overrides": json.dumps(overrides)}
-        if exp_name:
-            tags["dvc_exp"] = exp_name
-        parent = tracking.start_campaign_run(params, f"campaign {flow_run.name}", tags)
-        env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri()}
-        if parent:
-            env[tracking.PARENT_ENV] = parent
+        parent, env = _open_parent_run(params, overrides, exp_name)
         force = ["--force"] if rerun else []
-        outcome: dict[str, str] = {}
         status = "FAILED"
         try:
-            if overrides or exp_name:
-                sets = [a for o in overrides for a in ("-S", o)]
-                name = ["--name", exp_name] if exp_name else []
+            if experiment:
                 targets = [s.address for s in stages] if iterations else []
-                exp = dvc(["exp", "run", *sets, *name, *force, *targets], str(root), env, "exp run")
-                outcome["exp run"] = exp
-                if exp and not exp_name:
-                    tracking.tag_run(parent, {"dvc_exp": exp})
+                outcome = _run_experiment(root, env, parent, overrides, exp_name, force + targets)
             else:
-                for s in stages:
-                    args = ["repro", "--single-item", *force, s.address]
-                    outcome[s.address] = dvc(args, str(root), env, s.address)
-                    tracking.record_lock_hashes(parent)
+                outcome = _run_stages(root, env, parent, stages, force)
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
@@ -261,12 +229,75 @@ def em_campaign(
     return {"parent_run_id": parent, "stages": outcome, "summary": rows}
 
 
+def _dry_run(root: Path, stages: list[StageInfo], overrides: list[str] | None, logger: Any) -> dict:
+    """Publish the stages that would run (changed per `dvc status`, and downstream).
+
+    `overrides` is not None for an experiment run, which would follow them.
+    """
+    todo = stale(root, stages)
+    note = f" (then `dvc exp run` with {overrides})" if overrides is not None else ""
+    text = "\n".join(f"- {s}" for s in todo) or "nothing: everything is up to date"
+    create_markdown_artifact(f"## Stages that would run{note}\n\n{text}\n", key="dry-run")
+    logger.info("would run: %s", todo or "nothing")
+    return {"would_run": todo}
+
+
+def _open_parent_run(
+    params: Params, overrides: list[str], exp_name: str | None
+) -> tuple[str | None, dict[str, str]]:
+    """Start the campaign's MLflow parent run; return its id and the stages' extra variables.
+
+    The variables hand the stages the tracking store and, if the run started, its id.
+    """
+    tags = {"prefect_flow_run_id": str(flow_run.id or ""), "overrides": json.dumps(overrides)}
+    if exp_name:
+        tags["dvc_exp"] = exp_name
+    parent = tracking.start_campaign_run(params, f"campaign {flow_run.name}", tags)
+    env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri()}
+    if parent:
+        env[tracking.PARENT_ENV] = parent
+    return parent, env
+
+
+def _run_stages(
+    root: Path, env: dict[str, str], parent: str | None, stages: list[StageInfo], force: list[str]
+) -> dict[str, str]:
+    """Each stage as its own task, in order; after each, its out hashes go to the parent run."""
+    outcome = {}
+    for s in stages:
+        args = ["repro", "--single-item", *force, s.address]
+        outcome[s.address] = dvc(args, str(root), env, s.address)
+        tracking.record_lock_hashes(parent)
+    return outcome
+
+
+def _run_experiment(
+    root: Path,
+    env: dict[str, str],
+    parent: str | None,
+    overrides: list[str],
+    exp_name: str | None,
+    extra: list[str],
+) -> dict[str, str]:
+    """One `dvc exp run` task with the overrides (experiments cannot run stage by stage).
+
+    `extra` holds --force and the target stages, if any. An unnamed experiment gets DVC's name,
+    which the parent run is tagged with.
+    """
+    sets = [a for o in overrides for a in ("-S", o)]
+    name = ["--name", exp_name] if exp_name else []
+    exp = dvc(["exp", "run", *sets, *name, *extra], str(root), env, "exp run")
+    if exp and not exp_name:
+        tracking.tag_run(parent, {"dvc_exp": exp})
+    return {"exp run": exp}
+
+
 def _wrap_up(root: Path, parent: str | None, status: str, logger: Any) -> list[dict[str, Any]]:
     """Record out hashes, publish the summary table, close the parent run; never raises."""
     rows: list[dict[str, Any]] = []
     try:
         tracking.record_lock_hashes(parent)
-        rows = summarize(root)
+        rows = checkpoint_summary(root)
         table = markdown_table(rows)
         create_markdown_artifact(f"## EM campaign\n\n{table}", key="em-campaign-summary")
         logger.info("summary:\n%s", table)

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from pathlib import Path
 
 from exsearch import io
-from exsearch.agent import Sampling, SearchAgent
-from exsearch.evaluation import compare_records, markdown_table, select_questions, summarize
+from exsearch.agent import SearchAgent
+from exsearch.evaluate_methods import evaluate_methods
+from exsearch.evaluation import metrics_markdown, select_questions
 from exsearch.generation import make_generator
 from exsearch.questions import read_questions
 from exsearch.schema import Question
@@ -28,49 +28,6 @@ from stages import _common
 from stages.tracking import log_iteration_metrics, stage_run
 
 log = logging.getLogger("stages.evaluate")
-
-
-def evaluate(
-    questions: list[Question], agent: SearchAgent, methods: list[str], seed: int
-) -> tuple[list[dict], dict]:
-    """Run each method greedily; return all records and the metrics document."""
-    records, results, seconds, by_method = [], {}, {}, {}
-    for method in methods:
-        started = time.perf_counter()
-        recs = agent.run(questions, method=method, sampling=Sampling(temperature=0.0, seed=seed))
-        seconds[method] = round(time.perf_counter() - started, 1)
-        records.extend(recs)
-        by_method[method] = recs
-        results[method] = summarize(recs, agent.seen_passages)
-    primary = methods[0]
-    comparisons = {
-        f"{primary}_vs_{m}": {
-            k: v.to_dict() for k, v in compare_records(by_method[primary], by_method[m]).items()
-        }
-        for m in methods[1:]
-    }
-    doc = {
-        "primary": primary,
-        "overall": results[primary]["overall"],
-        "by_dataset": results[primary]["by_dataset"],
-        "comparisons": comparisons,
-        "seconds": seconds,
-        "methods": {
-            m: {k: v for k, v in r.items() if k != "per_sample"} for m, r in results.items()
-        },
-    }
-    return records, doc
-
-
-def comparisons_table(comparisons: dict) -> str:
-    """One row per comparison: F1 and EM differences with their intervals."""
-    lines = ["| comparison | n | ΔF1 [95% CI] | ΔEM [95% CI] |", "|---|---|---|---|"]
-    for name, c in comparisons.items():
-        cells = [
-            f"{c[m]['diff']:+.1f} [{c[m]['lo']:+.1f}, {c[m]['hi']:+.1f}]" for m in ("f1", "em")
-        ]
-        lines.append(f"| {name} | {c['f1']['n']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,14 +60,12 @@ def main(argv: list[str] | None = None) -> None:
         retriever = _common.open_index(args.index)  # before the model: a bad index fails fast
         generator = make_generator(model_dir, params.model, params.generation)
         agent = SearchAgent(generator, retriever, params.agent)
-        records, doc = evaluate(questions, agent, params.evaluate.methods, params.seed)
+        records, doc = evaluate_methods(questions, agent, params.evaluate.methods, params.seed)
         doc = {"iteration": args.iteration, "model": model_dir, **doc}
 
         io.write_jsonl(out / "predictions.jsonl", records)
         io.write_json(out / "metrics.json", doc)
-        table = markdown_table(doc["methods"])
-        if doc["comparisons"]:
-            table += "\n" + comparisons_table(doc["comparisons"])
+        table = metrics_markdown(doc)
         io.write_text(out / "metrics.md", f"# Evaluation of {args.iteration}\n\n{table}")
         log.info("results\n%s", table)
         scores = {"overall": doc["overall"], **doc["by_dataset"], **doc["comparisons"]}

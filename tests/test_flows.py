@@ -26,7 +26,13 @@ from toy_project import OUTER_VARS, make_toy_project, offline_env
 
 from exsearch.config import load_params
 from flows import campaign
-from flows.campaign import DvcBusy, StageFailed, em_campaign, extend_iterations, summarize
+from flows.campaign import (
+    DvcBusy,
+    StageFailed,
+    checkpoint_summary,
+    em_campaign,
+    extend_iterations,
+)
 from flows.dag import read_stages, select
 
 ORDER = ["prepare", "train@iter_1", "evaluate@iter_1", "train@iter_2", "evaluate@iter_2"]
@@ -103,7 +109,7 @@ def test_summary_takes_the_overall_numbers_of_every_checkpoint(tmp_path):
         (tmp_path / "runs" / name).mkdir(parents=True)
         text = doc if isinstance(doc, str) else json.dumps(doc)
         (tmp_path / "runs" / name / "metrics.json").write_text(text)
-    assert summarize(tmp_path) == [
+    assert checkpoint_summary(tmp_path) == [
         {"checkpoint": "base", "em": 0.1},
         {"checkpoint": "iter_1", "em": 0.2},
     ]

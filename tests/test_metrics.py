@@ -127,6 +127,14 @@ def test_qa_scores_returns_mean_and_per_sample():
     assert scores["acc"].n == 3
 
 
+def test_a_metric_is_the_mean_of_its_defined_samples_over_any_subset():
+    result = MetricResult.of([1.0, None, 0.0, 0.5])
+    assert (result.value, result.n) == (0.5, 3)
+    assert result.subset([0, 3]) == MetricResult(0.75, [1.0, 0.5])
+    assert result.subset([1]).value is None
+    assert MetricResult.of([]).value is None
+
+
 def test_qa_scores_rejects_misaligned_or_empty_input():
     with pytest.raises(ValueError, match="2 items but 1"):
         qa_scores(["a", "b"], [["a"]])
@@ -157,6 +165,14 @@ def test_retrieval_recall_and_precision_at_k():
     precision = retrieval_precision_at_k(retrieved, golds, k=2)
     assert precision.per_sample == [0.5, 0.0, 0.0]
     assert retrieval_precision_at_k([[LIMA]], [["Lima"]], k=5).value == 1.0
+
+
+def test_without_k_retrieval_metrics_look_at_every_passage():
+    retrieved = [[PARIS, EVEREST, LIMA], [PARIS], []]
+    golds = [["Lima"], ["Lima"], ["Lima"]]
+    assert retrieval_recall_at_k(retrieved, golds).per_sample == [1.0, 0.0, 0.0]
+    assert retrieval_precision_at_k(retrieved, golds).per_sample == [1 / 3, 0.0, 0.0]
+    assert retrieval_recall_at_k(retrieved, golds, k=2).per_sample == [0.0, 0.0, 0.0]
 
 
 def test_retrieval_metrics_accept_hits():
