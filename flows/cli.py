@@ -262,7 +262,7 @@ def _cmd_compare(args: argparse.Namespace, root: Path) -> int:
 
     from exsearch.config import load_params
     from exsearch.io import atomic_path, write_text
-    from flows.campaign import markdown_table
+    from exsearch.tables import markdown_table
 
     experiment = args.experiment or load_params().tracking.experiment
     rows = compare_rows(experiment, args.metrics)
