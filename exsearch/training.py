@@ -166,29 +166,9 @@ def train_weighted(
     start = time.monotonic()
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(model_dir))
     data, result = encode_examples(tokenizer, examples, cfg.max_length, progress=progress)
-    if not data:
-        raise ValueError(
-            f"no example to train on: {len(examples)} given, {result.n_zero_weight_dropped} with "
-            f"weight 0, {result.n_too_long} longer than max_length={cfg.max_length}"
-        )
-    log.info(
-        "training on %d examples (%d weight-0 dropped, %d trimmed, %d too long), %d trained tokens",
-        result.n_examples,
-        result.n_zero_weight_dropped,
-        result.n_truncated,
-        result.n_too_long,
-        result.n_tokens_trained,
-    )
+    _check_encoded(result, len(examples), cfg.max_length)
     set_seed(cfg.seed)
-    # Weights stay float32 and bf16 is autocast only: a bf16 weight would round away updates of
-    # lr≈1e-6, and a LoRA delta merged into bf16 weights loses whatever is below their 8-bit
-    # mantissa. Autocast alone gives the speed (bf16 matmuls, on GPUs and on CPUs with bf16
-    # instructions alike).
-    model = load_for_training(model_dir, torch.float32, trainable=cfg.lora)
-    if cfg.lora:
-        model = with_lora(model, cfg)
-    elif hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()  # full fine-tuning of a model saved as an adapter
+    model = _model_to_train(model_dir, cfg)
     with tempfile.TemporaryDirectory(prefix="exsearch-train-") as scratch:
         trainer = make_trainer(model, tokenizer, data, cfg, scratch, max_steps, progress)
         trainer.train()
@@ -198,6 +178,48 @@ def train_weighted(
         if "loss" in e
     ]
     result.steps = trainer.state.global_step
+    _save_trained(trainer, tokenizer, model_dir, out_dir, cfg)
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def _check_encoded(result: TrainResult, n_given: int, max_length: int) -> None:
+    """Log what encoding kept; fail, saying why, if it kept nothing."""
+    if not result.n_examples:
+        raise ValueError(
+            f"no example to train on: {n_given} given, {result.n_zero_weight_dropped} with "
+            f"weight 0, {result.n_too_long} longer than max_length={max_length}"
+        )
+    log.info(
+        "training on %d examples (%d weight-0 dropped, %d trimmed, %d too long), %d trained tokens",
+        result.n_examples,
+        result.n_zero_weight_dropped,
+        result.n_truncated,
+        result.n_too_long,
+        result.n_tokens_trained,
+    )
+
+
+def _model_to_train(model_dir: str | Path, cfg: TrainConfig) -> Any:
+    """The model an M-step trains: `model_dir`'s, in float32, with LoRA adapters or as one whole.
+
+    Weights stay float32 and bf16 is autocast only: a bf16 weight would round away updates of
+    lr≈1e-6, and a LoRA delta merged into bf16 weights loses whatever is below their 8-bit
+    mantissa. Autocast alone gives the speed (bf16 matmuls, on GPUs and on CPUs with bf16
+    instructions alike).
+    """
+    model = load_for_training(model_dir, torch.float32, trainable=cfg.lora)
+    if cfg.lora:
+        model = with_lora(model, cfg)
+    elif hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()  # full fine-tuning of a model saved as an adapter
+    return model
+
+
+def _save_trained(
+    trainer: Any, tokenizer: Any, model_dir: str | Path, out_dir: str | Path, cfg: TrainConfig
+) -> None:
+    """Save the trained model from one process; sharded weights are gathered by all first."""
     state = None
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         # Sharded weights (FSDP, ZeRO-3): every process takes part in gathering them.
@@ -205,16 +227,10 @@ def train_weighted(
     if trainer.is_world_process_zero():  # one writer under `accelerate launch`
         trained = trainer.model if state is None else _unsharded(model_dir, cfg, state)
         save_model(trained, tokenizer, out_dir, cfg, base=base_of(model_dir))
-    result.seconds = time.monotonic() - start
-    return result
 
 
 def _unsharded(model_dir: str | Path, cfg: TrainConfig, state: dict[str, torch.Tensor]) -> Any:
     """The trained model rebuilt in this process from the full state gathered after sharding."""
-    model = load_for_training(model_dir, torch.float32, trainable=cfg.lora)
-    if cfg.lora:
-        model = with_lora(model, cfg)
-    elif hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    model = _model_to_train(model_dir, cfg)
     model.load_state_dict(state)
     return model
