@@ -104,7 +104,10 @@ def training_args(
         num_train_epochs=cfg.epochs,
         max_steps=max_steps if max_steps is not None else -1,
         lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        # transformers 5 has no `warmup_ratio` argument: `warmup_steps` reads a float in [0, 1)
+        # as a fraction of the optimiser steps (TrainingArguments.get_warmup_steps), and
+        # `train.warmup_ratio` is validated to lie in [0, 1).
+        warmup_steps=cfg.warmup_ratio,
         bf16=cfg.bf16,
         seed=cfg.seed,
         logging_steps=1,

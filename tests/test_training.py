@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from exsearch.adapters import BASE_MODEL_FILE, load_for_training
 from exsearch.config import TrainConfig
-from exsearch.training import train_weighted
+from exsearch.training import train_weighted, training_args
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +113,9 @@ def test_bf16_is_autocast_only_and_saves_float32_weights(tiny_model_dir, tmp_pat
     assert all(h["loss"] > 0 for h in result.loss_history)
     saved = AutoModelForCausalLM.from_pretrained(out)
     assert next(saved.parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize(("ratio", "steps", "warmup"), [(0.0, 10, 0), (0.1, 100, 10), (0.25, 7, 2)])
+def test_warmup_ratio_is_a_fraction_of_the_optimiser_steps(tmp_path, ratio, steps, warmup):
+    args = training_args(cfg(warmup_ratio=ratio), str(tmp_path), progress=False)
+    assert args.get_warmup_steps(steps) == warmup  # ceil(ratio × steps)
