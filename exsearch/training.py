@@ -58,6 +58,21 @@ class TrainResult:
     seconds: float = 0.0
 
 
+def run_stats(result: TrainResult) -> dict[str, Any]:
+    """The JSON-able summary of a training run (what the train and warmup stages write)."""
+    return {
+        "examples": result.n_examples,
+        "zero_weight_dropped": result.n_zero_weight_dropped,
+        "truncated": result.n_truncated,
+        "too_long": result.n_too_long,
+        "tokens_trained": result.n_tokens_trained,
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+        "final_loss": result.loss_history[-1]["loss"] if result.loss_history else None,
+        "loss_history": result.loss_history,
+    }
+
+
 def encode_examples(
     tokenizer: Any, examples: Sequence[dict[str, Any]], max_length: int, *, progress: bool = True
 ) -> tuple[list[dict[str, Any]], TrainResult]:

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from exsearch.adapters import BASE_MODEL_FILE, load_for_training
 from exsearch.config import TrainConfig
-from exsearch.training import train_weighted, training_args
+from exsearch.training import TrainResult, run_stats, train_weighted, training_args
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +119,13 @@ def test_bf16_is_autocast_only_and_saves_float32_weights(tiny_model_dir, tmp_pat
 def test_warmup_ratio_is_a_fraction_of_the_optimiser_steps(tmp_path, ratio, steps, warmup):
     args = training_args(cfg(warmup_ratio=ratio), str(tmp_path), progress=False)
     assert args.get_warmup_steps(steps) == warmup  # ceil(ratio × steps)
+
+
+def test_run_stats_summarise_the_run_with_its_final_loss():
+    history = [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 1.75}]
+    result = TrainResult(loss_history=history, n_examples=3, n_tokens_trained=40, steps=2)
+    result.seconds = 12.345
+    stats = run_stats(result)
+    assert (stats["examples"], stats["tokens_trained"], stats["steps"]) == (3, 40, 2)
+    assert (stats["seconds"], stats["final_loss"], stats["loss_history"]) == (12.3, 1.75, history)
+    assert run_stats(TrainResult())["final_loss"] is None
