@@ -47,26 +47,29 @@ def lean_weighted_loss(
     """
     labels = batch["labels"]  # (rows, seq)
     targets = labels[:, 1:]  # (rows, seq-1): the token each position predicts
-    mask = targets != IGNORE_INDEX
+    mask = targets != IGNORE_INDEX  # (rows, seq-1)
     keep = mask.any(0).nonzero().squeeze(1)  # (kept,) positions some row trains on
     # Everything the collator made for the model: ids, mask or position ids, varlen bounds.
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "weight", "seq_idx")}
     logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (rows, kept, vocab)
     kept_mask = mask[:, keep]  # (rows, kept)
+    # Row-major over (rows, kept): (labelled, vocab) logits against (labelled,) targets.
     ce = F.cross_entropy(
         logits[kept_mask].float(), targets[:, keep][kept_mask], reduction="none"
     )  # (labelled,)
     weights = batch["weight"]  # (sequences,)
+    # (labelled,): the sequence each labelled token belongs to, in the order of `ce`.
     if "seq_idx" in batch:  # padding-free: one row, the sequence of each target from seq_idx
         seq_of = batch["seq_idx"][0, 1:][keep][kept_mask[0]].long()
-    else:
+    else:  # padded: a row is a sequence
         seq_of = kept_mask.nonzero(as_tuple=True)[0]
     n_seq = weights.shape[0]
+    # (sequences,): summed cross-entropy and labelled-token count of each sequence
     total = torch.zeros(n_seq, device=ce.device, dtype=ce.dtype).index_add(0, seq_of, ce)
     count = torch.zeros(n_seq, device=ce.device, dtype=ce.dtype).index_add(
         0, seq_of, torch.ones_like(ce)
     )
-    per_seq = total / count.clamp(min=1)
+    per_seq = total / count.clamp(min=1)  # (sequences,)
     return (weights.to(per_seq) * per_seq).sum() / denominator
 
 
