@@ -64,7 +64,7 @@ def training_rate(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from exsearch.training import LORA_TARGETS
+    from exsearch.adapters import LORA_TARGETS
 
     dtype = torch.bfloat16 if bf16 else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)

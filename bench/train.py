@@ -73,12 +73,12 @@ def _load(model_dir: str, cfg):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from exsearch.adapters import with_lora
     from exsearch.modeling import ensure_pad_token
-    from exsearch.training import _with_lora
 
     tok = ensure_pad_token(AutoTokenizer.from_pretrained(model_dir))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    return (_with_lora(model, cfg) if cfg.lora else model), tok
+    return (with_lora(model, cfg) if cfg.lora else model), tok
 
 
 def run_weighted(model_dir: str, data: list[dict], queue) -> None:

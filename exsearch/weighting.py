@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from exsearch.metrics import exact_match, f1_score
+from exsearch.padding import pad_rows
 from exsearch.prompts import gold_answer_tokens, trajectory_id
 
 log = logging.getLogger(__name__)
@@ -77,13 +78,7 @@ def gold_answer_scores(
     )
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc="scoring gold answers", disable=not progress):
-        width = max(len(encoded[i][0]) for i in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            seq = encoded[i][0]
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
+        ids, mask = pad_rows([encoded[i][0] for i in batch], pad_id, "right")  # (batch, width)
         # The logit at position p predicts the token at p + 1.
         wanted = sorted({p - 1 for i in batch for p in encoded[i][1]})
         kwargs = {"logits_to_keep": torch.tensor(wanted, device=device)} if sliced else {}

@@ -23,7 +23,6 @@ from exsearch.evaluate_methods import evaluate_methods
 from exsearch.evaluation import metrics_markdown, select_questions
 from exsearch.generation import make_generator
 from exsearch.questions import read_questions
-from exsearch.schema import Question
 from stages import _common
 from stages.tracking import log_iteration_metrics, stage_run
 

@@ -15,57 +15,18 @@ config file, the stage runs itself on `train.num_processes` processes (stages/_l
 from __future__ import annotations
 
 import logging
-import random
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 from exsearch import io
-from exsearch.prompts import with_gold_answer
-from exsearch.training import train_weighted
+from exsearch.mstep_examples import replayed_examples, weighted_examples
+from exsearch.training import run_stats, train_weighted
 from stages import _common, _launch
 from stages.tracking import stage_run
 
 log = logging.getLogger("stages.train")
-
-
-def weighted_examples(trajectories: list[dict], weights: pd.DataFrame) -> list[dict]:
-    """Pair every trajectory (answer replaced by the gold one) with its E-step weight."""
-    by_key = {(str(r.qid), int(r.sample)): float(r.weight) for r in weights.itertuples()}
-    examples = []
-    for t in trajectories:
-        key = (str(t["qid"]), int(t["sample"]))
-        if key not in by_key:
-            raise ValueError(f"trajectory qid={key[0]} sample={key[1]} has no weight")
-        examples.append(
-            {"messages": with_gold_answer(t["messages"], t["answers"][0]), "weight": by_key[key]}
-        )
-    return examples
-
-
-def replayed_examples(warmup: list[dict], n: int, iteration: str, seed: int) -> list[dict]:
-    """`n` warm-up trajectories (weight 1), a draw fixed by the seed and the iteration."""
-    if n <= 0:
-        return []
-    rng = random.Random(f"{seed}/replay/{iteration}")
-    picked = rng.sample(warmup, min(n, len(warmup)))
-    return [{"messages": t["messages"], "weight": 1.0} for t in picked]
-
-
-def run_stats(result) -> dict:
-    """The JSON-able summary of a training run."""
-    return {
-        "examples": result.n_examples,
-        "zero_weight_dropped": result.n_zero_weight_dropped,
-        "truncated": result.n_truncated,
-        "too_long": result.n_too_long,
-        "tokens_trained": result.n_tokens_trained,
-        "steps": result.steps,
-        "seconds": round(result.seconds, 1),
-        "final_loss": result.loss_history[-1]["loss"] if result.loss_history else None,
-        "loss_history": result.loss_history,
-    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,11 +21,10 @@ from pathlib import Path
 
 from exsearch import io
 from exsearch.questions import read_questions
-from exsearch.training import train_weighted
+from exsearch.training import run_stats, train_weighted
 from exsearch.warmup import WarmupShape, build_trajectories
 from stages import _common, _launch
 from stages.tracking import stage_run
-from stages.train import run_stats
 
 log = logging.getLogger("stages.warmup")
 

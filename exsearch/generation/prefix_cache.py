@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from exsearch.padding import pad_rows
+
 
 @dataclass
 class _Entry:
@@ -46,20 +48,6 @@ def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     n = min(len(a), len(b))
     diff = np.flatnonzero(a[:n] != b[:n])
     return int(diff[0]) if len(diff) else n
-
-
-def left_pad(
-    rows: Sequence[Sequence[int]], pad_id: int, width: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask of `rows`, right-aligned in `width` columns."""
-    width = max((len(r) for r in rows), default=0) if width is None else width
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if len(r):
-            ids[i, width - len(r) :] = torch.as_tensor(r, dtype=torch.long)
-            mask[i, width - len(r) :] = 1
-    return ids, mask
 
 
 class GrowingLayer(DynamicLayer):
@@ -186,14 +174,16 @@ class PrefixCache:
             self.prompt_tokens += sum(len(r) for r in rows)
             self.reused_tokens += reused
         if reused == 0:
-            ids, mask = left_pad(rows, pad_id)
+            ids, mask = pad_rows(rows, pad_id, "left")
             return BatchInputs(ids.to(device), mask.to(device), None)
         width = max(n for _, n in matches)
         reuse = [n for _, n in matches]
-        cached_ids, cached_mask = left_pad(
-            [r[:n] for r, n in zip(rows, reuse, strict=True)], pad_id, width
+        cached_ids, cached_mask = pad_rows(
+            [r[:n] for r, n in zip(rows, reuse, strict=True)], pad_id, "left", width
         )
-        new_ids, new_mask = left_pad([r[n:] for r, n in zip(rows, reuse, strict=True)], pad_id)
+        new_ids, new_mask = pad_rows(
+            [r[n:] for r, n in zip(rows, reuse, strict=True)], pad_id, "left"
+        )
         template = next(e for e, n in matches if n).layers
         layers = []
         for layer, (k_like, v_like) in enumerate(template):

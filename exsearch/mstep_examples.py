@@ -1,0 +1,39 @@
+"""The M-step's examples: sampled trajectories with their E-step weights, and replayed warm-up ones.
+
+Each example is `{"messages": chat, "weight": w}`, what `exsearch.training.train_weighted` takes.
+A sampled trajectory is trained with its answer replaced by the gold one (METHOD.md §2); a
+replayed warm-up trajectory (`train.replay`) keeps the action format from drifting.
+
+    examples = weighted_examples(trajectories, weights) + replayed_examples(warmup, 8, "iter_1", 0)
+"""
+
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+
+from exsearch.prompts import with_gold_answer
+
+
+def weighted_examples(trajectories: list[dict], weights: pd.DataFrame) -> list[dict]:
+    """Pair every trajectory (answer replaced by the gold one) with its E-step weight."""
+    by_key = {(str(r.qid), int(r.sample)): float(r.weight) for r in weights.itertuples()}
+    examples = []
+    for t in trajectories:
+        key = (str(t["qid"]), int(t["sample"]))
+        if key not in by_key:
+            raise ValueError(f"trajectory qid={key[0]} sample={key[1]} has no weight")
+        examples.append(
+            {"messages": with_gold_answer(t["messages"], t["answers"][0]), "weight": by_key[key]}
+        )
+    return examples
+
+
+def replayed_examples(warmup: list[dict], n: int, iteration: str, seed: int) -> list[dict]:
+    """`n` warm-up trajectories (weight 1), a draw fixed by the seed and the iteration."""
+    if n <= 0:
+        return []
+    rng = random.Random(f"{seed}/replay/{iteration}")
+    picked = rng.sample(warmup, min(n, len(warmup)))
+    return [{"messages": t["messages"], "weight": 1.0} for t in picked]

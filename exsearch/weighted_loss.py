@@ -1,0 +1,129 @@
+"""M-step loss: weighted cross-entropy over the tokens the assistant wrote (METHOD.md §2).
+
+Each example is an encoded chat (`exsearch.chat_encoding`) and a weight w. The loss of a
+micro-batch of B sequences is
+
+    L = Σ_i w_i · CE_i / B,   CE_i = mean token cross-entropy over sequence i's trained tokens.
+
+B is the configured per-device batch size, not the size of the micro-batch at hand, and the
+Trainer divides by the gradient-accumulation steps: every sequence adds w_i·∇CE_i/(B·grad_accum)
+to its optimiser step (averaged over devices under DDP), so a short last batch is not up-weighted
+and accumulation changes nothing but memory. With all weights 1 and full batches, L is the usual
+mean of per-sequence mean cross-entropies.
+
+The loss is lean where a plain causal-LM trainer wastes work on agent trajectories, ~85% of
+whose tokens are prompts and passages: the vocabulary projection runs only at positions with a
+loss (`lean_weighted_loss`), and no token is spent on padding (batch_size 1 with grad_accum on a
+CPU, or TRL's padding-free batches on a GPU). The trainer is TRL's SFTTrainer with this loss
+(`WeightedTrainer`); `bench/train.py` measures it against a plain transformers Trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from trl import SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+from exsearch.chat_encoding import IGNORE_INDEX
+
+
+def lean_weighted_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], denominator: float
+) -> torch.Tensor:
+    """Σ_i w_i · (mean CE over sequence i's labelled tokens) / denominator.
+
+    The lean form: the model projects to the vocabulary only the positions that predict a
+    labelled token (`logits_to_keep`; ~15% of an agent trajectory, the rest being prompts and
+    passages), so the (batch, seq, vocab) logits are never built. Called through the model's
+    own forward, so DDP, FSDP and PEFT wrappers see an ordinary call. Works on right-padded
+    batches (`attention_mask`) and on padding-free ones (one row of concatenated sequences with
+    `position_ids` and `seq_idx`, as TRL's collator makes them). A sequence with no labelled
+    token contributes 0.
+    """
+    labels = batch["labels"]  # (rows, seq)
+    targets = labels[:, 1:]  # (rows, seq-1): the token each position predicts
+    mask = targets != IGNORE_INDEX  # (rows, seq-1)
+    keep = mask.any(0).nonzero().squeeze(1)  # (kept,) positions some row trains on
+    # Everything the collator made for the model: ids, mask or position ids, varlen bounds.
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "weight", "seq_idx")}
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (rows, kept, vocab)
+    kept_mask = mask[:, keep]  # (rows, kept)
+    # Row-major over (rows, kept): (labelled, vocab) logits against (labelled,) targets.
+    ce = F.cross_entropy(
+        logits[kept_mask].float(), targets[:, keep][kept_mask], reduction="none"
+    )  # (labelled,)
+    weights = batch["weight"]  # (sequences,)
+    # (labelled,): the sequence each labelled token belongs to, in the order of `ce`.
+    if "seq_idx" in batch:  # padding-free: one row, the sequence of each target from seq_idx
+        seq_of = batch["seq_idx"][0, 1:][keep][kept_mask[0]].long()
+    else:  # padded: a row is a sequence
+        seq_of = kept_mask.nonzero(as_tuple=True)[0]
+    n_seq = weights.shape[0]
+    # (sequences,): summed cross-entropy and labelled-token count of each sequence
+    total = torch.zeros(n_seq, device=ce.device, dtype=ce.dtype).index_add(0, seq_of, ce)
+    count = torch.zeros(n_seq, device=ce.device, dtype=ce.dtype).index_add(
+        0, seq_of, torch.ones_like(ce)
+    )
+    per_seq = total / count.clamp(min=1)  # (sequences,)
+    return (weights.to(per_seq) * per_seq).sum() / denominator
+
+
+@dataclass
+class WeightedCollator:
+    """TRL's language-modelling collator plus each sequence's weight.
+
+    Right-padded rows with an `attention_mask`, or, with `padding_free`, one row of the
+    sequences laid end to end with `position_ids`, `seq_idx` and the `cu_seq_lens` that
+    flash-attention kernels read (so no token is spent on padding).
+    """
+
+    pad_token_id: int
+    padding_free: bool = False
+
+    def __post_init__(self) -> None:
+        self._collate = DataCollatorForLanguageModeling(
+            pad_token_id=self.pad_token_id, padding_free=self.padding_free
+        )
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Collate pre-tokenised examples into one batch."""
+        batch = self._collate(
+            [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]
+        )
+        batch["weight"] = torch.tensor([float(f["weight"]) for f in features], dtype=torch.float32)
+        return batch
+
+
+class WeightedTrainer(SFTTrainer):
+    """TRL's SFTTrainer whose loss is the per-sequence weighted cross-entropy above.
+
+    From SFTTrainer we take its config (`SFTConfig`), its collator (padding-free batches)
+    and what it enables on GPUs (Liger kernels through `use_liger_kernel`); examples come
+    pre-tokenised with our own assistant mask, so its dataset preparation is skipped, and
+    the loss is ours: weighted per sequence, vocabulary projection only where there is loss.
+    """
+
+    # compute_loss returns a per-micro-batch value: the Trainer divides it by grad_accum.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # No model-side loss and no token-count normalisation.
+        self.model_accepts_loss_kwargs = False
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """Weighted loss of one micro-batch; `num_items_in_batch` is ignored (module doc)."""
+        if return_outputs:
+            raise NotImplementedError("the weighted M-step computes no logits to return")
+        return lean_weighted_loss(model, inputs, self.args.per_device_train_batch_size)
