@@ -30,6 +30,12 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def copy_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy folder `src` onto `dst` atomically (a model copied unchanged, say)."""
+    with atomic_path(dst, is_dir=True) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write UTF-8 text atomically."""
     with atomic_path(path) as tmp:

@@ -2,19 +2,100 @@
 
 Every checkpoint's agent is compared, question by question, with iter_0 (the warm-up, what EM
 must beat) and with the checkpoint it was trained from, and with its own RAG baseline; each
-difference carries a paired bootstrap 95% interval (`checkpoint_comparisons`).
+difference carries a paired bootstrap 95% interval (`checkpoint_comparisons`). The records come
+from the campaign's run folder, runs/<checkpoint>/ (`read_records`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
+from exsearch import io
 from exsearch.config import checkpoint_step  # the x position: base is -1, iter_k is k
 from exsearch.evaluation import compare_records
 from exsearch.tables import format_interval, markdown_table
 
 CURVE_METRICS = ("em", "f1", "acc", "recall", "support_recall")
+
+
+Examples = tuple[list[tuple[dict, float]], list[tuple[dict, float]]]
+
+
+@dataclass(frozen=True)
+class CampaignRecords:
+    """What the report reads of a campaign: per checkpoint, per EM iteration, per stage."""
+
+    metrics: dict[str, dict]  # evaluated checkpoint → its metrics.json
+    predictions: dict[str, list[dict]]  # evaluated checkpoint → its prediction records
+    weight_stats: dict[str, dict]  # EM iteration → its weight_stats.json
+    examples: dict[str, Examples]  # EM iteration → its highest and lowest weighted trajectories
+    seconds: dict[str, float]  # timed stage → wall time
+
+
+def read_records(
+    runs: str | os.PathLike, iterations: Sequence[str], checkpoints: Sequence[str]
+) -> CampaignRecords:
+    """The records of EM `iterations` and evaluated `checkpoints` under `runs`/<name>/."""
+    runs = Path(runs)
+    return CampaignRecords(
+        metrics={c: io.read_json(runs / c / "metrics.json") for c in checkpoints},
+        predictions={c: list(io.read_jsonl(runs / c / "predictions.jsonl")) for c in checkpoints},
+        weight_stats={it: io.read_json(runs / it / "weight_stats.json") for it in iterations},
+        examples={it: extreme_trajectories(runs / it) for it in iterations},
+        seconds=stage_seconds(runs, iterations, checkpoints),
+    )
+
+
+def extreme_trajectories(it_dir: Path, n: int = 2) -> Examples:
+    """The `n` highest and lowest weighted trajectories of one iteration, with their weights."""
+    weights = pd.read_parquet(it_dir / "weights.parquet")
+    by_key = {(str(t["qid"]), t["sample"]): t for t in io.read_jsonl(it_dir / "trajectories.jsonl")}
+    ranked = weights.sort_values("weight", ascending=False)
+    pick = lambda df: [(by_key[(str(r.qid), r.sample)], float(r.weight)) for r in df.itertuples()]  # noqa: E731
+    return pick(ranked.head(n)), pick(ranked.tail(n).iloc[::-1])
+
+
+def stage_seconds(
+    runs: Path, iterations: Sequence[str], checkpoints: Sequence[str]
+) -> dict[str, float]:
+    """Wall time of each timed stage, from the seconds its stats files record."""
+    timed: dict[str, float] = {}
+    warm = runs / "warmup" / "train_stats.json"
+    if warm.is_file() and "seconds" in (w := io.read_json(warm)):
+        timed["warmup (training)"] = w["seconds"]
+    for it in iterations:
+        for stage, name in (
+            ("sample", "sample_stats.json"),
+            ("weigh", "weight_stats.json"),
+            ("train", "train_stats.json"),
+        ):
+            stats = io.read_json(runs / it / name)
+            timed[f"{stage}@{it}"] = stats.get("seconds")
+    for c in checkpoints:
+        timed[f"evaluate@{c}"] = round(
+            sum(io.read_json(runs / c / "metrics.json")["seconds"].values()), 1
+        )
+    return timed
+
+
+def summary_metrics(
+    metrics: Mapping[str, dict], comparisons: Mapping[str, dict]
+) -> dict[str, dict]:
+    """Each checkpoint's overall n, F1 and EM, and its paired comparisons (reports/metrics.json)."""
+    return {
+        c: {
+            "n": doc["overall"]["n"],
+            "f1": doc["overall"]["f1"],
+            "em": doc["overall"]["em"],
+            **comparisons[c],
+        }
+        for c, doc in metrics.items()
+    }
 
 
 def curve_rows(metrics: Mapping[str, dict]) -> list[dict]:
@@ -151,8 +232,12 @@ def render_markdown(
     examples: Mapping[str, tuple[list[tuple[dict, float]], list[tuple[dict, float]]]],
     stage_seconds: Mapping[str, float] | None = None,
     comparisons: Mapping[str, Mapping[str, dict]] | None = None,
+    plot: str = "em_curve.png",
 ) -> str:
-    """The summary: metrics, paired comparisons, weight statistics, example trajectories."""
+    """The summary: metrics, paired comparisons, weight statistics, example trajectories.
+
+    `plot` is the curve's image, relative to the summary's folder.
+    """
     parts = ["# ExSearch campaign report", "", "## Dev metrics per checkpoint", ""]
     # Each table ends in a newline: the blank line after it.
     parts.append(
@@ -160,7 +245,7 @@ def render_markdown(
             rows, ["checkpoint", "n", *CURVE_METRICS, "searches"], floats="g", missing="–"
         )
     )
-    parts += ["![metrics per iteration](em_curve.png)", ""]
+    parts += [f"![metrics per iteration]({plot})", ""]
     if comparisons and any(comparisons.values()):
         parts += [
             "## Paired differences (agent F1/EM, points; bootstrap 95% intervals over questions)",

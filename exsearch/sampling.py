@@ -20,13 +20,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
+from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import fmean
 
 from exsearch import io
 from exsearch.agent import Sampling, SearchAgent
+from exsearch.config import AgentConfig, GenerationConfig, ModelConfig
+from exsearch.config_training import SampleConfig
 from exsearch.schema import Question
 
 log = logging.getLogger(__name__)
@@ -83,6 +88,60 @@ def fingerprint(*parts: object) -> str:
     """Short hash of everything that determines the samples, naming the shard folder."""
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def model_signature(model_dir: str | os.PathLike) -> list:
+    """Name, size and modification time of each file of a model folder: cheap, not a hash."""
+    return sorted(
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
+        for f in Path(model_dir).iterdir()
+        if f.is_file()
+    )
+
+
+def shard_key(
+    cfg: SampleConfig,
+    agent: AgentConfig,
+    generation: GenerationConfig,
+    model: ModelConfig,
+    model_dir: str | os.PathLike,
+    questions_file: str | os.PathLike,
+    questions: Sequence[Question],
+) -> str:
+    """The shard folder of a run: changes with anything that changes the samples.
+
+    A rerun with the same settings, model files, question file and draw resumes the shards of
+    the run before it; any other run starts a folder of its own.
+    """
+    return fingerprint(
+        cfg.model_dump(),
+        agent.model_dump(),
+        generation.model_dump(),
+        model.model_dump(),
+        model_signature(model_dir),
+        hashlib.sha256(Path(questions_file).read_bytes()).hexdigest(),
+        [q.id for q in questions],
+    )
+
+
+def warmup_question_ids(path: str | os.PathLike) -> set[str]:
+    """Ids of the questions the warm-up trained on (its trajectories' `qid`s)."""
+    return {str(t["qid"]) for t in io.read_jsonl(path)}
+
+
+def sample_stats(records: Sequence[dict], draw: Draw, k: int, seconds: float) -> dict:
+    """What a sampling run did: counts, searches and tokens per trajectory, finish reasons."""
+    return {
+        "trajectories": len(records),
+        "questions": len(draw.questions),
+        "pool": draw.pool_size,
+        "pass": draw.pass_number,
+        "k": k,
+        "searches_per_trajectory": round(fmean(r["n_searches"] for r in records), 3),
+        "tokens_generated": sum(r["tokens"]["generated"] for r in records),
+        "finish_reasons": dict(Counter(r["finish_reason"] for r in records)),
+        "seconds": round(seconds, 1),
+    }
 
 
 def sample_in_shards(

@@ -1,0 +1,87 @@
+"""The warm-up's training set and settings: which questions, which trajectories, which epochs.
+
+`exsearch.warmup` writes one trajectory from a question's supporting facts; this module picks
+the questions (those with supporting facts, a seeded draw of `warmup.max_examples`), reads a
+teacher's trajectories instead when `warmup.teacher_file` names them, and turns the trajectories
+into the weight-1 examples the warm-up fine-tunes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+from exsearch import io
+from exsearch.config import AgentConfig
+from exsearch.config_training import TrainConfig, WarmupConfig
+from exsearch.schema import Question
+from exsearch.warmup import WarmupShape, build_trajectories
+
+if TYPE_CHECKING:
+    from exsearch.retrieval import BM25Retriever
+    from exsearch.retrieval.dense import DenseRetriever
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def seeded_draw(items: Sequence[T], n: int | None, seed: int) -> list[T]:
+    """`n` of `items` drawn with `seed` (all of them when `n` is None or not smaller).
+
+    A draw, not the head: the training files are grouped by dataset.
+    """
+    if n and n < len(items):
+        return random.Random(seed).sample(list(items), n)
+    return list(items)
+
+
+def warmup_questions(questions: Sequence[Question], cfg: WarmupConfig, seed: int) -> list[Question]:
+    """The training questions with supporting facts, at most `cfg.max_examples` of them."""
+    return seeded_draw([q for q in questions if q.extra.get("support")], cfg.max_examples, seed)
+
+
+def warmup_shape(agent: AgentConfig, cfg: WarmupConfig) -> WarmupShape:
+    """The shape of derived trajectories: the agent's search settings, the warm-up's records."""
+    return WarmupShape(
+        top_k=agent.top_k,
+        passage_max_words=agent.passage_max_words,
+        max_steps=agent.max_steps,
+        record_max_words=cfg.record_max_words,
+        first_search=cfg.first_search,
+    )
+
+
+def derived_trajectories(
+    questions: Sequence[Question],
+    retriever: BM25Retriever | DenseRetriever,
+    agent: AgentConfig,
+    cfg: WarmupConfig,
+    seed: int,
+) -> list[dict]:
+    """One trajectory per question from its supporting facts (no LLM involved)."""
+    shape = warmup_shape(agent, cfg)
+    trajectories, _ = build_trajectories(
+        questions, retriever, retriever.iter_passages(), shape, seed=seed
+    )
+    log.info("built %d warm-up trajectories (%s)", len(trajectories), shape)
+    return trajectories
+
+
+def teacher_trajectories(path: str | os.PathLike) -> list[dict]:
+    """Trajectories a teacher wrote (JSONL in the agent's schema), used instead of derived ones."""
+    trajectories = list(io.read_jsonl(path))
+    log.info("read %d teacher trajectories from %s", len(trajectories), path)
+    return trajectories
+
+
+def warmup_examples(trajectories: Sequence[dict]) -> list[dict]:
+    """The fine-tuning examples: every trajectory's chat, weight 1."""
+    return [{"messages": t["messages"], "weight": 1.0} for t in trajectories]
+
+
+def warmup_train_config(train: TrainConfig, cfg: WarmupConfig) -> TrainConfig:
+    """The `train` settings with the warm-up's epochs and learning rate."""
+    return train.model_copy(update={"epochs": cfg.epochs, "learning_rate": cfg.learning_rate})
