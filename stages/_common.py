@@ -1,12 +1,11 @@
-"""Glue shared by the stage CLIs: arguments, params, logging, the index, checkpoint folders."""
+"""Glue shared by the stage CLIs: arguments, params, logging, errors, the index, checkpoints."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from exsearch.config import ConfigError, Params, load_params
 
@@ -23,6 +22,16 @@ MODELS = Path("models")
 def checkpoint_dir(name: str) -> Path:
     """The model folder of checkpoint `name` (models/base, models/iter_0, models/iter_k)."""
     return MODELS / name
+
+
+def fail(message: object) -> NoReturn:
+    """Stop the stage on bad input: `error: <message>` on stderr, exit status 1, no traceback.
+
+    The one way a stage exits on an error (argparse's usage errors aside). It raises
+    SystemExit with the text, which Python prints to stderr before exiting with status 1, so a
+    caller in the same process (a test, `stage_run`) sees the message as the exception's text.
+    """
+    raise SystemExit(f"error: {message}")
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -45,7 +54,7 @@ def setup(args: argparse.Namespace) -> Params:
     try:
         return load_params(args.params)
     except ConfigError as e:
-        sys.exit(f"error: {e}")
+        fail(e)
 
 
 def open_index(directory: str | Path) -> BM25Retriever | DenseRetriever:
@@ -59,4 +68,4 @@ def open_index(directory: str | Path) -> BM25Retriever | DenseRetriever:
     try:
         return load_retriever(directory)
     except (FileNotFoundError, ValueError) as e:  # CorruptIndex is a ValueError
-        sys.exit(f"error: {e}")
+        fail(e)

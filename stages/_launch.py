@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from exsearch.config_training import TrainConfig
+from stages._common import fail
 from stages.tracking import SWITCH_ENV
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,6 @@ def relaunch(cfg: TrainConfig, module: str, argv: Sequence[str] | None) -> int |
     try:
         cmd = launch_command(cfg, module, sys.argv[1:] if argv is None else argv)
     except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
+        fail(e)
     log.info("running %s under accelerate: %s", module, " ".join(cmd))
     return subprocess.run(cmd, env={**os.environ, LAUNCHED_ENV: "1"}, check=False).returncode

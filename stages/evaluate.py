@@ -14,7 +14,6 @@ evaluation is deterministic.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 from exsearch import io
@@ -50,9 +49,9 @@ def main(argv: list[str] | None = None) -> None:
                 params.evaluate.limit,
             )
         except ValueError as e:
-            sys.exit(f"error: {e}")
+            _common.fail(e)
         if not questions:
-            sys.exit(f"error: {args.questions}: no dev questions; check prepare.dev")
+            _common.fail(f"{args.questions}: no dev questions; check prepare.dev")
         log.info(
             "evaluating %s on %d questions: %s", model_dir, len(questions), params.evaluate.methods
         )

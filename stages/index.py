@@ -22,7 +22,7 @@ from exsearch.io import atomic_path, read_jsonl
 from exsearch.retrieval import IndexStats, build_index
 from exsearch.retrieval.dense import DenseIndexStats, build_dense_index
 from exsearch.schema import Passage
-from stages._common import parser, setup
+from stages._common import fail, parser, setup
 from stages.tracking import stage_run
 
 log = logging.getLogger("stages.index")
@@ -64,9 +64,7 @@ def main(argv: list[str] | None = None) -> IndexStats | DenseIndexStats:
     params = setup(args)
     with stage_run(params, "index") as run:
         if not args.corpus.is_file():
-            raise SystemExit(
-                f"error: {args.corpus}: corpus not found (run `dvc repro prepare` first)"
-            )
+            fail(f"{args.corpus}: corpus not found (run `dvc repro prepare` first)")
         if not args.verbose:
             # bm25s sets its own logger to DEBUG at import; keep its chatter out of normal runs.
             logging.getLogger("bm25s").setLevel(logging.WARNING)
@@ -81,7 +79,7 @@ def main(argv: list[str] | None = None) -> IndexStats | DenseIndexStats:
                     progress = args.corpus.stat().st_size >= PROGRESS_MIN_BYTES
                     stats = build_index(passages, cfg, tmp, show_progress=progress)
         except (ValueError, ImportError, OSError) as e:
-            raise SystemExit(f"error: {e}") from None
+            fail(e)
         metrics = dataclasses.asdict(stats)
         log.info(
             "%s index built: %s; %s is %.1f MiB",

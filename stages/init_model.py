@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 from exsearch.modeling import materialize_base
-from stages._common import checkpoint_dir, parser, setup
+from stages._common import checkpoint_dir, fail, parser, setup
 from stages.tracking import stage_run
 
 log = logging.getLogger("stages.init_model")
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> Path:
         try:
             out = materialize_base(params.model, args.out)
         except (FileNotFoundError, ValueError) as e:
-            raise SystemExit(f"error: {e}") from None
+            fail(e)
         log.info("base model %r written to %s", params.model.base, out)
         run.log_model_dir(out)
         return out

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 from exsearch.io import atomic_path, write_json
 from exsearch.preparation import prepare
 from exsearch.questions import write_questions
 from exsearch.schema import Passage
-from stages._common import parser, setup
+from stages._common import fail, parser, setup
 from stages.tracking import stage_run
 
 log = logging.getLogger("stages.prepare")
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 out = prepare(params.prepare, sink=write)
             except (ValueError, OSError) as e:
-                sys.exit(f"error: {e}")
+                fail(e)
         write_questions(args.out_dir / "train.jsonl", out.train)
         write_questions(args.out_dir / "dev.jsonl", out.dev)
         write_json(args.out_dir / "stats.json", out.stats)

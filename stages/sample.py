@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -61,10 +60,10 @@ def main(argv: list[str] | None = None) -> None:
         retriever = _common.open_index(args.index)  # before any work: a bad index fails fast
         pool = read_questions(args.questions)
         if not pool:
-            sys.exit(f"error: {args.questions}: no training questions; check prepare.train")
+            _common.fail(f"{args.questions}: no training questions; check prepare.train")
         if cfg.exclude_warmup and not Path(args.warmup).is_file():
-            sys.exit(
-                f"error: {args.warmup}: missing; EM iterations leave the warm-up's questions out "
+            _common.fail(
+                f"{args.warmup}: missing; EM iterations leave the warm-up's questions out "
                 "(run `dvc repro warmup`, or set sample.exclude_warmup: false)"
             )
         warmup_ids = (

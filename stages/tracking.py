@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from exsearch.config import Params, checkpoint_step
+from stages._common import fail
 from stages._provenance import campaign_key, git_commit, lock_outs
 
 PARENT_ENV = "EXSEARCH_PARENT_RUN_ID"
@@ -552,7 +553,7 @@ def stage_run(
     try:
         run, owned = _open_stage_run(params, stage, iteration, sections)
     except TrackingError as e:  # a stage is a CLI: the message, not a traceback
-        raise SystemExit(f"error: {e}") from None
+        fail(e)
     _ACTIVE.append(run)
     if not run.enabled:
         try:
@@ -570,7 +571,7 @@ def stage_run(
         yield run
         status = "FINISHED"
     except TrackingError as e:  # the store failed mid-stage and tracking is required
-        raise SystemExit(f"error: {e}") from None
+        fail(e)
     except SystemExit as e:
         status = "FINISHED" if e.code in (None, 0) else "FAILED"
         raise

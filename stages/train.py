@@ -15,7 +15,6 @@ config file, the stage runs itself on `train.num_processes` processes (stages/_l
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     params = _common.setup(args)
     if (status := _launch.relaunch(params.train, "stages.train", argv)) is not None:
         if status:  # it ran under `accelerate launch` (train.launcher)
-            sys.exit(f"error: stages.train under {params.train.launcher} exited with {status}")
+            _common.fail(f"stages.train under {params.train.launcher} exited with {status}")
         return
     with stage_run(params, "train", args.iteration) as run:
         out = Path("runs") / args.iteration

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import random
 import shutil
-import sys
 from pathlib import Path
 
 from exsearch import io
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         and (status := _launch.relaunch(params.train, "stages.warmup", argv)) is not None
     ):
         if status:  # it ran under `accelerate launch` (train.launcher)
-            sys.exit(f"error: stages.warmup under {params.train.launcher} exited with {status}")
+            _common.fail(f"stages.warmup under {params.train.launcher} exited with {status}")
         return
     main_process = _launch.is_main_process()  # the one that writes, under a launcher
     with stage_run(params, "warmup", sections=["warmup", "train"]) as run:

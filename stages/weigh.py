@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         trajectories = list(io.read_jsonl(out / "trajectories.jsonl"))
         if not trajectories:
-            raise SystemExit(f"error: {out / 'trajectories.jsonl'} holds no trajectory")
+            _common.fail(f"{out / 'trajectories.jsonl'} holds no trajectory")
         model_dir = _common.checkpoint_dir(args.prev)
         if params.generation.backend == "openai":
             with OpenAIGenerator.from_config(model_dir, params.generation) as server:

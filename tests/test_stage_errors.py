@@ -1,0 +1,57 @@
+"""A stage stops on bad input one way: `error: …` on stderr, exit status 1, no traceback."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stages._common import fail
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE_FILES = sorted((ROOT / "stages").glob("*.py"))
+
+
+def test_fail_raises_system_exit_carrying_the_message():
+    with pytest.raises(SystemExit) as done:
+        fail("data/x.jsonl: no questions")
+    assert done.value.code == "error: data/x.jsonl: no questions"
+
+
+def test_a_stage_that_stops_prints_one_error_line_and_exits_with_1(tmp_path):
+    (tmp_path / "params.yaml").write_text("prepare: {train: [], dev: []}\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "stages.index", "--corpus", "nowhere.jsonl"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "EXSEARCH_TRACKING": "off"},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1
+    assert run.stderr.splitlines()[-1] == (
+        "error: nowhere.jsonl: corpus not found (run `dvc repro prepare` first)"
+    )
+    assert "Traceback" not in run.stderr
+
+
+def exits(path: Path) -> list[str]:
+    """`line: code` of each `sys.exit(...)`, `exit(...)` or `raise SystemExit` in a file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in {"sys.exit", "exit"}:
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            if ast.unparse(node.exc).startswith("SystemExit"):
+                found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+@pytest.mark.parametrize("path", STAGE_FILES, ids=lambda p: p.name)
+def test_stages_exit_on_errors_only_through_fail(path):
+    allowed = {"_common.py": 1}  # fail itself
+    found = exits(path)
+    assert len(found) == allowed.get(path.name, 0), f"stages/{path.name}: use fail(): {found}"
