@@ -583,21 +583,26 @@ def stage_run(
         raise
     finally:
         _ACTIVE.pop()
-        active = mlflow.active_run()
-        if active and active.info.run_id == run.run_id:
-            if _FAILED:
-                # MLflow would end its active run at exit anyway; end it now, for one more
-                # bounded call at most (it leaves the active run whatever the store says).
-                with contextlib.suppress(Exception):
-                    mlflow.end_run(status=status)
-            else:
-                _warn_on_error("close the stage run", mlflow.end_run, status=status)
+        _close(run, owned, status)
+
+
+def _close(run: StageRun, owned: bool, status: str) -> None:
+    """End the stage run (MLflow's active run) with `status`; an owned parent follows it."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active and active.info.run_id == run.run_id:
+        if _FAILED:
+            # MLflow would end its active run at exit anyway; end it now, for one more
+            # bounded call at most (it leaves the active run whatever the store says).
+            with contextlib.suppress(Exception):
+                mlflow.end_run(status=status)
         else:
-            _warn_on_error("close the stage run", run.client.set_terminated, run.run_id, status)
-        if owned:
-            _warn_on_error(
-                "close the campaign run", run.client.set_terminated, run.parent_id, status
-            )
+            _warn_on_error("close the stage run", mlflow.end_run, status=status)
+    else:
+        _warn_on_error("close the stage run", run.client.set_terminated, run.run_id, status)
+    if owned:
+        _warn_on_error("close the campaign run", run.client.set_terminated, run.parent_id, status)
 
 
 def log_iteration_metrics(params: Params, iteration: str, metrics: Mapping[str, Any]) -> None:
