@@ -15,13 +15,20 @@ if TYPE_CHECKING:
 
 # Checkpoints (base, iter_0, iter_k) live outside runs/, which holds only the records the report
 # reads (trajectories, weights, stats, predictions, metrics): so the report does not depend on
-# models, and runs/ stays small enough to diff and copy.
+# models, and runs/ stays small enough to diff and copy. Both are only the defaults of the
+# stages' path arguments, for runs by hand: dvc.yaml passes every path explicitly.
 MODELS = Path("models")
+RUNS = Path("runs")
 
 
 def checkpoint_dir(name: str) -> Path:
     """The model folder of checkpoint `name` (models/base, models/iter_0, models/iter_k)."""
     return MODELS / name
+
+
+def run_dir(name: str) -> Path:
+    """The record folder of checkpoint `name` (runs/warmup, runs/iter_k)."""
+    return RUNS / name
 
 
 def fail(message: object) -> NoReturn:
@@ -42,6 +49,12 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
+
+
+def add_path(p: argparse.ArgumentParser, flag: str, default: Path | None, help: str) -> None:
+    """A path argument; `help` names the default itself when it is None (derived from others)."""
+    text = help if default is None else f"{help} (default: %(default)s)"
+    p.add_argument(flag, type=Path, default=default, help=text)
 
 
 def setup(args: argparse.Namespace) -> Params:
@@ -69,3 +82,17 @@ def open_index(directory: str | Path) -> BM25Retriever | DenseRetriever:
         return load_retriever(directory)
     except (FileNotFoundError, ValueError) as e:  # CorruptIndex is a ValueError
         fail(e)
+
+
+def model_dir(path: Path | None, params: Params, iteration: str, prev: str | None) -> Path:
+    """`path` if given, else models/<prev>, `prev` defaulting to em.iters' link of `iteration`.
+
+    DVC passes the model folder; by hand `--iteration iter_2` alone finds it from params.yaml.
+    """
+    if path is not None:
+        return path
+    if prev is None:
+        if (link := params.em.iters.get(iteration)) is None:
+            fail(f"{iteration} is not in params.yaml em.iters; pass --prev or --model")
+        prev = link.prev
+    return checkpoint_dir(prev)

@@ -78,3 +78,15 @@ def relaunch(cfg: TrainConfig, module: str, argv: Sequence[str] | None) -> int |
         fail(e)
     log.info("running %s under accelerate: %s", module, " ".join(cmd))
     return subprocess.run(cmd, env={**os.environ, LAUNCHED_ENV: "1"}, check=False).returncode
+
+
+def ran_under_launcher(cfg: TrainConfig, module: str, argv: Sequence[str] | None) -> bool:
+    """`relaunch`, for a stage's main: True when the launched job did the work (return then).
+
+    Exits with an error naming the launcher when the launched job failed.
+    """
+    if (status := relaunch(cfg, module, argv)) is None:
+        return False
+    if status:
+        fail(f"{module} under {cfg.launcher} exited with {status}")
+    return True

@@ -1,9 +1,12 @@
 """Evaluate one iteration's model on the dev questions, for every method in `evaluate.methods`.
 
-    python -m stages.evaluate --iteration iter_0
+    python -m stages.evaluate --iteration iter_0 [--model models/iter_0] [--index data/index]
+        [--questions data/prepared/dev.jsonl] [--out runs/iter_0]
+        [--predictions FILE] [--metrics FILE] [--table FILE]
 
-Reads models/<iteration>, data/index and data/prepared/dev.jsonl; writes
-runs/<iteration>/predictions.jsonl (one record per question and method), metrics.json (EM, F1,
+Reads the model (models/<iteration> by default), the index and the dev questions; writes, in
+`--out` unless given one by one (as dvc.yaml does), predictions.jsonl (one record per question
+and method), metrics.json (EM, F1,
 Acc, retrieval recall/precision, supporting-passage recall, searches per question, finish
 reasons, tokens, seconds; per dataset and overall; and the first method's F1/EM difference to
 each other method on the same questions, with a paired bootstrap 95% interval) and metrics.md
@@ -13,7 +16,9 @@ evaluation is deterministic.
 
 from __future__ import annotations
 
+import argparse
 import logging
+from functools import partial
 from pathlib import Path
 
 from exsearch import io
@@ -28,20 +33,33 @@ from stages.tracking import log_iteration_metrics, stage_run
 log = logging.getLogger("stages.evaluate")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The stage's command line."""
+    p = _common.parser(__doc__)
+    p.add_argument("--iteration", default="iter_0", help="checkpoint to evaluate (default: iter_0)")
+    add = partial(_common.add_path, p)
+    add("--model", None, "model folder (default: models/<iteration>)")
+    add("--index", Path("data/index"), "index folder (BM25 or dense)")
+    add("--questions", Path("data/prepared/dev.jsonl"), "dev questions")
+    add("--out", None, "folder of the outputs not given one by one (default: runs/<iteration>)")
+    add("--predictions", None, "predictions to write (default: OUT/predictions.jsonl)")
+    add("--metrics", None, "metrics to write (default: OUT/metrics.json)")
+    add("--table", None, "metrics tables to write (default: OUT/metrics.md)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
-    p = _common.parser(__doc__)
-    p.add_argument("--iteration", default="iter_0", help="iteration to evaluate (default iter_0)")
-    p.add_argument("--model", help="model directory (default models/<iteration>)")
-    p.add_argument("--index", default="data/index", help="index directory (BM25 or dense)")
-    p.add_argument("--questions", default="data/prepared/dev.jsonl", help="dev questions")
-    p.add_argument("--out", help="output directory (default runs/<iteration>)")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    out = args.out or _common.run_dir(args.iteration)
+    predictions_file = args.predictions or out / "predictions.jsonl"
+    metrics_file, table_file = (
+        args.metrics or out / "metrics.json",
+        args.table or out / "metrics.md",
+    )
+    model_dir = str(args.model or _common.checkpoint_dir(args.iteration))
     params = _common.setup(args)
     with stage_run(params, "evaluate", args.iteration, ["evaluate", "agent", "generation"]) as run:
-        out = Path(args.out or f"runs/{args.iteration}")
-        model_dir = args.model or str(_common.checkpoint_dir(args.iteration))
-
         try:
             questions = select_questions(
                 read_questions(args.questions),
@@ -61,15 +79,15 @@ def main(argv: list[str] | None = None) -> None:
         records, doc = evaluate_methods(questions, agent, params.evaluate.methods, params.seed)
         doc = {"iteration": args.iteration, "model": model_dir, **doc}
 
-        io.write_jsonl(out / "predictions.jsonl", records)
-        io.write_json(out / "metrics.json", doc)
+        io.write_jsonl(predictions_file, records)
+        io.write_json(metrics_file, doc)
         table = metrics_markdown(doc)
-        io.write_text(out / "metrics.md", f"# Evaluation of {args.iteration}\n\n{table}")
+        io.write_text(table_file, f"# Evaluation of {args.iteration}\n\n{table}")
         log.info("results\n%s", table)
         scores = {"overall": doc["overall"], **doc["by_dataset"], **doc["comparisons"]}
         log_iteration_metrics(params, args.iteration, scores)
-        for name in ("metrics.json", "metrics.md", "predictions.jsonl"):
-            run.log_artifact(out / name)
+        for path in (metrics_file, table_file, predictions_file):
+            run.log_artifact(path)
 
 
 if __name__ == "__main__":

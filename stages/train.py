@@ -1,21 +1,25 @@
 """M-step: fine-tune the previous iteration's model on its weighted trajectories.
 
-    python -m stages.train --iteration iter_1 --prev iter_0
+    python -m stages.train --iteration iter_1 [--prev iter_0 | --model models/iter_0]
+        [--warmup-model models/iter_0] [--trajectories runs/iter_1/trajectories.jsonl]
+        [--weights runs/iter_1/weights.parquet] [--warmup runs/warmup/trajectories.jsonl]
+        [--out models/iter_1] [--stats runs/iter_1/train_stats.json]
 
-Reads models/<prev> (or models/iter_0 with `train.start_from: warmup`),
-runs/<iteration>/trajectories.jsonl and weights.parquet, and with `train.replay: N` N warm-up
-trajectories from runs/warmup/trajectories.jsonl (weight 1 each, drawn per iteration); writes
-models/<iteration> (full model, or LoRA merged into it, or an adapter naming its base, per
-the `train` params) and runs/<iteration>/train_stats.json with the loss curve. Each trajectory's
-loss is its weight × the mean cross-entropy of the tokens the assistant wrote, with the sampled
-answer replaced by the gold one (METHOD.md §2). With `train.launcher` set to an accelerate
-config file, the stage runs itself on `train.num_processes` processes (stages/_launch.py).
+Reads the previous model (models/<prev>, `prev` from params.yaml em.iters by default; or the
+warm-up's model with `train.start_from: warmup`), the iteration's trajectories and weights, and
+with `train.replay: N` N warm-up trajectories (weight 1 each, drawn per iteration); writes the
+new model (full model, or LoRA merged into it, or an adapter naming its base, per the `train`
+params) and its training stats with the loss curve. Each trajectory's loss is its weight × the
+mean cross-entropy of the tokens the assistant wrote, with the sampled answer replaced by the
+gold one (METHOD.md §2). With `train.launcher` set to an accelerate config file, the stage runs
+itself on `train.num_processes` processes (stages/_launch.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
-from pathlib import Path
+from functools import partial
 
 import pandas as pd
 
@@ -28,33 +32,44 @@ from stages.tracking import stage_run
 log = logging.getLogger("stages.train")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """CLI entry point."""
+def build_parser() -> argparse.ArgumentParser:
+    """The stage's command line."""
     p = _common.parser(__doc__)
     p.add_argument("--iteration", required=True, help="the EM iteration being built, e.g. iter_1")
-    p.add_argument("--prev", required=True, help="the iteration to continue from, e.g. iter_0")
-    p.add_argument(
-        "--warmup",
-        default="runs/warmup/trajectories.jsonl",
-        help="warm-up trajectories (train.replay draws from them)",
-    )
-    args = p.parse_args(argv)
+    p.add_argument("--prev", help="the iteration to continue from (default: from em.iters)")
+    add, runs = partial(_common.add_path, p), "runs/<iteration>"
+    add("--model", None, "model to continue from (default: models/<prev>)")
+    add("--warmup-model", _common.checkpoint_dir("iter_0"), "model of train.start_from: warmup")
+    add("--trajectories", None, f"sampled trajectories (default: {runs}/trajectories.jsonl)")
+    add("--weights", None, f"their weights (default: {runs}/weights.parquet)")
+    add("--warmup", _common.run_dir("warmup") / "trajectories.jsonl", "train.replay's trajectories")
+    add("--out", None, "model folder to write (default: models/<iteration>)")
+    add("--stats", None, f"training stats to write (default: {runs}/train_stats.json)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point."""
+    args = build_parser().parse_args(argv)
+    runs = _common.run_dir(args.iteration)
+    model_out = args.out or _common.checkpoint_dir(args.iteration)
+    stats_file = args.stats or runs / "train_stats.json"
     params = _common.setup(args)
-    if (status := _launch.relaunch(params.train, "stages.train", argv)) is not None:
-        if status:  # it ran under `accelerate launch` (train.launcher)
-            _common.fail(f"stages.train under {params.train.launcher} exited with {status}")
+    if _launch.ran_under_launcher(params.train, "stages.train", argv):
         return
     with stage_run(params, "train", args.iteration) as run:
-        out = Path("runs") / args.iteration
-
         cfg = params.train
-        trajectories = list(io.read_jsonl(out / "trajectories.jsonl"))
-        examples = weighted_examples(trajectories, pd.read_parquet(out / "weights.parquet"))
+        trajectories = list(io.read_jsonl(args.trajectories or runs / "trajectories.jsonl"))
+        weights = pd.read_parquet(args.weights or runs / "weights.parquet")
+        examples = weighted_examples(trajectories, weights)
         replayed = []
         if cfg.replay:
             warmup = list(io.read_jsonl(args.warmup))
             replayed = replayed_examples(warmup, cfg.replay, args.iteration, params.seed)
-        start = "iter_0" if cfg.start_from == "warmup" else args.prev
+        if cfg.start_from == "warmup":
+            start = args.warmup_model
+        else:
+            start = _common.model_dir(args.model, params, args.iteration, args.prev)
         log.info(
             "M-step of %s from %s: %d sampled + %d replayed warm-up trajectories",
             args.iteration,
@@ -62,13 +77,11 @@ def main(argv: list[str] | None = None) -> None:
             len(examples),
             len(replayed),
         )
-        examples += replayed
-        model_out = _common.checkpoint_dir(args.iteration)
-        result = train_weighted(_common.checkpoint_dir(start), examples, model_out, cfg)
+        result = train_weighted(start, examples + replayed, model_out, cfg)
         if not _launch.is_main_process():
             return  # rank 0 writes the outputs
         stats = run_stats(result)
-        io.write_json(out / "train_stats.json", stats)
+        io.write_json(stats_file, stats)
         log.info(
             "trained %s: %d steps, final loss %s", model_out, result.steps, stats["final_loss"]
         )

@@ -1,18 +1,21 @@
 """E-step weighting: score each sampled trajectory by the gold answer's likelihood, then weigh.
 
-    python -m stages.weigh --iteration iter_1 --prev iter_0
+    python -m stages.weigh --iteration iter_1 [--prev iter_0 | --model models/iter_0]
+        [--trajectories runs/iter_1/trajectories.jsonl] [--out runs/iter_1/weights.parquet]
+        [--stats runs/iter_1/weight_stats.json]
 
-Reads runs/<iteration>/trajectories.jsonl and the model of models/<prev> (the one that
-sampled them); writes runs/<iteration>/weights.parquet (qid, sample, score, prediction, gold, f1,
-correct, weight, scheme) and runs/<iteration>/weight_stats.json (mean per-question entropy,
+Reads the iteration's sampled trajectories and the model that sampled them (models/<prev>,
+`prev` from params.yaml em.iters by default); writes the weights (qid, sample, score,
+prediction, gold, f1, correct, weight, scheme) and their stats (mean per-question entropy,
 effective sample size, …). The scheme and its temperature come from the `weigh` params.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
-from pathlib import Path
+from functools import partial
 
 from exsearch import io
 from exsearch.generation.openai import OpenAIGenerator
@@ -24,22 +27,37 @@ from stages.tracking import stage_run
 log = logging.getLogger("stages.weigh")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """CLI entry point."""
+def build_parser() -> argparse.ArgumentParser:
+    """The stage's command line."""
     p = _common.parser(__doc__)
     p.add_argument("--iteration", required=True, help="the EM iteration being built, e.g. iter_1")
-    p.add_argument("--prev", required=True, help="the iteration whose model scores, e.g. iter_0")
-    args = p.parse_args(argv)
+    p.add_argument("--prev", help="the iteration whose model scores (default: from em.iters)")
+    add = partial(_common.add_path, p)
+    add("--model", None, "model that sampled the trajectories (default: models/<prev>)")
+    add(
+        "--trajectories",
+        None,
+        "sampled trajectories (default: runs/<iteration>/trajectories.jsonl)",
+    )
+    add("--out", None, "weights to write (default: runs/<iteration>/weights.parquet)")
+    add("--stats", None, "stats to write (default: runs/<iteration>/weight_stats.json)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point."""
+    args = build_parser().parse_args(argv)
+    runs = _common.run_dir(args.iteration)
+    trajectories_file = args.trajectories or runs / "trajectories.jsonl"
+    out, stats_file = args.out or runs / "weights.parquet", args.stats or runs / "weight_stats.json"
     params = _common.setup(args)
     with stage_run(params, "weigh", args.iteration) as run:
         cfg = params.weigh
-        out = Path("runs") / args.iteration
-
         started = time.perf_counter()
-        trajectories = list(io.read_jsonl(out / "trajectories.jsonl"))
+        trajectories = list(io.read_jsonl(trajectories_file))
         if not trajectories:
-            _common.fail(f"{out / 'trajectories.jsonl'} holds no trajectory")
-        model_dir = _common.checkpoint_dir(args.prev)
+            _common.fail(f"{trajectories_file} holds no trajectory")
+        model_dir = _common.model_dir(args.model, params, args.iteration, args.prev)
         if params.generation.backend == "openai":
             with OpenAIGenerator.from_config(model_dir, params.generation) as server:
                 scores = server.gold_answer_scores(trajectories)
@@ -56,13 +74,13 @@ def main(argv: list[str] | None = None) -> None:
             "questions_with_a_correct_sample": float(table.groupby("qid")["correct"].any().mean()),
             "seconds": round(time.perf_counter() - started, 1),
         }
-        with io.atomic_path(out / "weights.parquet") as tmp:
+        with io.atomic_path(out) as tmp:
             table.to_parquet(tmp, index=False)
-        io.write_json(out / "weight_stats.json", stats)
+        io.write_json(stats_file, stats)
         log.info("weights: %s", stats)
         run.log_metrics(stats)
-        run.log_artifact(out / "weight_stats.json")
-        run.log_artifact(out / "weights.parquet")
+        run.log_artifact(stats_file)
+        run.log_artifact(out)
 
 
 if __name__ == "__main__":
