@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from exsearch import io, prompts
-from exsearch.agent import Sampling, SearchAgent
+from exsearch.agent import Decoding, SearchAgent
 from exsearch.config import GenerationConfig, load_params
 from exsearch.generation.hf import HFGenerator
 from exsearch.retrieval import load_retriever
@@ -82,7 +82,7 @@ def timed_plain_generate(
 
 def timed_agent(agent: SearchAgent, questions: list[Question]) -> tuple[int, float, list[dict]]:
     start = time.perf_counter()
-    recs = agent.run(questions, sampling=Sampling(temperature=0.0), progress=False)
+    recs = agent.run(questions, decoding=Decoding(temperature=0.0), progress=False)
     return sum(r["tokens"]["generated"] for r in recs), time.perf_counter() - start, recs
 
 

@@ -45,8 +45,8 @@ class Retriever(Protocol):
         ...
 
 
-@dataclass
-class Sampling:
+@dataclass(frozen=True)
+class Decoding:
     """Decoding settings of one run; temperature 0 is greedy."""
 
     temperature: float = 0.0
@@ -105,11 +105,11 @@ class SearchAgent:
         *,
         method: Method = "agent",
         samples: int = 1,
-        sampling: Sampling | None = None,
+        decoding: Decoding | None = None,
         progress: bool = True,
     ) -> list[dict]:
         """Run `samples` trajectories per question; return one record per trajectory."""
-        sampling = sampling or Sampling()
+        decoding = decoding or Decoding()
         if method != "direct" and self.retriever is None:
             raise ValueError(f"method '{method}' needs a retriever")
         rollouts = [self._start(q, j, method) for q in questions for j in range(samples)]
@@ -117,7 +117,7 @@ class SearchAgent:
         bar = tqdm(total=len(rollouts), desc=f"{method} trajectories", disable=not progress)
         round_idx = 0
         while live := [r for r in rollouts if r.phase != "done"]:
-            self._round(live, sampling, seed=sampling.seed + round_idx)
+            self._round(live, decoding, seed=decoding.seed + round_idx)
             bar.update(sum(r.phase == "done" for r in live))
             round_idx += 1
         bar.close()
@@ -128,7 +128,7 @@ class SearchAgent:
             round_idx,
             time.perf_counter() - started,
         )
-        return [self._record(r, method, sampling) for r in rollouts]
+        return [self._record(r, method, decoding) for r in rollouts]
 
     # ---------------------------------------------------------------- rounds
     def _start(self, q: Question, sample: int, method: Method) -> _Rollout:
@@ -162,7 +162,7 @@ class SearchAgent:
         self._render_documents(r)
         return r
 
-    def _round(self, live: list[_Rollout], sampling: Sampling, seed: int) -> None:
+    def _round(self, live: list[_Rollout], decoding: Decoding, seed: int) -> None:
         ready, prompt_texts = [], []
         for r in live:
             text = self._fit_prompt(r)
@@ -182,8 +182,8 @@ class SearchAgent:
             prompt_texts,
             max_new_tokens=self.cfg.max_new_tokens if acting else self.cfg.answer_max_new_tokens,
             stop=prompts.ACTION_STOPS + prompts.ANSWER_STOPS,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
+            temperature=decoding.temperature,
+            top_p=decoding.top_p,
             seed=seed,
         )
         searching: list[tuple[_Rollout, str]] = []
@@ -279,13 +279,13 @@ class SearchAgent:
             self._render_documents(r)
 
     # ---------------------------------------------------------------- output
-    def _record(self, r: _Rollout, method: Method, sampling: Sampling) -> dict:
+    def _record(self, r: _Rollout, method: Method, decoding: Decoding) -> dict:
         q = r.question
         return {
             "qid": q.id,
             "sample": r.sample,
-            "seed": sampling.seed,
-            "temperature": sampling.temperature,
+            "seed": decoding.seed,
+            "temperature": decoding.temperature,
             "method": method,
             "dataset": q.dataset,
             "question": q.question,

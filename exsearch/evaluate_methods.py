@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from exsearch.agent import Sampling, SearchAgent
+from exsearch.agent import Decoding, SearchAgent
 from exsearch.config import Method
 from exsearch.evaluation import metrics_document, summarize
 from exsearch.schema import Question
@@ -29,7 +29,7 @@ def evaluate_methods(
     seconds: dict[str, float] = {}
     for method in methods:
         started = time.perf_counter()
-        recs = agent.run(questions, method=method, sampling=Sampling(temperature=0.0, seed=seed))
+        recs = agent.run(questions, method=method, decoding=Decoding(temperature=0.0, seed=seed))
         seconds[method] = round(time.perf_counter() - started, 1)
         records.extend(recs)
         by_method[method] = recs

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exsearch import io
-from exsearch.agent import Sampling, SearchAgent
+from exsearch.agent import Decoding, SearchAgent
 from exsearch.schema import Question
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def sample_in_shards(
                 batch,
                 method="agent",
                 samples=k,
-                sampling=Sampling(temperature=temperature, top_p=top_p, seed=shard_seed(seed, s)),
+                decoding=Decoding(temperature=temperature, top_p=top_p, seed=shard_seed(seed, s)),
             )
             io.write_jsonl(path, recs)
         records.extend(io.read_jsonl(path))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from exsearch import prompts
-from exsearch.agent import Sampling, SearchAgent
+from exsearch.agent import Decoding, SearchAgent
 from exsearch.config import AgentConfig, IndexConfig
 from exsearch.generation import Completion
 from exsearch.generation.decoding import cut_at_stop
@@ -210,12 +210,12 @@ def test_real_model_never_hangs_and_always_answers(tiny_model_dir, retriever):
     )
     agent = SearchAgent(gen, retriever, cfg)
     recs = agent.run(
-        [QUESTION] * 3, samples=2, sampling=Sampling(temperature=1.0, seed=7), progress=False
+        [QUESTION] * 3, samples=2, decoding=Decoding(temperature=1.0, seed=7), progress=False
     )
     assert len(recs) == 6
     assert all(r["finish_reason"] in {"final", "max_steps", "malformed", "length"} for r in recs)
     assert all(r["messages"][-1]["content"].startswith(prompts.ANSWER_OPEN) for r in recs)
     again = agent.run(
-        [QUESTION] * 3, samples=2, sampling=Sampling(temperature=1.0, seed=7), progress=False
+        [QUESTION] * 3, samples=2, decoding=Decoding(temperature=1.0, seed=7), progress=False
     )
     assert [r["messages"] for r in again] == [r["messages"] for r in recs]  # seeded: reproducible

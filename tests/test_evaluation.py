@@ -209,10 +209,10 @@ class ReplayAgent:
     def __init__(self, by_method):
         self.by_method = by_method
         self.seen_passages = dict(PASSAGES)
-        self.sampling = []
+        self.decodings = []
 
-    def run(self, questions, *, method, sampling):
-        self.sampling.append(sampling)
+    def run(self, questions, *, method, decoding):
+        self.decodings.append(decoding)
         return self.by_method[method]
 
 
@@ -225,7 +225,7 @@ def test_the_first_method_heads_the_document_and_is_compared_with_each_other_one
     agent = ReplayAgent(by_method)
     records, doc = evaluate_methods(QUESTIONS, agent, ["agent", "rag", "direct"], seed=3)
     assert records == [*by_method["agent"], *by_method["rag"], *by_method["direct"]]
-    assert {(s.temperature, s.seed) for s in agent.sampling} == {(0.0, 3)}
+    assert {(d.temperature, d.seed) for d in agent.decodings} == {(0.0, 3)}
     assert list(doc) == ["primary", "overall", "by_dataset", "comparisons", "seconds", "methods"]
     assert doc["primary"] == "agent" and doc["overall"]["em"] == 50.0
     assert list(doc["comparisons"]) == ["agent_vs_rag", "agent_vs_direct"]

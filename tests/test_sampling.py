@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from exsearch import io
-from exsearch.agent import Sampling, SearchAgent
+from exsearch.agent import Decoding, SearchAgent
 from exsearch.config import AgentConfig, GenerationConfig, IndexConfig, ModelConfig
 from exsearch.generation.hf import HFGenerator
 from exsearch.retrieval import BM25Retriever
@@ -122,7 +122,7 @@ def test_a_shard_sampled_after_others_equals_that_shard_sampled_alone(agent_part
     alone = SearchAgent(new_process(gen), retriever, cfg).run(
         QUESTIONS[2:4],
         samples=2,
-        sampling=Sampling(temperature=1.0, top_p=0.95, seed=shard_seed(3, 1)),
+        decoding=Decoding(temperature=1.0, top_p=0.95, seed=shard_seed(3, 1)),
     )
     assert alone == everything[4:8]
 
