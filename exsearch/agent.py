@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 from tqdm.auto import tqdm
@@ -19,9 +19,8 @@ from exsearch import prompts
 from exsearch.config import AgentConfig, Method
 from exsearch.generation import Generator
 from exsearch.metrics import normalize_answer
-from exsearch.prompts import Step
 from exsearch.retrieval import format_passage
-from exsearch.schema import Passage, Question
+from exsearch.schema import Passage, Question, Step, TokenCounts, Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ class SearchAgent:
         samples: int = 1,
         decoding: Decoding | None = None,
         progress: bool = True,
-    ) -> list[dict]:
+    ) -> list[Trajectory]:
         """Run `samples` trajectories per question; return one record per trajectory."""
         decoding = decoding or Decoding()
         if method != "direct" and self.retriever is None:
@@ -212,7 +211,7 @@ class SearchAgent:
         turn = prompts.parse_turn(text)
         r.messages.append({"role": "assistant", "content": text})
         if turn.record is not None and r.steps and r.steps[-1].record is None:
-            r.steps[-1].record = turn.record
+            r.steps[-1] = replace(r.steps[-1], record=turn.record)
         if turn.answer is not None:  # answered without finishing first: accept it
             r.finish_reason = "final"
             r.prediction = turn.answer
@@ -239,7 +238,7 @@ class SearchAgent:
         for (r, _), hits in zip(searching, results, strict=True):
             passages = [h.passage for h in hits]
             self.seen_passages.update((p.id, p) for p in passages)
-            r.steps[-1].passage_ids = [p.id for p in passages]
+            r.steps[-1] = replace(r.steps[-1], passage_ids=[p.id for p in passages])
             r.messages.append({"role": "user", "content": ""})
             r.shown[len(r.messages) - 1] = passages
             self._render_documents(r)
@@ -279,26 +278,25 @@ class SearchAgent:
             self._render_documents(r)
 
     # ---------------------------------------------------------------- output
-    def _record(self, r: _Rollout, method: Method, decoding: Decoding) -> dict:
+    def _record(self, r: _Rollout, method: Method, decoding: Decoding) -> Trajectory:
         q = r.question
-        return {
-            "qid": q.id,
-            "sample": r.sample,
-            "seed": decoding.seed,
-            "temperature": decoding.temperature,
-            "method": method,
-            "dataset": q.dataset,
-            "question": q.question,
-            "answers": q.answers,
-            "supporting_titles": q.supporting_titles,
-            "messages": r.messages,
-            "steps": [vars(s) for s in r.steps],
-            "prediction": r.prediction,
-            "finish_reason": r.finish_reason,
-            "n_searches": len(r.steps),
-            "tokens": {"generated": r.tokens_generated, "last_prompt": r.prompt_tokens},
-            "logprob": r.logprob,
-        }
+        return Trajectory(
+            qid=q.id,
+            sample=r.sample,
+            seed=decoding.seed,
+            temperature=decoding.temperature,
+            method=method,
+            dataset=q.dataset,
+            question=q.question,
+            answers=q.answers,
+            supporting_titles=q.supporting_titles,
+            messages=r.messages,
+            steps=r.steps,
+            prediction=r.prediction,
+            finish_reason=r.finish_reason,
+            tokens=TokenCounts(generated=r.tokens_generated, last_prompt=r.prompt_tokens),
+            logprob=r.logprob,
+        )
 
 
 def _same_query(a: str, b: str) -> bool:

@@ -28,7 +28,7 @@ from typing import Literal
 from exsearch import prompts
 from exsearch.agent import Retriever
 from exsearch.retrieval import format_passage
-from exsearch.schema import Passage, Question
+from exsearch.schema import Passage, Question, Step, Trajectory
 
 FirstSearch = Literal["question", "hop"]
 NOTHING_FOUND = "nothing relevant"
@@ -100,7 +100,7 @@ def build_trajectory(
     by_title: dict[str, list[Passage]],
     shape: WarmupShape,
     rng: random.Random,
-) -> dict | None:
+) -> Trajectory | None:
     """One warm-up trajectory for `q`, or None when it has no supporting facts."""
     support = q.extra.get("support") or []
     if not support:
@@ -111,7 +111,7 @@ def build_trajectory(
         {"role": "system", "content": prompts.SYSTEM_PROMPT},
         {"role": "user", "content": prompts.question_turn(q.question)},
     ]
-    steps: list[dict] = []
+    steps: list[Step] = []
     shown: set[str] = set()  # ids of the gold passages shown so far
     record: str | None = None  # the record the next assistant turn opens with
     while len(steps) < shape.max_steps:
@@ -142,14 +142,7 @@ def build_trajectory(
         ]
         shown |= {g.id for g in golds if g is not None and g.id in ids}
         record = _clip(" ".join(found), shape.record_max_words, [answer]) or NOTHING_FOUND
-        steps.append(
-            {
-                "query": query,
-                "passage_ids": [p.id for p in passages],
-                "record": record,
-                "think": think,
-            }
-        )
+        steps.append(Step(query, [p.id for p in passages], record, think))
     messages += [
         {
             "role": "assistant",
@@ -158,21 +151,19 @@ def build_trajectory(
         {"role": "user", "content": prompts.answer_request(q.question)},
         {"role": "assistant", "content": prompts.answer_turn(answer)},
     ]
-    return {
-        "qid": q.id,
-        "sample": 0,
-        "seed": None,
-        "method": "warmup",
-        "dataset": q.dataset,
-        "question": q.question,
-        "answers": q.answers,
-        "supporting_titles": q.supporting_titles,
-        "messages": messages,
-        "steps": steps,
-        "prediction": answer,
-        "finish_reason": "final",
-        "n_searches": len(steps),
-    }
+    return Trajectory(
+        qid=q.id,
+        sample=0,
+        method="warmup",
+        dataset=q.dataset,
+        question=q.question,
+        answers=q.answers,
+        supporting_titles=q.supporting_titles,
+        messages=messages,
+        steps=steps,
+        prediction=answer,
+        finish_reason="final",
+    )
 
 
 def build_trajectories(
@@ -182,7 +173,7 @@ def build_trajectories(
     shape: WarmupShape,
     *,
     seed: int = 0,
-) -> tuple[list[dict], int]:
+) -> tuple[list[Trajectory], int]:
     """Warm-up trajectories for every question with supporting facts; also the count skipped.
 
     `corpus` is read once, keeping only passages whose title a supporting fact names, so a
