@@ -12,6 +12,7 @@ from pathlib import Path
 
 from exsearch.config import checkpoint_step  # the x position: base is -1, iter_k is k
 from exsearch.evaluation import compare_records
+from exsearch.schema import Trajectory
 from exsearch.tables import format_interval, markdown_table
 
 CURVE_METRICS = ("em", "f1", "acc", "recall", "support_recall")
@@ -30,7 +31,7 @@ def curve_rows(metrics: Mapping[str, dict]) -> list[dict]:
 
 
 def checkpoint_comparisons(
-    predictions: Mapping[str, Sequence[dict]],
+    predictions: Mapping[str, Sequence[Trajectory]],
     previous: Mapping[str, str],
     reference: str = "iter_0",
     primary: str = "agent",
@@ -46,10 +47,11 @@ def checkpoint_comparisons(
     `<primary>_vs_<baseline>`.
     """
 
-    def method(name: str, m: str) -> list[dict]:
-        return [r for r in predictions[name] if r.get("method", primary) == m]
+    def method(name: str, m: str) -> list[Trajectory]:
+        # A record without a method is one of the primary method's.
+        return [r for r in predictions[name] if (primary if r.method is None else r.method) == m]
 
-    def as_dicts(a: list[dict], b: list[dict]) -> dict:
+    def as_dicts(a: list[Trajectory], b: list[Trajectory]) -> dict:
         return {k: v.to_dict() for k, v in compare_records(a, b).items()}
 
     out: dict[str, dict[str, dict]] = {}
@@ -113,15 +115,15 @@ def plot_curve(
     plt.close(fig)
 
 
-def _trajectory_md(t: dict, weight: float) -> str:
+def _trajectory_md(t: Trajectory, weight: float) -> str:
     steps = "\n".join(
-        f"  {i}. search `{s['query']}` → record: {s.get('record') or '(none)'}"
-        for i, s in enumerate(t["steps"], 1)
+        f"  {i}. search `{s.query}` → record: {s.record or '(none)'}"
+        for i, s in enumerate(t.steps, 1)
     )
     return (
-        f"- **{t['question']}** (gold: {t['answers'][0]};"
-        f" predicted: {t['prediction'] or '(empty)'}; weight {weight:.3f};"
-        f" {t['finish_reason']})\n{steps or '  (no search)'}"
+        f"- **{t.question}** (gold: {t.answers[0]};"
+        f" predicted: {t.prediction or '(empty)'}; weight {weight:.3f};"
+        f" {t.finish_reason})\n{steps or '  (no search)'}"
     )
 
 
@@ -148,7 +150,7 @@ def comparisons_markdown(comparisons: Mapping[str, Mapping[str, dict]]) -> str:
 def render_markdown(
     rows: Sequence[dict],
     weight_stats: Mapping[str, dict],
-    examples: Mapping[str, tuple[list[tuple[dict, float]], list[tuple[dict, float]]]],
+    examples: Mapping[str, tuple[list[tuple[Trajectory, float]], list[tuple[Trajectory, float]]]],
     stage_seconds: Mapping[str, float] | None = None,
     comparisons: Mapping[str, Mapping[str, dict]] | None = None,
 ) -> str:

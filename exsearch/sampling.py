@@ -25,9 +25,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from exsearch import io
-from exsearch.agent import Sampling, SearchAgent
-from exsearch.schema import Question
+from exsearch.agent import Decoding, SearchAgent
+from exsearch.schema import Question, Trajectory
+from exsearch.trajectories import read_trajectories, write_trajectories
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +95,11 @@ def sample_in_shards(
     seed: int,
     shard_size: int,
     shard_dir: Path,
-) -> list[dict]:
+) -> list[Trajectory]:
     """Sample `k` trajectories per question, reusing shards already in `shard_dir`."""
     shard_dir.mkdir(parents=True, exist_ok=True)
     n_shards = (len(questions) + shard_size - 1) // shard_size
-    records: list[dict] = []
+    records: list[Trajectory] = []
     for s in range(n_shards):
         path = shard_dir / f"shard_{s:05d}.jsonl"
         if path.exists():
@@ -112,8 +112,8 @@ def sample_in_shards(
                 batch,
                 method="agent",
                 samples=k,
-                sampling=Sampling(temperature=temperature, top_p=top_p, seed=shard_seed(seed, s)),
+                decoding=Decoding(temperature=temperature, top_p=top_p, seed=shard_seed(seed, s)),
             )
-            io.write_jsonl(path, recs)
-        records.extend(io.read_jsonl(path))
+            write_trajectories(path, recs)
+        records.extend(read_trajectories(path))
     return records

@@ -19,6 +19,7 @@ import pandas as pd
 
 from exsearch import io
 from exsearch.report import checkpoint_comparisons, curve_rows, plot_curve, render_markdown
+from exsearch.trajectories import read_trajectories
 from stages import _common
 from stages.tracking import stage_run
 
@@ -28,7 +29,7 @@ log = logging.getLogger("stages.report")
 def _examples(it_dir: Path, n: int = 2) -> tuple[list, list]:
     """The `n` highest and lowest weighted trajectories of one iteration."""
     weights = pd.read_parquet(it_dir / "weights.parquet")
-    by_key = {(str(t["qid"]), t["sample"]): t for t in io.read_jsonl(it_dir / "trajectories.jsonl")}
+    by_key = {t.key: t for t in read_trajectories(it_dir / "trajectories.jsonl")}
     ranked = weights.sort_values("weight", ascending=False)
     pick = lambda df: [(by_key[(str(r.qid), r.sample)], float(r.weight)) for r in df.itertuples()]  # noqa: E731
     return pick(ranked.head(n)), pick(ranked.tail(n).iloc[::-1])
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
             examples[it] = _examples(it_dir)
 
         predictions = {
-            c: list(io.read_jsonl(f"runs/{c}/predictions.jsonl")) for c in params.em.evaluate
+            c: read_trajectories(f"runs/{c}/predictions.jsonl") for c in params.em.evaluate
         }
         previous = {"iter_0": "base", **{k: v.prev for k, v in params.em.iters.items()}}
         comparisons = checkpoint_comparisons(predictions, previous)

@@ -27,6 +27,7 @@ from exsearch.config import checkpoint_step
 from exsearch.generation import make_generator
 from exsearch.questions import read_questions
 from exsearch.sampling import fingerprint, iteration_questions, sample_in_shards
+from exsearch.trajectories import read_trajectories, write_trajectories
 from stages import _common
 from stages.tracking import stage_run
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                 "(run `dvc repro warmup`, or set sample.exclude_warmup: false)"
             )
         warmup_ids = (
-            {str(t["qid"]) for t in io.read_jsonl(args.warmup)} if cfg.exclude_warmup else set()
+            {t.qid for t in read_trajectories(args.warmup)} if cfg.exclude_warmup else set()
         )
         draw = iteration_questions(
             pool,
@@ -118,23 +119,23 @@ def main(argv: list[str] | None = None) -> None:
             shard_size=cfg.shard_size,
             shard_dir=shard_dir,
         )
-        io.write_jsonl(out / "trajectories.jsonl", records)
+        write_trajectories(out / "trajectories.jsonl", records)
         stats = {
             "trajectories": len(records),
             "questions": len(questions),
             "pool": draw.pool_size,
             "pass": draw.pass_number,
             "k": cfg.k,
-            "searches_per_trajectory": round(fmean(r["n_searches"] for r in records), 3),
-            "tokens_generated": sum(r["tokens"]["generated"] for r in records),
-            "finish_reasons": dict(Counter(r["finish_reason"] for r in records)),
+            "searches_per_trajectory": round(fmean(r.n_searches for r in records), 3),
+            "tokens_generated": sum(r.tokens.generated for r in records),
+            "finish_reasons": dict(Counter(r.finish_reason for r in records)),
             "seconds": round(time.perf_counter() - started, 1),
         }
         io.write_json(out / "sample_stats.json", stats)
         shutil.rmtree(out / ".sample_shards", ignore_errors=True)
         log.info("sampled: %s", stats)
         run.log_metrics(stats)
-        run.log_dict(records[:20], "trajectories_sample.json")
+        run.log_dict([r.to_dict() for r in records[:20]], "trajectories_sample.json")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import pandas as pd
 from exsearch import io
 from exsearch.mstep_examples import replayed_examples, weighted_examples
 from exsearch.training import run_stats, train_weighted
+from exsearch.trajectories import read_trajectories
 from stages import _common, _launch
 from stages.tracking import stage_run
 
@@ -49,11 +50,11 @@ def main(argv: list[str] | None = None) -> None:
         out = Path("runs") / args.iteration
 
         cfg = params.train
-        trajectories = list(io.read_jsonl(out / "trajectories.jsonl"))
+        trajectories = read_trajectories(out / "trajectories.jsonl")
         examples = weighted_examples(trajectories, pd.read_parquet(out / "weights.parquet"))
         replayed = []
         if cfg.replay:
-            warmup = list(io.read_jsonl(args.warmup))
+            warmup = read_trajectories(args.warmup)
             replayed = replayed_examples(warmup, cfg.replay, args.iteration, params.seed)
         start = "iter_0" if cfg.start_from == "warmup" else args.prev
         log.info(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from exsearch import io
 from exsearch.questions import read_questions
+from exsearch.schema import Trajectory
 from exsearch.training import run_stats, train_weighted
 from exsearch.warmup import WarmupShape, build_trajectories
 from stages import _common, _launch
@@ -72,9 +73,10 @@ def main(argv: list[str] | None = None) -> None:
                 record_max_words=cfg.record_max_words,
                 first_search=cfg.first_search,
             )
-            trajectories, _ = build_trajectories(
+            built, _ = build_trajectories(
                 questions, retriever, retriever.iter_passages(), shape, seed=params.seed
             )
+            trajectories = [t.to_dict() for t in built]
             log.info("built %d warm-up trajectories (%s)", len(trajectories), shape)
         if cfg.max_examples and cfg.max_examples < len(trajectories):
             trajectories = random.Random(params.seed).sample(trajectories, cfg.max_examples)
@@ -90,7 +92,10 @@ def main(argv: list[str] | None = None) -> None:
         train_cfg = params.train.model_copy(
             update={"epochs": cfg.epochs, "learning_rate": cfg.learning_rate}
         )
-        examples = [{"messages": t["messages"], "weight": 1.0} for t in trajectories]
+        # A teacher's records are written as read above; here only their chats are needed.
+        examples = [
+            {"messages": Trajectory.from_dict(t).messages, "weight": 1.0} for t in trajectories
+        ]
         result = train_weighted(args.base, examples, args.out, train_cfg)
         if not main_process:
             return

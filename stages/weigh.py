@@ -17,6 +17,7 @@ from pathlib import Path
 from exsearch import io
 from exsearch.generation.openai import OpenAIGenerator
 from exsearch.modeling import load_model
+from exsearch.trajectories import read_trajectories
 from exsearch.weighting import compute_weights, gold_answer_scores, score_table, weight_stats
 from stages import _common
 from stages.tracking import stage_run
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         out = Path("runs") / args.iteration
 
         started = time.perf_counter()
-        trajectories = list(io.read_jsonl(out / "trajectories.jsonl"))
+        trajectories = read_trajectories(out / "trajectories.jsonl")
         if not trajectories:
             raise SystemExit(f"error: {out / 'trajectories.jsonl'} holds no trajectory")
         model_dir = _common.checkpoint_dir(args.prev)
