@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 
 from exsearch import io, prompts
-from exsearch.agent import Sampling, SearchAgent
+from exsearch.agent import Decoding, SearchAgent
 from exsearch.config import GenerationConfig, load_params
 from exsearch.generation.hf import HFGenerator
 from exsearch.retrieval import load_retriever
-from exsearch.schema import Question
+from exsearch.schema import Question, Trajectory
 
 
 class Recorder:
@@ -80,10 +80,12 @@ def timed_plain_generate(
     return int((new != gen.pad_id).sum()) if stop else new.numel(), seconds
 
 
-def timed_agent(agent: SearchAgent, questions: list[Question]) -> tuple[int, float, list[dict]]:
+def timed_agent(
+    agent: SearchAgent, questions: list[Question]
+) -> tuple[int, float, list[Trajectory]]:
     start = time.perf_counter()
-    recs = agent.run(questions, sampling=Sampling(temperature=0.0), progress=False)
-    return sum(r["tokens"]["generated"] for r in recs), time.perf_counter() - start, recs
+    recs = agent.run(questions, decoding=Decoding(temperature=0.0), progress=False)
+    return sum(r.tokens.generated for r in recs), time.perf_counter() - start, recs
 
 
 def main() -> None:

@@ -62,7 +62,7 @@ def build_examples(model_dir: str, n: int) -> list[dict]:
     tok = ensure_pad_token(AutoTokenizer.from_pretrained(model_dir))
     data, _ = encode_examples(
         tok,
-        [{"messages": t["messages"], "weight": 1.0} for t in trajectories],
+        [{"messages": t.messages, "weight": 1.0} for t in trajectories],
         params.train.max_length,
         progress=False,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 from tqdm.auto import tqdm
@@ -19,9 +19,8 @@ from exsearch import prompts
 from exsearch.config import AgentConfig, Method
 from exsearch.generation import Generator
 from exsearch.metrics import normalize_answer
-from exsearch.prompts import Step
 from exsearch.retrieval import format_passage
-from exsearch.schema import Passage, Question
+from exsearch.schema import Passage, Question, Step, TokenCounts, Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +44,8 @@ class Retriever(Protocol):
         ...
 
 
-@dataclass
-class Sampling:
+@dataclass(frozen=True)
+class Decoding:
     """Decoding settings of one run; temperature 0 is greedy."""
 
     temperature: float = 0.0
@@ -105,11 +104,11 @@ class SearchAgent:
         *,
         method: Method = "agent",
         samples: int = 1,
-        sampling: Sampling | None = None,
+        decoding: Decoding | None = None,
         progress: bool = True,
-    ) -> list[dict]:
+    ) -> list[Trajectory]:
         """Run `samples` trajectories per question; return one record per trajectory."""
-        sampling = sampling or Sampling()
+        decoding = decoding or Decoding()
         if method != "direct" and self.retriever is None:
             raise ValueError(f"method '{method}' needs a retriever")
         rollouts = [self._start(q, j, method) for q in questions for j in range(samples)]
@@ -117,7 +116,7 @@ class SearchAgent:
         bar = tqdm(total=len(rollouts), desc=f"{method} trajectories", disable=not progress)
         round_idx = 0
         while live := [r for r in rollouts if r.phase != "done"]:
-            self._round(live, sampling, seed=sampling.seed + round_idx)
+            self._round(live, decoding, seed=decoding.seed + round_idx)
             bar.update(sum(r.phase == "done" for r in live))
             round_idx += 1
         bar.close()
@@ -128,7 +127,7 @@ class SearchAgent:
             round_idx,
             time.perf_counter() - started,
         )
-        return [self._record(r, method, sampling) for r in rollouts]
+        return [self._record(r, method, decoding) for r in rollouts]
 
     # ---------------------------------------------------------------- rounds
     def _start(self, q: Question, sample: int, method: Method) -> _Rollout:
@@ -162,7 +161,7 @@ class SearchAgent:
         self._render_documents(r)
         return r
 
-    def _round(self, live: list[_Rollout], sampling: Sampling, seed: int) -> None:
+    def _round(self, live: list[_Rollout], decoding: Decoding, seed: int) -> None:
         ready, prompt_texts = [], []
         for r in live:
             text = self._fit_prompt(r)
@@ -182,8 +181,8 @@ class SearchAgent:
             prompt_texts,
             max_new_tokens=self.cfg.max_new_tokens if acting else self.cfg.answer_max_new_tokens,
             stop=prompts.ACTION_STOPS + prompts.ANSWER_STOPS,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
+            temperature=decoding.temperature,
+            top_p=decoding.top_p,
             seed=seed,
         )
         searching: list[tuple[_Rollout, str]] = []
@@ -212,7 +211,7 @@ class SearchAgent:
         turn = prompts.parse_turn(text)
         r.messages.append({"role": "assistant", "content": text})
         if turn.record is not None and r.steps and r.steps[-1].record is None:
-            r.steps[-1].record = turn.record
+            r.steps[-1] = replace(r.steps[-1], record=turn.record)
         if turn.answer is not None:  # answered without finishing first: accept it
             r.finish_reason = "final"
             r.prediction = turn.answer
@@ -239,7 +238,7 @@ class SearchAgent:
         for (r, _), hits in zip(searching, results, strict=True):
             passages = [h.passage for h in hits]
             self.seen_passages.update((p.id, p) for p in passages)
-            r.steps[-1].passage_ids = [p.id for p in passages]
+            r.steps[-1] = replace(r.steps[-1], passage_ids=[p.id for p in passages])
             r.messages.append({"role": "user", "content": ""})
             r.shown[len(r.messages) - 1] = passages
             self._render_documents(r)
@@ -279,26 +278,25 @@ class SearchAgent:
             self._render_documents(r)
 
     # ---------------------------------------------------------------- output
-    def _record(self, r: _Rollout, method: Method, sampling: Sampling) -> dict:
+    def _record(self, r: _Rollout, method: Method, decoding: Decoding) -> Trajectory:
         q = r.question
-        return {
-            "qid": q.id,
-            "sample": r.sample,
-            "seed": sampling.seed,
-            "temperature": sampling.temperature,
-            "method": method,
-            "dataset": q.dataset,
-            "question": q.question,
-            "answers": q.answers,
-            "supporting_titles": q.supporting_titles,
-            "messages": r.messages,
-            "steps": [vars(s) for s in r.steps],
-            "prediction": r.prediction,
-            "finish_reason": r.finish_reason,
-            "n_searches": len(r.steps),
-            "tokens": {"generated": r.tokens_generated, "last_prompt": r.prompt_tokens},
-            "logprob": r.logprob,
-        }
+        return Trajectory(
+            qid=q.id,
+            sample=r.sample,
+            seed=decoding.seed,
+            temperature=decoding.temperature,
+            method=method,
+            dataset=q.dataset,
+            question=q.question,
+            answers=q.answers,
+            supporting_titles=q.supporting_titles,
+            messages=r.messages,
+            steps=r.steps,
+            prediction=r.prediction,
+            finish_reason=r.finish_reason,
+            tokens=TokenCounts(generated=r.tokens_generated, last_prompt=r.prompt_tokens),
+            logprob=r.logprob,
+        )
 
 
 def _same_query(a: str, b: str) -> bool:

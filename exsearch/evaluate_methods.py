@@ -9,27 +9,27 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from exsearch.agent import Sampling, SearchAgent
+from exsearch.agent import Decoding, SearchAgent
 from exsearch.config import Method
 from exsearch.evaluation import metrics_document, summarize
-from exsearch.schema import Question
+from exsearch.schema import Question, Trajectory
 
 
 def evaluate_methods(
     questions: Sequence[Question], agent: SearchAgent, methods: Sequence[Method], seed: int
-) -> tuple[list[dict], dict]:
+) -> tuple[list[Trajectory], dict]:
     """Run each method greedily (temperature 0); return all records and the metrics document.
 
     Each method is scored right after its run, against the passages the agent has seen so far;
     the first method is the primary one (`metrics_document`).
     """
-    records: list[dict] = []
+    records: list[Trajectory] = []
     summaries: dict[str, dict] = {}
-    by_method: dict[str, list[dict]] = {}
+    by_method: dict[str, list[Trajectory]] = {}
     seconds: dict[str, float] = {}
     for method in methods:
         started = time.perf_counter()
-        recs = agent.run(questions, method=method, sampling=Sampling(temperature=0.0, seed=seed))
+        recs = agent.run(questions, method=method, decoding=Decoding(temperature=0.0, seed=seed))
         seconds[method] = round(time.perf_counter() - started, 1)
         records.extend(recs)
         by_method[method] = recs

@@ -24,7 +24,7 @@ from exsearch.metrics import (
     retrieval_recall_at_k,
     supporting_recall,
 )
-from exsearch.schema import Passage, Question
+from exsearch.schema import Passage, Question, Trajectory
 from exsearch.tables import format_interval, markdown_table
 
 ANSWER_METRICS = ("em", "f1", "acc")
@@ -34,21 +34,21 @@ NO_RETRIEVAL = frozenset({"direct"})
 SCORES_TABLE_COLUMNS = (*ANSWER_METRICS, *RETRIEVAL_METRICS, "searches_per_question")
 
 
-def retrieved_passages(record: dict, passages: Mapping[str, Passage]) -> list[Passage]:
+def retrieved_passages(record: Trajectory, passages: Mapping[str, Passage]) -> list[Passage]:
     """The distinct passages a trajectory retrieved over all its searches, first seen first.
 
     Ids missing from `passages` are skipped.
     """
     seen: dict[str, Passage] = {}
-    for step in record["steps"]:
-        for pid in step["passage_ids"]:
+    for step in record.steps:
+        for pid in step.passage_ids:
             if pid in passages:
                 seen.setdefault(pid, passages[pid])
     return list(seen.values())
 
 
 def score_records(
-    records: Sequence[dict], passages: Mapping[str, Passage]
+    records: Sequence[Trajectory], passages: Mapping[str, Passage]
 ) -> dict[str, MetricResult]:
     """Every answer and retrieval metric per trajectory, aligned with `records`.
 
@@ -59,11 +59,11 @@ def score_records(
     """
     if not records:  # the metrics refuse empty input; an empty summary has no scores
         return {key: MetricResult(None, []) for key in (*ANSWER_METRICS, *RETRIEVAL_METRICS)}
-    scores = qa_scores([r["prediction"] for r in records], [r["answers"] for r in records])
-    idx = [i for i, r in enumerate(records) if r.get("method") not in NO_RETRIEVAL]
+    scores = qa_scores([r.prediction for r in records], [r.answers for r in records])
+    idx = [i for i, r in enumerate(records) if r.method not in NO_RETRIEVAL]
     shown = [retrieved_passages(records[i], passages) for i in idx]
-    golds = [records[i]["answers"] for i in idx]
-    titles = [records[i].get("supporting_titles") or [] for i in idx]
+    golds = [records[i].answers for i in idx]
+    titles = [records[i].supporting_titles for i in idx]
     retrieval = (
         {
             "recall": retrieval_recall_at_k(shown, golds),
@@ -85,20 +85,22 @@ def _percent(result: MetricResult) -> float | None:
     return None if result.value is None else round(100 * result.value, 2)
 
 
-def _aggregate(records: Sequence[dict], scores: Mapping[str, MetricResult], idx: list[int]) -> dict:
+def _aggregate(
+    records: Sequence[Trajectory], scores: Mapping[str, MetricResult], idx: list[int]
+) -> dict:
     """The summary of the trajectories at `idx`: metrics in percent, searches, tokens, endings."""
     out: dict = {"n": len(idx)}
     out.update(
         {key: _percent(scores[key].subset(idx)) for key in (*ANSWER_METRICS, *RETRIEVAL_METRICS)}
     )
-    searches = [len(records[i]["steps"]) for i in idx]
+    searches = [records[i].n_searches for i in idx]
     out["searches_per_question"] = round(fmean(searches), 3) if searches else 0.0
-    out["tokens_generated"] = sum(records[i]["tokens"]["generated"] for i in idx)
-    out["finish_reasons"] = dict(sorted(Counter(records[i]["finish_reason"] for i in idx).items()))
+    out["tokens_generated"] = sum(records[i].tokens.generated for i in idx)
+    out["finish_reasons"] = dict(sorted(Counter(records[i].finish_reason for i in idx).items()))
     return out
 
 
-def summarize(records: Sequence[dict], passages: Mapping[str, Passage]) -> dict:
+def summarize(records: Sequence[Trajectory], passages: Mapping[str, Passage]) -> dict:
     """Scores in percent, overall and per dataset, plus the per-trajectory list.
 
     Retrieval recall/precision count a passage as relevant when it contains a gold answer
@@ -109,12 +111,12 @@ def summarize(records: Sequence[dict], passages: Mapping[str, Passage]) -> dict:
     scores = score_records(records, passages)
     by_dataset: dict[str, list[int]] = defaultdict(list)
     for i, rec in enumerate(records):
-        by_dataset[rec["dataset"]].append(i)
+        by_dataset[rec.dataset].append(i)
     per_sample = [
         {
             **{key: scores[key].per_sample[i] for key in ANSWER_METRICS},
-            "searches": len(rec["steps"]),
-            "tokens": rec["tokens"]["generated"],
+            "searches": rec.n_searches,
+            "tokens": rec.tokens.generated,
             **{key: scores[key].per_sample[i] for key in RETRIEVAL_METRICS},
         }
         for i, rec in enumerate(records)
@@ -167,19 +169,19 @@ def select_questions(
 COMPARED_METRICS = ("f1", "em")
 
 
-def answer_scores(records: Sequence[dict]) -> dict[str, dict[str, float]]:
+def answer_scores(records: Sequence[Trajectory]) -> dict[str, dict[str, float]]:
     """Question id → its EM and F1 (0–1), one record per question."""
     return {
-        str(r["qid"]): {
-            "em": exact_match(r["prediction"], r["answers"]),
-            "f1": f1_score(r["prediction"], r["answers"]),
+        r.qid: {
+            "em": exact_match(r.prediction, r.answers),
+            "f1": f1_score(r.prediction, r.answers),
         }
         for r in records
     }
 
 
 def compare_records(
-    a: Sequence[dict], b: Sequence[dict], *, seed: int = 0, n_boot: int = 2000
+    a: Sequence[Trajectory], b: Sequence[Trajectory], *, seed: int = 0, n_boot: int = 2000
 ) -> dict[str, Interval]:
     """F1 and EM of `a` minus those of `b` on the questions both answered, with 95% intervals.
 
@@ -198,7 +200,7 @@ def compare_records(
 
 def metrics_document(
     summaries: Mapping[str, dict],
-    records: Mapping[str, Sequence[dict]],
+    records: Mapping[str, Sequence[Trajectory]],
     seconds: Mapping[str, float],
 ) -> dict:
     """The evaluate stage's metrics.json (less iteration and model), methods in run order.

@@ -13,27 +13,27 @@ import random
 
 import pandas as pd
 
-from exsearch.prompts import with_gold_answer
+from exsearch.prompts import trajectory_id, with_gold_answer
+from exsearch.schema import Trajectory
 
 
-def weighted_examples(trajectories: list[dict], weights: pd.DataFrame) -> list[dict]:
+def weighted_examples(trajectories: list[Trajectory], weights: pd.DataFrame) -> list[dict]:
     """Pair every trajectory (answer replaced by the gold one) with its E-step weight."""
     by_key = {(str(r.qid), int(r.sample)): float(r.weight) for r in weights.itertuples()}
     examples = []
     for t in trajectories:
-        key = (str(t["qid"]), int(t["sample"]))
-        if key not in by_key:
-            raise ValueError(f"trajectory qid={key[0]} sample={key[1]} has no weight")
+        if t.key not in by_key:
+            raise ValueError(f"trajectory {trajectory_id(t)} has no weight")
         examples.append(
-            {"messages": with_gold_answer(t["messages"], t["answers"][0]), "weight": by_key[key]}
+            {"messages": with_gold_answer(t.messages, t.answers[0]), "weight": by_key[t.key]}
         )
     return examples
 
 
-def replayed_examples(warmup: list[dict], n: int, iteration: str, seed: int) -> list[dict]:
+def replayed_examples(warmup: list[Trajectory], n: int, iteration: str, seed: int) -> list[dict]:
     """`n` warm-up trajectories (weight 1), a draw fixed by the seed and the iteration."""
     if n <= 0:
         return []
     rng = random.Random(f"{seed}/replay/{iteration}")
     picked = rng.sample(warmup, min(n, len(warmup)))
-    return [{"messages": t["messages"], "weight": 1.0} for t in picked]
+    return [{"messages": t.messages, "weight": 1.0} for t in picked]

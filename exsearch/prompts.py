@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
+
+from exsearch.schema import Step, Trajectory
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
@@ -148,16 +150,6 @@ def parse_turn(text: str) -> Turn:
     return turn
 
 
-@dataclass
-class Step:
-    """One search step of a trajectory: the query, what came back, what the model kept."""
-
-    query: str
-    passage_ids: list[str] = field(default_factory=list)
-    record: str | None = None
-    think: str | None = None
-
-
 def parse_steps(messages: list[dict]) -> tuple[list[Step], str | None]:
     """Turn a whole chat back into its search steps and final answer (None if absent).
 
@@ -169,7 +161,7 @@ def parse_steps(messages: list[dict]) -> tuple[list[Step], str | None]:
         if msg["role"] == "assistant":
             turn = parse_turn(msg["content"])
             if turn.record is not None and steps and steps[-1].record is None:
-                steps[-1].record = turn.record
+                steps[-1] = replace(steps[-1], record=turn.record)
             if turn.query is not None:
                 steps.append(Step(query=turn.query, think=turn.think))
             if turn.answer is not None:
@@ -190,12 +182,12 @@ def with_gold_answer(messages: Sequence[dict[str, str]], gold: str) -> list[dict
     ]
 
 
-def trajectory_id(traj: dict[str, Any]) -> str:
+def trajectory_id(traj: Trajectory) -> str:
     """How errors name a trajectory: its question id and sample number."""
-    return f"qid={traj.get('qid')!r} sample={traj.get('sample')!r}"
+    return f"qid={traj.qid!r} sample={traj.sample!r}"
 
 
-def gold_answer_tokens(tokenizer: Any, trajectory: dict[str, Any]) -> tuple[list[int], list[int]]:
+def gold_answer_tokens(tokenizer: Any, trajectory: Trajectory) -> tuple[list[int], list[int]]:
     """Token ids of the chat with the gold answer, and the positions of the gold answer's tokens.
 
     The whole chat is rendered and tokenised once, as training will see it, and the ids are cut
@@ -203,9 +195,9 @@ def gold_answer_tokens(tokenizer: Any, trajectory: dict[str, Any]) -> tuple[list
     inside the final `<answer>…</answer>`. An empty gold answer gives no positions.
     """
     try:
-        gold = trajectory["answers"][0].strip()
-        messages = with_gold_answer(trajectory["messages"], gold)
-    except (KeyError, IndexError, TypeError, ValueError) as e:
+        gold = trajectory.answers[0].strip()
+        messages = with_gold_answer(trajectory.messages, gold)
+    except (IndexError, TypeError, ValueError) as e:
         raise ValueError(f"trajectory {trajectory_id(trajectory)}: {e}") from e
     prefix = tokenizer.apply_chat_template(
         messages[:-1], tokenize=False, add_generation_prompt=True

@@ -18,12 +18,14 @@ import pandas as pd
 from exsearch import io
 from exsearch.config import checkpoint_step  # the x position: base is -1, iter_k is k
 from exsearch.evaluation import compare_records
+from exsearch.schema import Trajectory
 from exsearch.tables import format_interval, markdown_table
+from exsearch.trajectories import read_trajectories
 
 CURVE_METRICS = ("em", "f1", "acc", "recall", "support_recall")
 
 
-Examples = tuple[list[tuple[dict, float]], list[tuple[dict, float]]]
+Examples = tuple[list[tuple[Trajectory, float]], list[tuple[Trajectory, float]]]
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class CampaignRecords:
     """What the report reads of a campaign: per checkpoint, per EM iteration, per stage."""
 
     metrics: dict[str, dict]  # evaluated checkpoint → its metrics.json
-    predictions: dict[str, list[dict]]  # evaluated checkpoint → its prediction records
+    predictions: dict[str, list[Trajectory]]  # evaluated checkpoint → its prediction records
     weight_stats: dict[str, dict]  # EM iteration → its weight_stats.json
     examples: dict[str, Examples]  # EM iteration → its highest and lowest weighted trajectories
     seconds: dict[str, float]  # timed stage → wall time
@@ -44,7 +46,7 @@ def read_records(
     runs = Path(runs)
     return CampaignRecords(
         metrics={c: io.read_json(runs / c / "metrics.json") for c in checkpoints},
-        predictions={c: list(io.read_jsonl(runs / c / "predictions.jsonl")) for c in checkpoints},
+        predictions={c: read_trajectories(runs / c / "predictions.jsonl") for c in checkpoints},
         weight_stats={it: io.read_json(runs / it / "weight_stats.json") for it in iterations},
         examples={it: extreme_trajectories(runs / it) for it in iterations},
         seconds=stage_seconds(runs, iterations, checkpoints),
@@ -54,7 +56,7 @@ def read_records(
 def extreme_trajectories(it_dir: Path, n: int = 2) -> Examples:
     """The `n` highest and lowest weighted trajectories of one iteration, with their weights."""
     weights = pd.read_parquet(it_dir / "weights.parquet")
-    by_key = {(str(t["qid"]), t["sample"]): t for t in io.read_jsonl(it_dir / "trajectories.jsonl")}
+    by_key = {t.key: t for t in read_trajectories(it_dir / "trajectories.jsonl")}
     ranked = weights.sort_values("weight", ascending=False)
     pick = lambda df: [(by_key[(str(r.qid), r.sample)], float(r.weight)) for r in df.itertuples()]  # noqa: E731
     return pick(ranked.head(n)), pick(ranked.tail(n).iloc[::-1])
@@ -111,7 +113,7 @@ def curve_rows(metrics: Mapping[str, dict]) -> list[dict]:
 
 
 def checkpoint_comparisons(
-    predictions: Mapping[str, Sequence[dict]],
+    predictions: Mapping[str, Sequence[Trajectory]],
     previous: Mapping[str, str],
     reference: str = "iter_0",
     primary: str = "agent",
@@ -127,10 +129,11 @@ def checkpoint_comparisons(
     `<primary>_vs_<baseline>`.
     """
 
-    def method(name: str, m: str) -> list[dict]:
-        return [r for r in predictions[name] if r.get("method", primary) == m]
+    def method(name: str, m: str) -> list[Trajectory]:
+        # A record without a method is one of the primary method's.
+        return [r for r in predictions[name] if (primary if r.method is None else r.method) == m]
 
-    def as_dicts(a: list[dict], b: list[dict]) -> dict:
+    def as_dicts(a: list[Trajectory], b: list[Trajectory]) -> dict:
         return {k: v.to_dict() for k, v in compare_records(a, b).items()}
 
     out: dict[str, dict[str, dict]] = {}
@@ -194,15 +197,15 @@ def plot_curve(
     plt.close(fig)
 
 
-def _trajectory_md(t: dict, weight: float) -> str:
+def _trajectory_md(t: Trajectory, weight: float) -> str:
     steps = "\n".join(
-        f"  {i}. search `{s['query']}` → record: {s.get('record') or '(none)'}"
-        for i, s in enumerate(t["steps"], 1)
+        f"  {i}. search `{s.query}` → record: {s.record or '(none)'}"
+        for i, s in enumerate(t.steps, 1)
     )
     return (
-        f"- **{t['question']}** (gold: {t['answers'][0]};"
-        f" predicted: {t['prediction'] or '(empty)'}; weight {weight:.3f};"
-        f" {t['finish_reason']})\n{steps or '  (no search)'}"
+        f"- **{t.question}** (gold: {t.answers[0]};"
+        f" predicted: {t.prediction or '(empty)'}; weight {weight:.3f};"
+        f" {t.finish_reason})\n{steps or '  (no search)'}"
     )
 
 
@@ -229,7 +232,7 @@ def comparisons_markdown(comparisons: Mapping[str, Mapping[str, dict]]) -> str:
 def render_markdown(
     rows: Sequence[dict],
     weight_stats: Mapping[str, dict],
-    examples: Mapping[str, tuple[list[tuple[dict, float]], list[tuple[dict, float]]]],
+    examples: Mapping[str, Examples],
     stage_seconds: Mapping[str, float] | None = None,
     comparisons: Mapping[str, Mapping[str, dict]] | None = None,
     plot: str = "em_curve.png",

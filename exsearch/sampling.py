@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
 
-from exsearch import io
-from exsearch.agent import Sampling, SearchAgent
+from exsearch.agent import Decoding, SearchAgent
 from exsearch.config import AgentConfig, GenerationConfig, ModelConfig
 from exsearch.config_training import SampleConfig
-from exsearch.schema import Question
+from exsearch.schema import Question, Trajectory
+from exsearch.trajectories import read_trajectories, write_trajectories
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +126,10 @@ def shard_key(
 
 def warmup_question_ids(path: str | os.PathLike) -> set[str]:
     """Ids of the questions the warm-up trained on (its trajectories' `qid`s)."""
-    return {str(t["qid"]) for t in io.read_jsonl(path)}
+    return {t.qid for t in read_trajectories(path)}
 
 
-def sample_stats(records: Sequence[dict], draw: Draw, k: int, seconds: float) -> dict:
+def sample_stats(records: Sequence[Trajectory], draw: Draw, k: int, seconds: float) -> dict:
     """What a sampling run did: counts, searches and tokens per trajectory, finish reasons."""
     return {
         "trajectories": len(records),
@@ -137,9 +137,9 @@ def sample_stats(records: Sequence[dict], draw: Draw, k: int, seconds: float) ->
         "pool": draw.pool_size,
         "pass": draw.pass_number,
         "k": k,
-        "searches_per_trajectory": round(fmean(r["n_searches"] for r in records), 3),
-        "tokens_generated": sum(r["tokens"]["generated"] for r in records),
-        "finish_reasons": dict(Counter(r["finish_reason"] for r in records)),
+        "searches_per_trajectory": round(fmean(r.n_searches for r in records), 3),
+        "tokens_generated": sum(r.tokens.generated for r in records),
+        "finish_reasons": dict(Counter(r.finish_reason for r in records)),
         "seconds": round(seconds, 1),
     }
 
@@ -154,11 +154,11 @@ def sample_in_shards(
     seed: int,
     shard_size: int,
     shard_dir: Path,
-) -> list[dict]:
+) -> list[Trajectory]:
     """Sample `k` trajectories per question, reusing shards already in `shard_dir`."""
     shard_dir.mkdir(parents=True, exist_ok=True)
     n_shards = (len(questions) + shard_size - 1) // shard_size
-    records: list[dict] = []
+    records: list[Trajectory] = []
     for s in range(n_shards):
         path = shard_dir / f"shard_{s:05d}.jsonl"
         if path.exists():
@@ -171,8 +171,8 @@ def sample_in_shards(
                 batch,
                 method="agent",
                 samples=k,
-                sampling=Sampling(temperature=temperature, top_p=top_p, seed=shard_seed(seed, s)),
+                decoding=Decoding(temperature=temperature, top_p=top_p, seed=shard_seed(seed, s)),
             )
-            io.write_jsonl(path, recs)
-        records.extend(io.read_jsonl(path))
+            write_trajectories(path, recs)
+        records.extend(read_trajectories(path))
     return records

@@ -28,7 +28,7 @@ from typing import Literal
 from exsearch import prompts
 from exsearch.agent import Retriever
 from exsearch.retrieval import format_passage
-from exsearch.schema import Passage, Question
+from exsearch.schema import Passage, Question, Step, Trajectory
 
 FirstSearch = Literal["question", "hop"]
 NOTHING_FOUND = "nothing relevant"
@@ -94,13 +94,78 @@ def _hop_query(item: dict) -> tuple[str, str]:
     return query, think if think.endswith(("?", ".")) else think + "."
 
 
+def _next_search(
+    q: Question,
+    support: list[dict],
+    golds: list[Passage | None],
+    shown: set[str],
+    first: bool,
+    shape: WarmupShape,
+) -> tuple[str, str, Passage | None] | None:
+    """(query, thought, gold passage to make sure is shown) of the next search; None: finish."""
+    if shape.first_search == "question" and first:
+        return q.question, "I search for the question first.", None
+    todo = [i for i, g in enumerate(golds) if g is not None and g.id not in shown]
+    if not todo:
+        return None
+    query, think = _hop_query(support[todo[0]])
+    return query, think, golds[todo[0]]
+
+
+def _search(
+    retriever: Retriever,
+    query: str,
+    inject: Passage | None,
+    shape: WarmupShape,
+    rng: random.Random,
+) -> list[Passage]:
+    """What the search returns, with `inject` put in a random slot if the retriever missed it."""
+    passages = [h.passage for h in retriever.search([query], shape.top_k)[0]]
+    if inject is not None and all(p.id != inject.id for p in passages):
+        slot = rng.randrange(len(passages)) if len(passages) >= shape.top_k else len(passages)
+        passages[slot : slot + 1] = [inject]
+    return passages
+
+
+def _record_of_search(
+    support: list[dict],
+    golds: list[Passage | None],
+    passages: list[Passage],
+    shown: set[str],
+    shape: WarmupShape,
+    answer: str,
+) -> tuple[str, set[str]]:
+    """The record after a search, and the ids of the gold passages it showed.
+
+    The record holds what the gold passages shown for the first time say, or NOTHING_FOUND.
+    """
+    ids = {p.id for p in passages}
+    found = [
+        _record_for(item, g, shape, answer)
+        for item, g in zip(support, golds, strict=True)
+        if g is not None and g.id in ids and g.id not in shown
+    ]
+    record = _clip(" ".join(found), shape.record_max_words, [answer]) or NOTHING_FOUND
+    return record, {g.id for g in golds if g is not None and g.id in ids}
+
+
+def _closing_turns(q: Question, record: str | None, answer: str) -> list[dict[str, str]]:
+    """The last record and the finish, the request for the answer, and the gold answer."""
+    finish = prompts.action_turn(record=record, think="I have enough to answer.")
+    return [
+        {"role": "assistant", "content": finish},
+        {"role": "user", "content": prompts.answer_request(q.question)},
+        {"role": "assistant", "content": prompts.answer_turn(answer)},
+    ]
+
+
 def build_trajectory(
     q: Question,
     retriever: Retriever,
     by_title: dict[str, list[Passage]],
     shape: WarmupShape,
     rng: random.Random,
-) -> dict | None:
+) -> Trajectory | None:
     """One warm-up trajectory for `q`, or None when it has no supporting facts."""
     support = q.extra.get("support") or []
     if not support:
@@ -111,68 +176,41 @@ def build_trajectory(
         {"role": "system", "content": prompts.SYSTEM_PROMPT},
         {"role": "user", "content": prompts.question_turn(q.question)},
     ]
-    steps: list[dict] = []
+    steps: list[Step] = []
     shown: set[str] = set()  # ids of the gold passages shown so far
     record: str | None = None  # the record the next assistant turn opens with
-    while len(steps) < shape.max_steps:
-        todo = [i for i, g in enumerate(golds) if g is not None and g.id not in shown]
-        if shape.first_search == "question" and not steps:
-            query, think, inject = q.question, "I search for the question first.", None
-        elif todo:
-            query, think = _hop_query(support[todo[0]])
-            inject = golds[todo[0]]
-        else:
-            break
-        passages = [h.passage for h in retriever.search([query], shape.top_k)[0]]
-        if inject is not None and all(p.id != inject.id for p in passages):
-            slot = rng.randrange(len(passages)) if len(passages) >= shape.top_k else len(passages)
-            passages[slot : slot + 1] = [inject]
-        content = prompts.action_turn(record=record, think=think, query=query)
-        messages.append({"role": "assistant", "content": content})
+    while len(steps) < shape.max_steps and (
+        search := _next_search(q, support, golds, shown, not steps, shape)
+    ):
+        query, think, inject = search
+        passages = _search(retriever, query, inject, shape, rng)
         rendered = [
             format_passage(p, j, max_words=shape.passage_max_words)
             for j, p in enumerate(passages, 1)
         ]
-        messages.append({"role": "user", "content": prompts.documents_turn(rendered)})
-        ids = {p.id for p in passages}
-        found = [
-            _record_for(item, g, shape, answer)
-            for item, g in zip(support, golds, strict=True)
-            if g is not None and g.id in ids and g.id not in shown
-        ]
-        shown |= {g.id for g in golds if g is not None and g.id in ids}
-        record = _clip(" ".join(found), shape.record_max_words, [answer]) or NOTHING_FOUND
-        steps.append(
+        messages += [
             {
-                "query": query,
-                "passage_ids": [p.id for p in passages],
-                "record": record,
-                "think": think,
-            }
-        )
-    messages += [
-        {
-            "role": "assistant",
-            "content": prompts.action_turn(record=record, think="I have enough to answer."),
-        },
-        {"role": "user", "content": prompts.answer_request(q.question)},
-        {"role": "assistant", "content": prompts.answer_turn(answer)},
-    ]
-    return {
-        "qid": q.id,
-        "sample": 0,
-        "seed": None,
-        "method": "warmup",
-        "dataset": q.dataset,
-        "question": q.question,
-        "answers": q.answers,
-        "supporting_titles": q.supporting_titles,
-        "messages": messages,
-        "steps": steps,
-        "prediction": answer,
-        "finish_reason": "final",
-        "n_searches": len(steps),
-    }
+                "role": "assistant",
+                "content": prompts.action_turn(record=record, think=think, query=query),
+            },
+            {"role": "user", "content": prompts.documents_turn(rendered)},
+        ]
+        record, found = _record_of_search(support, golds, passages, shown, shape, answer)
+        shown |= found
+        steps.append(Step(query, [p.id for p in passages], record, think))
+    return Trajectory(
+        qid=q.id,
+        sample=0,
+        method="warmup",
+        dataset=q.dataset,
+        question=q.question,
+        answers=q.answers,
+        supporting_titles=q.supporting_titles,
+        messages=messages + _closing_turns(q, record, answer),
+        steps=steps,
+        prediction=answer,
+        finish_reason="final",
+    )
 
 
 def build_trajectories(
@@ -182,7 +220,7 @@ def build_trajectories(
     shape: WarmupShape,
     *,
     seed: int = 0,
-) -> tuple[list[dict], int]:
+) -> tuple[list[Trajectory], int]:
     """Warm-up trajectories for every question with supporting facts; also the count skipped.
 
     `corpus` is read once, keeping only passages whose title a supporting fact names, so a

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 from exsearch import io
 from exsearch.config import AgentConfig
 from exsearch.config_training import TrainConfig, WarmupConfig
-from exsearch.schema import Question
+from exsearch.schema import Question, Trajectory
 from exsearch.warmup import WarmupShape, build_trajectories
 
 if TYPE_CHECKING:
@@ -61,13 +61,14 @@ def derived_trajectories(
     cfg: WarmupConfig,
     seed: int,
 ) -> list[dict]:
-    """One trajectory per question from its supporting facts (no LLM involved)."""
+    """One trajectory per question from its supporting facts (no LLM involved), as dicts.
+
+    Dicts, like a teacher's records, which are written to the warm-up's file as they were read.
+    """
     shape = warmup_shape(agent, cfg)
-    trajectories, _ = build_trajectories(
-        questions, retriever, retriever.iter_passages(), shape, seed=seed
-    )
-    log.info("built %d warm-up trajectories (%s)", len(trajectories), shape)
-    return trajectories
+    built, _ = build_trajectories(questions, retriever, retriever.iter_passages(), shape, seed=seed)
+    log.info("built %d warm-up trajectories (%s)", len(built), shape)
+    return [t.to_dict() for t in built]
 
 
 def teacher_trajectories(path: str | os.PathLike) -> list[dict]:
@@ -79,7 +80,7 @@ def teacher_trajectories(path: str | os.PathLike) -> list[dict]:
 
 def warmup_examples(trajectories: Sequence[dict]) -> list[dict]:
     """The fine-tuning examples: every trajectory's chat, weight 1."""
-    return [{"messages": t["messages"], "weight": 1.0} for t in trajectories]
+    return [{"messages": Trajectory.from_dict(t).messages, "weight": 1.0} for t in trajectories]
 
 
 def warmup_train_config(train: TrainConfig, cfg: WarmupConfig) -> TrainConfig:

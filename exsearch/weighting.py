@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from exsearch.metrics import exact_match, f1_score
 from exsearch.padding import pad_rows
 from exsearch.prompts import gold_answer_tokens, trajectory_id
+from exsearch.schema import Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def _accepts_logits_to_keep(model: Any) -> bool:
 def gold_answer_scores(
     model: Any,
     tokenizer: Any,
-    trajectories: Sequence[dict[str, Any]],
+    trajectories: Sequence[Trajectory],
     batch_size: int = 8,
     *,
     progress: bool = True,
@@ -95,7 +96,7 @@ def gold_answer_scores(
     return scores
 
 
-def score_table(trajectories: Sequence[dict[str, Any]], scores: Sequence[float]) -> pd.DataFrame:
+def score_table(trajectories: Sequence[Trajectory], scores: Sequence[float]) -> pd.DataFrame:
     """One row per trajectory: `qid`, `sample`, `score`, `prediction`, `gold`, `f1`, `correct`.
 
     `f1` and `correct` (exact match) compare the model's own prediction with every gold alias.
@@ -104,14 +105,14 @@ def score_table(trajectories: Sequence[dict[str, Any]], scores: Sequence[float])
         raise ValueError(f"{len(trajectories)} trajectories but {len(scores)} scores")
     rows = []
     for traj, score in zip(trajectories, scores, strict=True):
-        pred = traj.get("prediction") or ""
-        golds = list(traj.get("answers") or [])
+        pred = traj.prediction
+        golds = list(traj.answers)
         if not golds:
             raise ValueError(f"trajectory {trajectory_id(traj)}: no gold answers")
         rows.append(
             {
-                "qid": traj["qid"],
-                "sample": int(traj["sample"]),
+                "qid": traj.qid,
+                "sample": traj.sample,
                 "score": float(score),
                 "prediction": pred,
                 "gold": golds[0] if golds else "",

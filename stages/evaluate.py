@@ -27,6 +27,7 @@ from exsearch.evaluate_methods import evaluate_methods
 from exsearch.evaluation import metrics_markdown, select_questions
 from exsearch.generation import make_generator
 from exsearch.questions import read_questions
+from exsearch.trajectories import write_trajectories
 from stages import _common
 from stages.tracking import log_iteration_metrics, stage_run
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         records, doc = evaluate_methods(questions, agent, params.evaluate.methods, params.seed)
         doc = {"iteration": args.iteration, "model": model_dir, **doc}
 
-        io.write_jsonl(predictions_file, records)
+        write_trajectories(predictions_file, records)
         io.write_json(metrics_file, doc)
         table = metrics_markdown(doc)
         io.write_text(table_file, f"# Evaluation of {args.iteration}\n\n{table}")

@@ -35,6 +35,7 @@ from exsearch.sampling import (
     shard_key,
     warmup_question_ids,
 )
+from exsearch.trajectories import write_trajectories
 from stages import _common
 from stages.tracking import stage_run
 
@@ -95,13 +96,13 @@ def main(argv: list[str] | None = None) -> None:
             shard_size=cfg.shard_size,
             shard_dir=out.parent / ".sample_shards" / key,
         )
-        io.write_jsonl(out, records)
+        write_trajectories(out, records)
         stats = sample_stats(records, draw, cfg.k, time.perf_counter() - started)
         io.write_json(stats_file, stats)
         shutil.rmtree(out.parent / ".sample_shards", ignore_errors=True)
         log.info("sampled: %s", stats)
         run.log_metrics(stats)
-        run.log_dict(records[:20], "trajectories_sample.json")
+        run.log_dict([r.to_dict() for r in records[:20]], "trajectories_sample.json")
 
 
 def _left_out(warmup: Path) -> set[str]:

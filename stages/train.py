@@ -26,6 +26,7 @@ import pandas as pd
 from exsearch import io
 from exsearch.mstep_examples import replayed_examples, weighted_examples
 from exsearch.training import run_stats, train_weighted
+from exsearch.trajectories import read_trajectories
 from stages import _common, _launch
 from stages.tracking import stage_run
 
@@ -59,12 +60,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     with stage_run(params, "train", args.iteration) as run:
         cfg = params.train
-        trajectories = list(io.read_jsonl(args.trajectories or runs / "trajectories.jsonl"))
+        trajectories = read_trajectories(args.trajectories or runs / "trajectories.jsonl")
         weights = pd.read_parquet(args.weights or runs / "weights.parquet")
         examples = weighted_examples(trajectories, weights)
         replayed = []
         if cfg.replay:
-            warmup = list(io.read_jsonl(args.warmup))
+            warmup = read_trajectories(args.warmup)
             replayed = replayed_examples(warmup, cfg.replay, args.iteration, params.seed)
         if cfg.start_from == "warmup":
             start = args.warmup_model

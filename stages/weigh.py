@@ -20,6 +20,7 @@ from functools import partial
 from exsearch import io
 from exsearch.generation.openai import OpenAIGenerator
 from exsearch.modeling import load_model
+from exsearch.trajectories import read_trajectories
 from exsearch.weighting import compute_weights, gold_answer_scores, score_table, weight_stats
 from stages import _common
 from stages.tracking import stage_run
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     with stage_run(params, "weigh", args.iteration) as run:
         cfg = params.weigh
         started = time.perf_counter()
-        trajectories = list(io.read_jsonl(trajectories_file))
+        trajectories = read_trajectories(trajectories_file)
         if not trajectories:
             _common.fail(f"{trajectories_file} holds no trajectory")
         model_dir = _common.model_dir(args.model, params, args.iteration, args.prev)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from exsearch import prompts
-from exsearch.agent import Sampling, SearchAgent
+from exsearch.agent import Decoding, SearchAgent
 from exsearch.config import AgentConfig, IndexConfig
 from exsearch.generation import Completion
 from exsearch.generation.decoding import cut_at_stop
 from exsearch.retrieval import BM25Retriever
-from exsearch.schema import Passage, Question
+from exsearch.schema import Passage, Question, Trajectory
 
 CORPUS = [
     Passage(
@@ -93,26 +95,53 @@ def run(policy, cfg=None, retriever=None, **kw):
 
 def test_a_good_trajectory_searches_records_and_answers(retriever):
     rec, _ = run(expert, retriever=retriever)
-    assert rec["finish_reason"] == "final"
-    assert rec["prediction"] == "Chief of Protocol"
-    assert [s["query"] for s in rec["steps"]] == [
+    assert rec.finish_reason == "final"
+    assert rec.prediction == "Chief of Protocol"
+    assert [s.query for s in rec.steps] == [
         "Kiss and Tell 1945 film",
         "Shirley Temple position",
     ]
-    assert [s["record"] for s in rec["steps"]] == [
+    assert [s.record for s in rec.steps] == [
         "Shirley Temple played Corliss Archer",
         "Chief of Protocol",
     ]
-    assert rec["steps"][0]["passage_ids"][0] == "p0"
-    assert rec["messages"][-1] == {
+    assert rec.steps[0].passage_ids[0] == "p0"
+    assert rec.messages[-1] == {
         "role": "assistant",
         "content": "<answer>Chief of Protocol</answer>",
     }
     # The chat parses back into the same steps.
-    steps, answer = prompts.parse_steps(rec["messages"])
+    steps, answer = prompts.parse_steps(rec.messages)
     assert [s.query for s in steps] == [
-        s["query"] for s in rec["steps"]
+        s.query for s in rec.steps
     ] and answer == "Chief of Protocol"
+
+
+def test_a_record_is_written_with_the_keys_and_key_order_it_has_always_had(retriever):
+    rec, _ = run(expert, retriever=retriever, decoding=Decoding(temperature=0.5, seed=4))
+    line = rec.to_dict()
+    assert list(line) == [
+        "qid",
+        "sample",
+        "seed",
+        "temperature",
+        "method",
+        "dataset",
+        "question",
+        "answers",
+        "supporting_titles",
+        "messages",
+        "steps",
+        "prediction",
+        "finish_reason",
+        "n_searches",
+        "tokens",
+        "logprob",
+    ]
+    assert [list(s) for s in line["steps"]] == [["query", "passage_ids", "record", "think"]] * 2
+    assert (line["seed"], line["temperature"], line["n_searches"]) == (4, 0.5, 2)
+    assert list(line["tokens"]) == ["generated", "last_prompt"]
+    assert Trajectory.from_dict(json.loads(json.dumps(line))) == rec
 
 
 def test_a_model_that_never_finishes_stops_at_max_steps_with_a_forced_answer(retriever):
@@ -124,26 +153,26 @@ def test_a_model_that_never_finishes_stops_at_max_steps_with_a_forced_answer(ret
         return f"x</record><think>more</think><search>query number {next(counter)}</search>"
 
     rec, _ = run(searcher, retriever=retriever)
-    assert rec["finish_reason"] == "max_steps"
-    assert len(rec["steps"]) == 3
-    assert rec["prediction"] == "Paris"
+    assert rec.finish_reason == "max_steps"
+    assert len(rec.steps) == 3
+    assert rec.prediction == "Paris"
 
 
 def test_garbage_is_malformed_and_still_answered(retriever):
     rec, _ = run(
         lambda p: "Paris</answer>" if p.endswith("<answer>") else "blah blah", retriever=retriever
     )
-    assert rec["finish_reason"] == "malformed"
-    assert rec["prediction"] == "Paris"
+    assert rec.finish_reason == "malformed"
+    assert rec.prediction == "Paris"
 
 
 def test_a_tag_never_closed_ends_with_length_and_a_forced_answer(retriever):
     rec, _ = run(
         lambda p: "" if p.endswith("<answer>") else "<search>" + "word " * 200, retriever=retriever
     )
-    assert rec["finish_reason"] == "length"
-    assert rec["prediction"] == ""
-    assert rec["messages"][-1]["content"] == "<answer></answer>"
+    assert rec.finish_reason == "length"
+    assert rec.prediction == ""
+    assert rec.messages[-1]["content"] == "<answer></answer>"
 
 
 def test_repeated_queries_get_a_notice_and_count_as_steps(retriever):
@@ -151,8 +180,8 @@ def test_repeated_queries_get_a_notice_and_count_as_steps(retriever):
         lambda p: "x</answer>" if p.endswith("<answer>") else "t</think><search>Paris</search>",
         retriever=retriever,
     )
-    notices = [m for m in rec["messages"] if m["content"] == prompts.REPEATED_QUERY_NOTICE]
-    assert rec["finish_reason"] == "max_steps" and len(notices) == 2
+    notices = [m for m in rec.messages if m["content"] == prompts.REPEATED_QUERY_NOTICE]
+    assert rec.finish_reason == "max_steps" and len(notices) == 2
 
 
 def test_passages_never_exceed_the_context_budget(retriever):
@@ -168,17 +197,17 @@ def test_passages_never_exceed_the_context_budget(retriever):
     rec, _ = run(policy, cfg=cfg, retriever=retriever)
     budget_act = cfg.max_context_tokens - cfg.max_new_tokens
     assert max(seen) <= budget_act
-    assert QUESTION.question in rec["messages"][1]["content"]  # the question is never cut
-    assert rec["finish_reason"] in {"length", "max_steps"}
+    assert QUESTION.question in rec.messages[1]["content"]  # the question is never cut
+    assert rec.finish_reason in {"length", "max_steps"}
 
 
 def test_one_generation_call_per_round_over_all_live_trajectories(retriever):
     gen = ScriptedGenerator(expert)
     agent = SearchAgent(gen, retriever, AgentConfig(max_steps=3, max_context_tokens=2048))
     recs = agent.run([QUESTION] * 5, samples=2, progress=False)
-    assert len(recs) == 10 and all(r["finish_reason"] == "final" for r in recs)
+    assert len(recs) == 10 and all(r.finish_reason == "final" for r in recs)
     assert [len(c) for c in gen.calls] == [10, 10, 10, 10]  # search, search, finish, answer
-    assert sorted({r["sample"] for r in recs}) == [0, 1]
+    assert sorted({r.sample for r in recs}) == [0, 1]
 
 
 def test_the_agent_remembers_every_passage_it_showed(retriever):
@@ -186,17 +215,17 @@ def test_the_agent_remembers_every_passage_it_showed(retriever):
         ScriptedGenerator(expert), retriever, AgentConfig(max_steps=3, max_new_tokens=40)
     )
     rec = agent.run([QUESTION], progress=False)[0]
-    shown = {pid for step in rec["steps"] for pid in step["passage_ids"]}
+    shown = {pid for step in rec.steps for pid in step.passage_ids}
     assert shown and set(agent.seen_passages) == shown
     assert all(agent.seen_passages[pid] in CORPUS for pid in shown)
 
 
 def test_baselines_run_in_the_same_harness(retriever):
     direct, gen = run(lambda p: "Paris</answer>", method="direct")
-    assert direct["steps"] == [] and direct["prediction"] == "Paris"
+    assert direct.steps == [] and direct.prediction == "Paris"
     assert prompts.DOCS_OPEN not in gen.calls[0][0]
     rag, gen = run(lambda p: "Chief of Protocol</answer>", method="rag", retriever=retriever)
-    assert len(rag["steps"]) == 1 and rag["steps"][0]["query"] == QUESTION.question
+    assert len(rag.steps) == 1 and rag.steps[0].query == QUESTION.question
     assert prompts.DOCS_OPEN in gen.calls[0][0] and len(gen.calls) == 1
 
 
@@ -210,12 +239,12 @@ def test_real_model_never_hangs_and_always_answers(tiny_model_dir, retriever):
     )
     agent = SearchAgent(gen, retriever, cfg)
     recs = agent.run(
-        [QUESTION] * 3, samples=2, sampling=Sampling(temperature=1.0, seed=7), progress=False
+        [QUESTION] * 3, samples=2, decoding=Decoding(temperature=1.0, seed=7), progress=False
     )
     assert len(recs) == 6
-    assert all(r["finish_reason"] in {"final", "max_steps", "malformed", "length"} for r in recs)
-    assert all(r["messages"][-1]["content"].startswith(prompts.ANSWER_OPEN) for r in recs)
+    assert all(r.finish_reason in {"final", "max_steps", "malformed", "length"} for r in recs)
+    assert all(r.messages[-1]["content"].startswith(prompts.ANSWER_OPEN) for r in recs)
     again = agent.run(
-        [QUESTION] * 3, samples=2, sampling=Sampling(temperature=1.0, seed=7), progress=False
+        [QUESTION] * 3, samples=2, decoding=Decoding(temperature=1.0, seed=7), progress=False
     )
-    assert [r["messages"] for r in again] == [r["messages"] for r in recs]  # seeded: reproducible
+    assert [r.messages for r in again] == [r.messages for r in recs]  # seeded: reproducible

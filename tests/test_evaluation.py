@@ -21,7 +21,7 @@ from exsearch.metrics import (
     supporting_recall,
 )
 from exsearch.report import checkpoint_comparisons, comparisons_markdown
-from exsearch.schema import Passage, Question
+from exsearch.schema import Passage, Question, Step, TokenCounts, Trajectory
 
 LIMA = Passage("p1", "Lima", "Lima is the capital of Peru.")
 PERU = Passage("p2", "Peru", "Peru is a country in South America.")
@@ -37,20 +37,21 @@ def record(
     dataset="toy",
     qid="q1",
 ):
-    return {
-        "qid": qid,
-        "method": method,
-        "dataset": dataset,
-        "prediction": prediction,
-        "answers": list(answers),
-        "supporting_titles": list(titles),
-        "steps": [{"query": "q", "passage_ids": list(ids)} for ids in steps],
-        "tokens": {"generated": 7},
-        "finish_reason": "stop",
-    }
+    return Trajectory(
+        qid=qid,
+        method=method,
+        dataset=dataset,
+        prediction=prediction,
+        answers=list(answers),
+        supporting_titles=list(titles),
+        messages=[],
+        steps=[Step("q", list(ids)) for ids in steps],
+        tokens=TokenCounts(generated=7, last_prompt=100),
+        finish_reason="stop",
+    )
 
 
-def score_record(rec: dict, passages=PASSAGES) -> dict:
+def score_record(rec: Trajectory, passages=PASSAGES) -> dict:
     """One trajectory's scores, as `score_records` gives them for a list of one."""
     return {key: result.per_sample[0] for key, result in score_records([rec], passages).items()}
 
@@ -117,22 +118,22 @@ def test_reported_scores_are_the_metrics_means_in_percent(dataset):
     scores over everything each retrieved, leaving out methods that never retrieve."""
     summary = summarize(MIXED, PASSAGES)
     got = summary["overall"] if dataset is None else summary["by_dataset"][dataset]
-    recs = [r for r in MIXED if dataset in (None, r["dataset"])]
-    answers = qa_scores([r["prediction"] for r in recs], [r["answers"] for r in recs])
-    searching = [r for r in recs if r["method"] != "direct"]
+    recs = [r for r in MIXED if dataset in (None, r.dataset)]
+    answers = qa_scores([r.prediction for r in recs], [r.answers for r in recs])
+    searching = [r for r in recs if r.method != "direct"]
     shown = [retrieved_passages(r, PASSAGES) for r in searching]
-    golds = [r["answers"] for r in searching]
+    golds = [r.answers for r in searching]
     expected = {
         **{key: percent(result.value) for key, result in answers.items()},
         "recall": percent(retrieval_recall_at_k(shown, golds).value),
         "precision": percent(retrieval_precision_at_k(shown, golds).value),
         "support_recall": percent(
-            supporting_recall(shown, [r["supporting_titles"] for r in searching]).value
+            supporting_recall(shown, [r.supporting_titles for r in searching]).value
         ),
     }
     assert {key: got[key] for key in expected} == expected
     assert got["n"] == len(recs)
-    assert got["searches_per_question"] == round(sum(len(r["steps"]) for r in recs) / len(recs), 3)
+    assert got["searches_per_question"] == round(sum(len(r.steps) for r in recs) / len(recs), 3)
 
 
 def test_per_dataset_summaries_come_in_name_order_and_count_their_endings():
@@ -153,8 +154,10 @@ def test_nothing_to_score_summarises_to_no_scores():
 QUESTIONS = [Question(f"{d}{i}", "?", ["a"], d) for d in ("hotpotqa", "2wiki") for i in range(3)]
 
 
-def answered(qid: str, prediction: str, method: str = "agent") -> dict:
-    return {"qid": qid, "prediction": prediction, "answers": ["red car"], "method": method}
+def answered(qid: str, prediction: str, method: str = "agent") -> Trajectory:
+    return Trajectory(
+        qid=qid, prediction=prediction, answers=["red car"], method=method, messages=[]
+    )
 
 
 def test_datasets_and_limit_pick_the_first_questions_of_each_dataset():
@@ -209,10 +212,10 @@ class ReplayAgent:
     def __init__(self, by_method):
         self.by_method = by_method
         self.seen_passages = dict(PASSAGES)
-        self.sampling = []
+        self.decodings = []
 
-    def run(self, questions, *, method, sampling):
-        self.sampling.append(sampling)
+    def run(self, questions, *, method, decoding):
+        self.decodings.append(decoding)
         return self.by_method[method]
 
 
@@ -225,7 +228,7 @@ def test_the_first_method_heads_the_document_and_is_compared_with_each_other_one
     agent = ReplayAgent(by_method)
     records, doc = evaluate_methods(QUESTIONS, agent, ["agent", "rag", "direct"], seed=3)
     assert records == [*by_method["agent"], *by_method["rag"], *by_method["direct"]]
-    assert {(s.temperature, s.seed) for s in agent.sampling} == {(0.0, 3)}
+    assert {(d.temperature, d.seed) for d in agent.decodings} == {(0.0, 3)}
     assert list(doc) == ["primary", "overall", "by_dataset", "comparisons", "seconds", "methods"]
     assert doc["primary"] == "agent" and doc["overall"]["em"] == 50.0
     assert list(doc["comparisons"]) == ["agent_vs_rag", "agent_vs_direct"]

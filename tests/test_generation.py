@@ -8,7 +8,7 @@ from exsearch.config import GenerationConfig, ModelConfig
 from exsearch.generation import Generator, make_generator
 from exsearch.generation.decoding import cut_at_stop
 from exsearch.generation.hf import HFGenerator
-from exsearch.generation.row_sampling import RowSampler
+from exsearch.generation.next_token import TokenPicker
 from exsearch.modeling import load_model
 
 QUESTIONS = [
@@ -122,10 +122,10 @@ def test_fast_nucleus_sampling_equals_full_sort_sampling():
     for top_p in (0.5, 0.95, 0.999):
         kept = sorted_p * ((sorted_p.cumsum(-1) - sorted_p) < top_p)
         expected = inverse_cdf(u, kept, order)
-        assert torch.equal(RowSampler(1.0, top_p, [])._sample(u, probs), expected)
+        assert torch.equal(TokenPicker(1.0, top_p, [])._sample(u, probs), expected)
     vocab_order = torch.arange(500).expand(12, -1)
     assert torch.equal(
-        RowSampler(1.0, 1.0, [])._sample(u, probs), inverse_cdf(u, probs, vocab_order)
+        TokenPicker(1.0, 1.0, [])._sample(u, probs), inverse_cdf(u, probs, vocab_order)
     )
 
 

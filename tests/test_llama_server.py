@@ -158,19 +158,19 @@ def test_gold_answers_are_scored_from_echoed_prompt_logprobs_like_the_local_mode
     import torch
     from transformers import AutoModelForCausalLM
 
+    from exsearch.schema import Trajectory
     from exsearch.weighting import gold_answer_scores
 
     trajectories = [
-        {
-            "qid": f"q{i}",
-            "sample": 0,
-            "answers": [answer],
-            "messages": [
+        Trajectory(
+            qid=f"q{i}",
+            answers=[answer],
+            messages=[
                 {"role": "system", "content": "Answer in a few words inside <answer></answer>."},
                 {"role": "user", "content": question},
                 {"role": "assistant", "content": "<answer>something</answer>"},
             ],
-        }
+        )
         for i, (question, answer) in enumerate(
             [("What is the capital of France?", "Paris"), ("Name a colour.", "blue and green")]
         )

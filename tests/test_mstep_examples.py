@@ -4,10 +4,15 @@ from chats import chat
 
 from exsearch import prompts as P
 from exsearch.mstep_examples import replayed_examples, weighted_examples
+from exsearch.schema import Trajectory
 
 
 def trajectory(qid, sample, answer="Paris"):
-    return {"qid": qid, "sample": sample, "answers": [f" {answer} "], "messages": chat(answer="x")}
+    return Trajectory(qid=qid, sample=sample, answers=[f" {answer} "], messages=chat(answer="x"))
+
+
+def warmup_trajectories(questions):
+    return [Trajectory(qid=f"w{i}", messages=chat(question=q)) for i, q in enumerate(questions)]
 
 
 def weights(*rows):
@@ -22,23 +27,23 @@ def test_each_trajectory_gets_its_own_weight_and_the_gold_answer():
         P.answer_turn("Paris"),
         P.answer_turn("Rome"),
     ]
-    assert examples[0]["messages"][:-1] == trajectories[0]["messages"][:-1]
+    assert examples[0]["messages"][:-1] == trajectories[0].messages[:-1]
 
 
 def test_a_trajectory_without_a_weight_is_an_error_naming_it():
-    with pytest.raises(ValueError, match="qid=q2 sample=3 has no weight"):
+    with pytest.raises(ValueError, match="qid='q2' sample=3 has no weight"):
         weighted_examples([trajectory("q2", 3)], weights(("q2", 0, 1.0)))
 
 
 def test_replayed_warmup_trajectories_weigh_one_each():
-    warmup = [{"messages": chat(question=f"Question {i}?")} for i in range(10)]
+    warmup = warmup_trajectories([f"Question {i}?" for i in range(10)])
     picked = replayed_examples(warmup, 4, "iter_1", seed=0)
     assert len(picked) == 4 and all(e["weight"] == 1.0 for e in picked)
-    assert all(any(e["messages"] == w["messages"] for w in warmup) for e in picked)
+    assert all(any(e["messages"] == w.messages for w in warmup) for e in picked)
 
 
 def test_the_replay_draw_is_fixed_by_seed_and_iteration():
-    warmup = [{"messages": chat(question=f"Question {i}?")} for i in range(20)]
+    warmup = warmup_trajectories([f"Question {i}?" for i in range(20)])
 
     def draw(iteration, seed):
         return [e["messages"][1] for e in replayed_examples(warmup, 5, iteration, seed)]
@@ -49,6 +54,6 @@ def test_the_replay_draw_is_fixed_by_seed_and_iteration():
 
 
 def test_replay_takes_at_most_what_there_is_and_nothing_for_zero():
-    warmup = [{"messages": chat()} for _ in range(3)]
+    warmup = warmup_trajectories(["Who?"] * 3)
     assert len(replayed_examples(warmup, 10, "iter_1", seed=0)) == 3
     assert replayed_examples(warmup, 0, "iter_1", seed=0) == []

@@ -6,6 +6,7 @@ import copy
 import logging
 import math
 import socket
+from dataclasses import replace
 
 import pytest
 from completions import clean_span, same_outputs
@@ -21,7 +22,7 @@ from exsearch.generation.hf import HFGenerator
 from exsearch.generation.openai import OpenAIGenerator
 from exsearch.modeling import load_model
 from exsearch.retrieval import BM25Retriever
-from exsearch.schema import Passage, Question
+from exsearch.schema import Passage, Question, Trajectory
 from exsearch.weighting import gold_answer_scores
 
 QUESTIONS = [
@@ -84,13 +85,13 @@ def test_agent_trajectories_match_the_hf_backend(hf, client):
     ]
     for local, served in ((runs[0], runs[2]), (runs[1], runs[3])):
         for a, b in zip(local, served, strict=True):
-            assert a["messages"] == b["messages"]
-            assert (a["prediction"], a["finish_reason"], a["tokens"]) == (
-                b["prediction"],
-                b["finish_reason"],
-                b["tokens"],
+            assert a.messages == b.messages
+            assert (a.prediction, a.finish_reason, a.tokens) == (
+                b.prediction,
+                b.finish_reason,
+                b.tokens,
             )
-            assert a["logprob"] == pytest.approx(b["logprob"], abs=1e-4)
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
 
 
 def test_seeded_sampling_matches_the_hf_backend(hf, client, prompts):
@@ -149,15 +150,14 @@ def test_max_new_tokens_gives_finish_length(hf, client, prompts):
     )
 
 
-def chat(gold: str, n_passages: int) -> dict:
+def chat(gold: str, n_passages: int) -> Trajectory:
     docs = P.documents_turn(
         [f"[{i}] Title: City Content: founded by John." for i in range(n_passages)]
     )
-    return {
-        "qid": f"q{n_passages}",
-        "sample": 0,
-        "answers": [gold],
-        "messages": [
+    return Trajectory(
+        qid=f"q{n_passages}",
+        answers=[gold],
+        messages=[
             {"role": "system", "content": P.SYSTEM_PROMPT},
             {"role": "user", "content": P.question_turn("Who founded the city?")},
             {"role": "assistant", "content": P.action_turn(think="who", query="city founder")},
@@ -166,7 +166,7 @@ def chat(gold: str, n_passages: int) -> dict:
             {"role": "user", "content": P.answer_request("Who founded the city?")},
             {"role": "assistant", "content": P.answer_turn("Paris")},
         ],
-    }
+    )
 
 
 @pytest.mark.parametrize("token_strings", ["decoded", "raw"])
@@ -251,14 +251,14 @@ def test_weigh_stage_scores_through_the_server_like_in_process(
     import pandas as pd
     import yaml
 
-    from exsearch import io
+    from exsearch.trajectories import write_trajectories
     from stages import weigh
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "iter_0").symlink_to(tiny_model_dir)
-    trajs = [{**chat("John Smith", n), "sample": n, "prediction": "Paris"} for n in (1, 2)]
-    io.write_jsonl(tmp_path / "runs" / "iter_1" / "trajectories.jsonl", trajs)
+    trajs = [replace(chat("John Smith", n), sample=n, prediction="Paris") for n in (1, 2)]
+    write_trajectories(tmp_path / "runs" / "iter_1" / "trajectories.jsonl", trajs)
     scores = {}
     for backend in ("hf", "openai"):
         params = {

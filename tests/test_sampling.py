@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from exsearch import io
-from exsearch.agent import Sampling, SearchAgent
+from exsearch.agent import Decoding, SearchAgent
 from exsearch.config import AgentConfig, GenerationConfig, IndexConfig, ModelConfig
 from exsearch.generation.hf import HFGenerator
 from exsearch.retrieval import BM25Retriever
 from exsearch.sampling import iteration_questions, sample_in_shards, shard_seed
 from exsearch.schema import Passage, Question
+from exsearch.trajectories import write_trajectories
 
 PASSAGES = [
     Passage(f"p{i}", f"Title {i}", f"city river album number {i} founded") for i in range(20)
@@ -95,7 +95,7 @@ def asked(prompts):
 def test_a_resumed_bf16_run_reuses_finished_shards_and_writes_the_same_bytes(agent_parts, tmp_path):
     gen, retriever, cfg = agent_parts
     whole = sample(SearchAgent(new_process(gen), retriever, cfg), tmp_path / "whole")
-    io.write_jsonl(tmp_path / "whole.jsonl", whole)
+    write_trajectories(tmp_path / "whole.jsonl", whole)
 
     crashing = Crashing(new_process(gen), fail_at=4)  # dies inside the second shard
     with pytest.raises(RuntimeError, match="killed"):
@@ -106,7 +106,7 @@ def test_a_resumed_bf16_run_reuses_finished_shards_and_writes_the_same_bytes(age
 
     resuming = Crashing(new_process(gen))
     resumed = sample(SearchAgent(resuming, retriever, cfg), tmp_path / "resumed")
-    io.write_jsonl(tmp_path / "resumed.jsonl", resumed)
+    write_trajectories(tmp_path / "resumed.jsonl", resumed)
 
     assert (tmp_path / "resumed.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
     assert len(resumed) == len(QUESTIONS) * 2
@@ -122,7 +122,7 @@ def test_a_shard_sampled_after_others_equals_that_shard_sampled_alone(agent_part
     alone = SearchAgent(new_process(gen), retriever, cfg).run(
         QUESTIONS[2:4],
         samples=2,
-        sampling=Sampling(temperature=1.0, top_p=0.95, seed=shard_seed(3, 1)),
+        decoding=Decoding(temperature=1.0, top_p=0.95, seed=shard_seed(3, 1)),
     )
     assert alone == everything[4:8]
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 from exsearch import prompts
 from exsearch.config import IndexConfig
 from exsearch.retrieval import BM25Retriever
-from exsearch.schema import Passage, Question
+from exsearch.schema import Passage, Question, Trajectory
 from exsearch.warmup import NOTHING_FOUND, WarmupShape, build_trajectories
 
 GOLD_A = Passage(
@@ -58,12 +60,12 @@ def build(top_k=2, question=QUESTION, **shape):
 def test_one_step_per_supporting_paragraph_in_the_agent_format():
     (traj,), skipped = build()
     assert skipped == 0
-    steps, answer = prompts.parse_steps(traj["messages"])
+    steps, answer = prompts.parse_steps(traj.messages)
     assert [s.query for s in steps] == [GOLD_A.title, GOLD_B.title]
     assert [s.record for s in steps] == [GOLD_A.text, GOLD_B.text]
     assert answer == "Chief of Protocol"
-    assert prompts.parse_turn(traj["messages"][-3]["content"]).finish
-    roles = [m["role"] for m in traj["messages"]]
+    assert prompts.parse_turn(traj.messages[-3]["content"]).finish
+    roles = [m["role"] for m in traj.messages]
     assert roles == [
         "system",
         "user",
@@ -77,10 +79,38 @@ def test_one_step_per_supporting_paragraph_in_the_agent_format():
     ]
 
 
+def test_a_warmup_record_is_written_as_it_always_was_without_decoding_keys():
+    (traj,), _ = build()
+    line = traj.to_dict()
+    assert list(line) == [
+        "qid",
+        "sample",
+        "seed",
+        "method",
+        "dataset",
+        "question",
+        "answers",
+        "supporting_titles",
+        "messages",
+        "steps",
+        "prediction",
+        "finish_reason",
+        "n_searches",
+    ]
+    assert (line["sample"], line["seed"], line["method"], line["n_searches"]) == (
+        0,
+        None,
+        "warmup",
+        2,
+    )
+    assert [list(s) for s in line["steps"]] == [["query", "passage_ids", "record", "think"]] * 2
+    assert Trajectory.from_dict(json.loads(json.dumps(line))) == traj
+
+
 def test_the_gold_paragraph_is_always_among_the_passages():
     (traj,), _ = build(top_k=2)
-    for step, gold in zip(traj["steps"], (GOLD_A, GOLD_B), strict=True):
-        assert gold.id in step["passage_ids"] and len(step["passage_ids"]) <= 2
+    for step, gold in zip(traj.steps, (GOLD_A, GOLD_B), strict=True):
+        assert gold.id in step.passage_ids and len(step.passage_ids) <= 2
 
 
 def test_questions_without_supporting_facts_are_skipped_and_counted():
@@ -97,15 +127,15 @@ def test_decomposition_questions_become_the_queries():
         QUESTION.id, QUESTION.question, QUESTION.answers, "musique", extra={"support": support}
     )
     (traj,), _ = build(question=q)
-    assert traj["steps"][0]["query"] == "Who played Corliss Archer in Kiss and Tell?"
-    assert GOLD_A.title not in traj["messages"][2]["content"]  # the thought does not leak the title
+    assert traj.steps[0].query == "Who played Corliss Archer in Kiss and Tell?"
+    assert GOLD_A.title not in traj.messages[2]["content"]  # the thought does not leak the title
 
 
 def test_the_first_search_is_the_question_and_what_it_found_is_not_searched_again():
     (traj,), _ = build(top_k=3, first_search="question")
-    steps, answer = prompts.parse_steps(traj["messages"])
+    steps, answer = prompts.parse_steps(traj.messages)
     assert steps[0].query == QUESTION.question
-    shown_first = set(traj["steps"][0]["passage_ids"])
+    shown_first = set(traj.steps[0].passage_ids)
     later = [s.query for s in steps[1:]]
     # every supporting paragraph is shown once; a title is searched only if the question missed it
     for gold in (GOLD_A, GOLD_B):
@@ -115,18 +145,18 @@ def test_the_first_search_is_the_question_and_what_it_found_is_not_searched_agai
 
 def test_records_hold_only_what_the_cut_passages_show():
     (traj,), _ = build(passage_max_words=4)
-    for step in traj["steps"]:
-        assert step["record"] != NOTHING_FOUND
-        assert len(step["record"].split()) <= 4  # the visible opening, not the whole sentence
+    for step in traj.steps:
+        assert step.record != NOTHING_FOUND
+        assert len(step.record.split()) <= 4  # the visible opening, not the whole sentence
 
 
 def test_records_are_cut_around_the_answer():
     (traj,), _ = build(record_max_words=5)
-    assert "Chief of Protocol" in traj["steps"][-1]["record"]
-    assert len(traj["steps"][-1]["record"].split()) == 5
+    assert "Chief of Protocol" in traj.steps[-1].record
+    assert len(traj.steps[-1].record.split()) == 5
 
 
 def test_searches_stop_at_max_steps_and_the_trajectory_still_finishes():
     (traj,), _ = build(first_search="question", max_steps=1)
-    assert len(traj["steps"]) == 1
-    assert prompts.parse_turn(traj["messages"][-3]["content"]).finish
+    assert len(traj.steps) == 1
+    assert prompts.parse_turn(traj.messages[-3]["content"]).finish

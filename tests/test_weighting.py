@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from exsearch import prompts as P
 from exsearch.prompts import gold_answer_tokens, with_gold_answer
+from exsearch.schema import Trajectory
 from exsearch.weighting import (
     SCHEMES,
     compute_weights,
@@ -32,13 +33,13 @@ def trajectory(qid="q1", sample=0, gold="John Smith", prediction="Paris", n_pass
     docs = P.documents_turn(
         [f"[{i}] Title: City Content: founded by John." for i in range(n_passages)]
     )
-    return {
-        "qid": qid,
-        "sample": sample,
-        "question": question,
-        "answers": [gold, "J. Smith"],
-        "prediction": prediction,
-        "messages": [
+    return Trajectory(
+        qid=qid,
+        sample=sample,
+        question=question,
+        answers=[gold, "J. Smith"],
+        prediction=prediction,
+        messages=[
             {"role": "system", "content": P.SYSTEM_PROMPT},
             {"role": "user", "content": P.question_turn(question)},
             {"role": "assistant", "content": P.action_turn(think="who", query="city founder")},
@@ -47,14 +48,14 @@ def trajectory(qid="q1", sample=0, gold="John Smith", prediction="Paris", n_pass
             {"role": "user", "content": P.answer_request(question)},
             {"role": "assistant", "content": P.answer_turn(prediction)},
         ],
-    }
+    )
 
 
 # ---- gold-answer scores ------------------------------------------------------------------------
 
 
 def test_with_gold_answer_replaces_only_the_final_answer_turn():
-    msgs = trajectory()["messages"]
+    msgs = trajectory().messages
     out = with_gold_answer(msgs, " John Smith ")
     assert out[:-1] == msgs[:-1]
     assert out[-1] == {"role": "assistant", "content": "<answer>John Smith</answer>"}
@@ -62,7 +63,7 @@ def test_with_gold_answer_replaces_only_the_final_answer_turn():
 
 
 def test_with_gold_answer_needs_a_final_assistant_turn():
-    msgs = trajectory()["messages"][:-1]
+    msgs = trajectory().messages[:-1]
     with pytest.raises(ValueError, match="ends with user"):
         with_gold_answer(msgs, "x")
 
@@ -76,8 +77,8 @@ def test_scored_tokens_are_the_gold_answer_without_its_tags(tok):
 
 def manual_score(model, tok, traj):
     """Unbatched, unpadded, full-logit reference for one trajectory."""
-    gold = traj["answers"][0]
-    msgs = with_gold_answer(traj["messages"], gold)
+    gold = traj.answers[0]
+    msgs = with_gold_answer(traj.messages, gold)
     prefix = tok.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
     prefix_ids = tok(prefix + "<answer>", add_special_tokens=False)["input_ids"]
     gold_ids = tok(gold, add_special_tokens=False)["input_ids"]

@@ -14,16 +14,17 @@ from typing import Any
 
 from exsearch.generation.completions_client import ServerError
 from exsearch.prompts import ANSWER_OPEN, trajectory_id, with_gold_answer
+from exsearch.schema import Trajectory
 
 
-def gold_span(tokenizer: Any, traj: dict[str, Any]) -> tuple[str, int, int]:
+def gold_span(tokenizer: Any, traj: Trajectory) -> tuple[str, int, int]:
     """The chat with the gold answer, rendered whole, and the gold answer's character span.
 
     The whole text is scored rather than a prefix, so its tokens are exactly those
     `prompts.gold_answer_tokens` cuts from (causal log-probs ignore what follows).
     """
-    gold = traj["answers"][0].strip()
-    messages = with_gold_answer(traj["messages"], gold)
+    gold = traj.answers[0].strip()
+    messages = with_gold_answer(traj.messages, gold)
     prefix = tokenizer.apply_chat_template(
         messages[:-1], tokenize=False, add_generation_prompt=True
     )
@@ -39,7 +40,7 @@ def gold_logprobs(
     a: int,
     b: int,
     n_gold: int,
-    traj: dict[str, Any],
+    traj: Trajectory,
     served: str,
 ) -> list[float]:
     """Log-probs of the prompt tokens that overlap characters [a, b) of `text`.

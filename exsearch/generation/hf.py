@@ -22,8 +22,8 @@ from transformers.cache_utils import Cache
 from exsearch.config import GenerationConfig, ModelConfig
 from exsearch.generation.base import Completion
 from exsearch.generation.decoding import check_decoding, cut_at_stop, row_seeds
+from exsearch.generation.next_token import TokenPicker
 from exsearch.generation.prefix_cache import PrefixCache, cache_layers, new_cache, shared_prefix
-from exsearch.generation.row_sampling import RowSampler
 from exsearch.modeling import load_model
 
 # A prefix shared by the rows of a batch is encoded once when at least this long.
@@ -236,7 +236,7 @@ class HFGenerator:
             if temperature > 0
             else []
         )
-        sampler = RowSampler(temperature, top_p, generators)
+        sampler = TokenPicker(temperature, top_p, generators)
         check = _StopCheck(self.tokenizer, stops, self.eos_ids, max_new_tokens)
         state = [_Row() for _ in rows]
         live = list(range(len(rows)))  # batch position → row

@@ -35,6 +35,7 @@ from exsearch.generation.decoding import check_decoding, cut_at_stop, row_seeds
 from exsearch.generation.echo_scoring import gold_logprobs, gold_span
 from exsearch.modeling import prepare_tokenizer
 from exsearch.prompts import gold_answer_tokens, trajectory_id
+from exsearch.schema import Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class OpenAIGenerator:
 
     # ---------------------------------------------------------------- scoring
     def gold_answer_scores(
-        self, trajectories: Sequence[dict[str, Any]], *, progress: bool = True
+        self, trajectories: Sequence[Trajectory], *, progress: bool = True
     ) -> list[float]:
         """Length-normalised log-likelihood of each trajectory's gold answer, as the server sees it.
 

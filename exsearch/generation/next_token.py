@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 
-class RowSampler:
+class TokenPicker:
     """Choose each row's next token (argmax, or a draw from that row's own random stream).
 
     Drawing row by row, each from its own generator, keeps a row's sample independent of the
