@@ -29,10 +29,11 @@ from pathlib import Path
 
 import torch
 
-from exsearch import io, prompts
+from exsearch import prompts
 from exsearch.agent import Decoding, SearchAgent
 from exsearch.config import GenerationConfig, load_params
 from exsearch.generation.hf import HFGenerator
+from exsearch.questions import read_questions
 from exsearch.retrieval import load_retriever
 from exsearch.schema import Question, Trajectory
 
@@ -105,9 +106,7 @@ def main() -> None:
     if model_dir is None or not Path("data/index").is_dir():
         sys.exit("needs data/index and a model: run `dvc repro warmup` (or init_model) first")
 
-    questions = [Question.from_dict(d) for d in io.read_jsonl("data/prepared/dev.jsonl")][
-        : args.batch
-    ]
+    questions = read_questions("data/prepared/dev.jsonl")[: args.batch]
     gen_cfg = GenerationConfig(batch_size=args.batch)
     gen = HFGenerator.from_config(model_dir, params.model, gen_cfg)
     # The same weights without the prefix cache: every prompt encoded in full.

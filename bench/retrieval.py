@@ -39,7 +39,7 @@ import psutil
 from rank_bm25 import BM25Okapi
 
 from exsearch.config import IndexConfig, load_params
-from exsearch.io import read_jsonl
+from exsearch.files import read_jsonl
 from exsearch.retrieval import BM25Retriever, build_index, make_tokenizer
 from exsearch.schema import Passage
 

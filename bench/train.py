@@ -37,16 +37,15 @@ def build_examples(model_dir: str, n: int) -> list[dict]:
     """`n` encoded warm-up examples (weight 1), as the warmup stage would train on them."""
     from transformers import AutoTokenizer
 
-    from exsearch import io
     from exsearch.config import load_params
     from exsearch.modeling import ensure_pad_token
+    from exsearch.questions import read_questions
     from exsearch.retrieval import load_retriever
-    from exsearch.schema import Question
     from exsearch.training import encode_examples
     from exsearch.warmup import WarmupShape, build_trajectories
 
     params = load_params(ROOT / "params.yaml")
-    questions = [Question.from_dict(d) for d in io.read_jsonl(ROOT / "data/prepared/train.jsonl")]
+    questions = read_questions(ROOT / "data/prepared/train.jsonl")
     questions = random.Random(params.seed).sample(
         [q for q in questions if q.extra.get("support")], n
     )

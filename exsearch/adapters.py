@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from exsearch.config_training import TrainConfig
-from exsearch.io import atomic_path, read_json, write_json
+from exsearch.files import atomic_path, read_json, write_json
 
 BASE_MODEL_FILE = "base_model.json"  # next to a saved LoRA adapter: which model it adapts
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -24,7 +24,7 @@ from exsearch.config_data import PrepareConfig
 from exsearch.config_section import Section
 from exsearch.config_training import SampleConfig, TrainConfig, WarmupConfig, WeighConfig
 from exsearch.config_yaml import DuplicateKeyError, load_yaml
-from exsearch.io import read_text
+from exsearch.files import read_text
 
 DEFAULT_PARAMS = Path("params.yaml")
 

@@ -28,7 +28,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from exsearch.config_data import CorpusFile
-from exsearch.io import atomic_path, read_json, text_lines
+from exsearch.files import atomic_path, read_json, text_lines
 from exsearch.records import InvalidRecord, id_note, read_records, require
 from exsearch.schema import Passage
 

@@ -20,7 +20,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from exsearch.config import ModelConfig
-from exsearch.io import atomic_path, write_json
+from exsearch.files import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 

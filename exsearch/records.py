@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from exsearch.io import read_json, text_lines
+from exsearch.files import read_json, text_lines
 
 
 class InvalidRecord(ValueError):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from exsearch import io
+from exsearch import files
 from exsearch.config import checkpoint_step  # the x position: base is -1, iter_k is k
 from exsearch.evaluation import compare_records
 from exsearch.schema import Trajectory
@@ -45,9 +45,9 @@ def read_records(
     """The records of EM `iterations` and evaluated `checkpoints` under `runs`/<name>/."""
     runs = Path(runs)
     return CampaignRecords(
-        metrics={c: io.read_json(runs / c / "metrics.json") for c in checkpoints},
+        metrics={c: files.read_json(runs / c / "metrics.json") for c in checkpoints},
         predictions={c: read_trajectories(runs / c / "predictions.jsonl") for c in checkpoints},
-        weight_stats={it: io.read_json(runs / it / "weight_stats.json") for it in iterations},
+        weight_stats={it: files.read_json(runs / it / "weight_stats.json") for it in iterations},
         examples={it: extreme_trajectories(runs / it) for it in iterations},
         seconds=stage_seconds(runs, iterations, checkpoints),
     )
@@ -68,7 +68,7 @@ def stage_seconds(
     """Wall time of each timed stage, from the seconds its stats files record."""
     timed: dict[str, float] = {}
     warm = runs / "warmup" / "train_stats.json"
-    if warm.is_file() and "seconds" in (w := io.read_json(warm)):
+    if warm.is_file() and "seconds" in (w := files.read_json(warm)):
         timed["warmup (training)"] = w["seconds"]
     for it in iterations:
         for stage, name in (
@@ -76,11 +76,11 @@ def stage_seconds(
             ("weigh", "weight_stats.json"),
             ("train", "train_stats.json"),
         ):
-            stats = io.read_json(runs / it / name)
+            stats = files.read_json(runs / it / name)
             timed[f"{stage}@{it}"] = stats.get("seconds")
     for c in checkpoints:
         timed[f"evaluate@{c}"] = round(
-            sum(io.read_json(runs / c / "metrics.json")["seconds"].values()), 1
+            sum(files.read_json(runs / c / "metrics.json")["seconds"].values()), 1
         )
     return timed
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from exsearch.io import read_jsonl, write_jsonl
+from exsearch.files import read_jsonl, write_jsonl
 from exsearch.schema import Trajectory
 
 

@@ -14,7 +14,7 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
 
-from exsearch import io
+from exsearch import files
 from exsearch.config import AgentConfig
 from exsearch.config_training import TrainConfig, WarmupConfig
 from exsearch.schema import Question, Trajectory
@@ -73,7 +73,7 @@ def derived_trajectories(
 
 def teacher_trajectories(path: str | os.PathLike) -> list[dict]:
     """Trajectories a teacher wrote (JSONL in the agent's schema), used instead of derived ones."""
-    trajectories = list(io.read_jsonl(path))
+    trajectories = list(files.read_jsonl(path))
     log.info("read %d teacher trajectories from %s", len(trajectories), path)
     return trajectories
 

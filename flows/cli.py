@@ -261,7 +261,7 @@ def _cmd_compare(args: argparse.Namespace, root: Path) -> int:
     import csv
 
     from exsearch.config import load_params
-    from exsearch.io import atomic_path, write_text
+    from exsearch.files import atomic_path, write_text
     from exsearch.tables import markdown_table
 
     experiment = args.experiment or load_params().tracking.experiment

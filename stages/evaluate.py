@@ -21,7 +21,7 @@ import logging
 from functools import partial
 from pathlib import Path
 
-from exsearch import io
+from exsearch import files
 from exsearch.agent import SearchAgent
 from exsearch.evaluate_methods import evaluate_methods
 from exsearch.evaluation import metrics_markdown, select_questions
@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> None:
         doc = {"iteration": args.iteration, "model": model_dir, **doc}
 
         write_trajectories(predictions_file, records)
-        io.write_json(metrics_file, doc)
+        files.write_json(metrics_file, doc)
         table = metrics_markdown(doc)
-        io.write_text(table_file, f"# Evaluation of {args.iteration}\n\n{table}")
+        files.write_text(table_file, f"# Evaluation of {args.iteration}\n\n{table}")
         log.info("results\n%s", table)
         scores = {"overall": doc["overall"], **doc["by_dataset"], **doc["comparisons"]}
         log_iteration_metrics(params, args.iteration, scores)

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from exsearch.io import atomic_path, read_jsonl
+from exsearch.files import atomic_path, read_jsonl
 from exsearch.retrieval import IndexStats, build_index
 from exsearch.retrieval.dense import DenseIndexStats, build_dense_index
 from exsearch.schema import Passage

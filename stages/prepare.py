@@ -19,7 +19,7 @@ import logging
 from functools import partial
 from pathlib import Path
 
-from exsearch.io import atomic_path, write_json
+from exsearch.files import atomic_path, write_json
 from exsearch.preparation import prepare
 from exsearch.questions import write_questions
 from exsearch.schema import Passage

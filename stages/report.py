@@ -20,7 +20,7 @@ import os
 from functools import partial
 from pathlib import Path
 
-from exsearch import io
+from exsearch import files
 from exsearch.report import (
     checkpoint_comparisons,
     curve_rows,
@@ -65,9 +65,9 @@ def main(argv: list[str] | None = None) -> None:
         rows = curve_rows(records.metrics)
         previous = {"iter_0": "base", **{k: v.prev for k, v in em.iters.items()}}
         comparisons = checkpoint_comparisons(records.predictions, previous)
-        io.write_json(out["curve"], rows)
-        io.write_json(out["metrics"], summary_metrics(records.metrics, comparisons))
-        with io.atomic_path(out["plot"]) as tmp:
+        files.write_json(out["curve"], rows)
+        files.write_json(out["metrics"], summary_metrics(records.metrics, comparisons))
+        with files.atomic_path(out["plot"]) as tmp:
             plot_curve(rows, tmp, comparisons)
         summary = render_markdown(
             rows,
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             comparisons=comparisons,
             plot=os.path.relpath(out["plot"], out["summary"].parent),
         )
-        io.write_text(out["summary"], summary)
+        files.write_text(out["summary"], summary)
         log.info("report written to %s", ", ".join(str(p) for p in out.values()))
         for c, entry in comparisons.items():
             if entry:

@@ -22,7 +22,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from exsearch import io
+from exsearch import files
 from exsearch.agent import SearchAgent
 from exsearch.config import checkpoint_step
 from exsearch.generation import make_generator
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         write_trajectories(out, records)
         stats = sample_stats(records, draw, cfg.k, time.perf_counter() - started)
-        io.write_json(stats_file, stats)
+        files.write_json(stats_file, stats)
         shutil.rmtree(out.parent / ".sample_shards", ignore_errors=True)
         log.info("sampled: %s", stats)
         run.log_metrics(stats)

@@ -23,7 +23,7 @@ from functools import partial
 
 import pandas as pd
 
-from exsearch import io
+from exsearch import files
 from exsearch.mstep_examples import replayed_examples, weighted_examples
 from exsearch.training import run_stats, train_weighted
 from exsearch.trajectories import read_trajectories
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         if not _launch.is_main_process():
             return  # rank 0 writes the outputs
         stats = run_stats(result)
-        io.write_json(stats_file, stats)
+        files.write_json(stats_file, stats)
         log.info(
             "trained %s: %d steps, final loss %s", model_out, result.steps, stats["final_loss"]
         )

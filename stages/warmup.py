@@ -20,7 +20,7 @@ import logging
 from functools import partial
 from pathlib import Path
 
-from exsearch import io
+from exsearch import files
 from exsearch.questions import read_questions
 from exsearch.training import run_stats, train_weighted
 from exsearch.warmup_set import (
@@ -69,17 +69,17 @@ def main(argv: list[str] | None = None) -> None:
             )
         trajectories = seeded_draw(trajectories, cfg.max_examples, params.seed)
         if main_process:
-            io.write_jsonl(args.trajectories, trajectories)
+            files.write_jsonl(args.trajectories, trajectories)
         if not cfg.enabled:
-            io.copy_dir(args.base, args.out)
-            io.write_json(args.stats, {"enabled": False})
+            files.copy_dir(args.base, args.out)
+            files.write_json(args.stats, {"enabled": False})
             log.info("warm-up disabled: %s is a copy of %s", args.out, args.base)
             return
         train_cfg = warmup_train_config(params.train, cfg)
         result = train_weighted(args.base, warmup_examples(trajectories), args.out, train_cfg)
         if not main_process:
             return
-        io.write_json(args.stats, {"enabled": True, **run_stats(result)})
+        files.write_json(args.stats, {"enabled": True, **run_stats(result)})
         run.log_metrics(run_stats(result))
         run.log_history(result.loss_history)
         run.log_model_dir(args.out)

@@ -17,7 +17,7 @@ import logging
 import time
 from functools import partial
 
-from exsearch import io
+from exsearch import files
 from exsearch.generation.openai import OpenAIGenerator
 from exsearch.modeling import load_model
 from exsearch.trajectories import read_trajectories
@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> None:
             "questions_with_a_correct_sample": float(table.groupby("qid")["correct"].any().mean()),
             "seconds": round(time.perf_counter() - started, 1),
         }
-        with io.atomic_path(out) as tmp:
+        with files.atomic_path(out) as tmp:
             table.to_parquet(tmp, index=False)
-        io.write_json(stats_file, stats)
+        files.write_json(stats_file, stats)
         log.info("weights: %s", stats)
         run.log_metrics(stats)
         run.log_artifact(stats_file)

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from exsearch.config import parse_params
-from exsearch.io import read_jsonl
+from exsearch.files import read_jsonl
 from exsearch.preparation import prepare
 from exsearch.questions import read_questions
 from exsearch.schema import Passage

@@ -25,7 +25,7 @@ import json, os, sys
 from pathlib import Path
 
 from exsearch.config import load_params
-from exsearch.io import write_json, write_text
+from exsearch.files import write_json, write_text
 from stages.tracking import log_iteration_metrics, stage_run
 
 stage, *rest = sys.argv[1:]

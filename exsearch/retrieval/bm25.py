@@ -139,7 +139,7 @@ def build_index(
 
     Passages are written to disk as they are tokenised, so only their token ids are held;
     this is the path for corpora too big for `BM25Retriever.build`. Writes are not atomic:
-    pass a temporary directory (e.g. from `exsearch.io.atomic_path`).
+    pass a temporary directory (e.g. from `exsearch.files.atomic_path`).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

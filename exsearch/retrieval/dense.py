@@ -197,7 +197,7 @@ def build_dense_index(
 
     Passages and embedding rows are written as they come, a chunk at a time. `encoder` defaults
     to `cfg.dense_model`. Writes are not atomic: pass a temporary directory (e.g. from
-    `exsearch.io.atomic_path`).
+    `exsearch.files.atomic_path`).
     """
     cfg = _as_dense(cfg)
     directory = Path(directory)
