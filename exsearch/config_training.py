@@ -58,7 +58,11 @@ class SampleConfig(Section):
         description="Leave the warm-up's questions out of the pool EM iterations draw from.",
     )
     shard_size: int = Field(default=16, ge=1, description="Questions per resumable shard.")
-    seed: int = 0
+    seed: int = Field(
+        default=0,
+        description="Added to the top-level seed for the questions each iteration draws and the "
+        "samples' random streams: a second seed of the EM iterations on the same warm-up.",
+    )
 
 
 class WeighConfig(Section):
