@@ -279,17 +279,12 @@ class SearchAgent:
 
     # ---------------------------------------------------------------- output
     def _record(self, r: _Rollout, method: Method, decoding: Decoding) -> Trajectory:
-        q = r.question
-        return Trajectory(
-            qid=q.id,
+        return Trajectory.of_question(
+            r.question,
             sample=r.sample,
             seed=decoding.seed,
             temperature=decoding.temperature,
             method=method,
-            dataset=q.dataset,
-            question=q.question,
-            answers=q.answers,
-            supporting_titles=q.supporting_titles,
             messages=r.messages,
             steps=r.steps,
             prediction=r.prediction,

@@ -152,6 +152,18 @@ class Trajectory:
         return d
 
     @classmethod
+    def of_question(cls, q: Question, **fields: Any) -> Trajectory:
+        """A trajectory on `q`, carrying the question's id, dataset, text, answers and titles."""
+        return cls(
+            qid=q.id,
+            dataset=q.dataset,
+            question=q.question,
+            answers=q.answers,
+            supporting_titles=q.supporting_titles,
+            **fields,
+        )
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Trajectory:
         """Read a record written by `to_dict` (or a teacher's, with at least qid and messages).
 

@@ -198,14 +198,10 @@ def build_trajectory(
         record, found = _record_of_search(support, golds, passages, shown, shape, answer)
         shown |= found
         steps.append(Step(query, [p.id for p in passages], record, think))
-    return Trajectory(
-        qid=q.id,
+    return Trajectory.of_question(
+        q,
         sample=0,
         method="warmup",
-        dataset=q.dataset,
-        question=q.question,
-        answers=q.answers,
-        supporting_titles=q.supporting_titles,
         messages=messages + _closing_turns(q, record, answer),
         steps=steps,
         prediction=answer,
