@@ -1,21 +1,10 @@
 import json
-from pathlib import Path
 
 import pytest
+from record_files import RAW, write
 
 from exsearch.config_data import CorpusFile
 from exsearch.corpus import CorpusBuilder, join_sentences, passage_id, read_corpus, split_sentences
-
-RAW = Path(__file__).resolve().parents[1] / "data" / "raw"
-
-
-def write(path: Path, records, *, jsonl: bool = False) -> Path:
-    if jsonl:
-        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    else:
-        path.write_text(json.dumps(records, indent=1), encoding="utf-8")
-    return path
-
 
 # --- reading corpus files ----------------------------------------------------------------------
 
