@@ -91,13 +91,18 @@ class GenerationConfig(Section):
         description="'hf' (transformers, in-process) or 'openai' (an OpenAI-compatible "
         "completions server such as `vllm serve`; see docs/serving.md).",
     )
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = Field(
+        default=64,
+        ge=1,
+        description="hf backend: rows decoded together; a waiting prompt joins as rows finish.",
+    )
     prefix_cache_tokens: int = Field(
-        default=65536,
+        default=262144,
         ge=0,
         description="hf backend: tokens whose attention keys/values are kept so that the next "
         "turn of a trajectory only encodes its new tokens (about 23 KB a token for "
-        "SmolLM2-135M in bfloat16); 0 re-encodes every prompt in full.",
+        "SmolLM2-135M in bfloat16, so ~6 GiB by default); 0 re-encodes every prompt in full. "
+        "It should hold every live trajectory of a round, or turns re-encode what was evicted.",
     )
     temperature: float = Field(default=0.0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
@@ -157,6 +162,11 @@ class EvaluateConfig(Section):
     )
     limit: int | None = Field(
         default=None, ge=1, description="Evaluate only the first N questions of each dataset."
+    )
+    baselines: Literal["all", "ends"] = Field(
+        default="all",
+        description="Where the methods after the first run: at every checkpoint, or only at the "
+        "ends of the curve (the first and the last checkpoint of em.evaluate), to save time.",
     )
 
 
@@ -252,6 +262,14 @@ class Params(Section):
     train: Annotated[TrainConfig, Field(default_factory=TrainConfig)]
     em: Annotated[EmConfig, Field(default_factory=lambda: EmConfig(iters={}, evaluate=["iter_0"]))]
     tracking: Annotated[TrackingConfig, Field(default_factory=TrackingConfig)]
+
+    def methods_at(self, checkpoint: str) -> list[Method]:
+        """The methods the evaluate stage runs at `checkpoint` (see `evaluate.baselines`)."""
+        methods = list(self.evaluate.methods)
+        scored = sorted(self.em.evaluate, key=checkpoint_step)
+        if self.evaluate.baselines == "ends" and checkpoint not in (scored[0], scored[-1]):
+            return methods[:1]
+        return methods
 
     def section_hash(self, name: str) -> str:
         """Short stable hash of one section, for run tags."""

@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     model_dir = str(args.model or _common.checkpoint_dir(args.iteration))
     params = _common.setup(args)
+    methods = params.methods_at(args.iteration)
     with stage_run(params, "evaluate", args.iteration, ["evaluate", "agent", "generation"]) as run:
         try:
             questions = select_questions(
@@ -71,13 +72,11 @@ def main(argv: list[str] | None = None) -> None:
             _common.fail(e)
         if not questions:
             _common.fail(f"{args.questions}: no dev questions; check prepare.dev")
-        log.info(
-            "evaluating %s on %d questions: %s", model_dir, len(questions), params.evaluate.methods
-        )
+        log.info("evaluating %s on %d questions: %s", model_dir, len(questions), methods)
         retriever = _common.open_index(args.index)  # before the model: a bad index fails fast
         generator = make_generator(model_dir, params.model, params.generation)
         agent = SearchAgent(generator, retriever, params.agent)
-        records, doc = evaluate_methods(questions, agent, params.evaluate.methods, params.seed)
+        records, doc = evaluate_methods(questions, agent, methods, params.seed)
         doc = {"iteration": args.iteration, "model": model_dir, **doc}
 
         write_trajectories(predictions_file, records)

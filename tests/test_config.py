@@ -92,6 +92,20 @@ def test_iterations_between_the_ends_may_go_unevaluated(raw):
     assert parse_params(raw).em.evaluate == ["base", "iter_0", "iter_2"]
 
 
+def test_baselines_at_the_ends_run_only_at_the_first_and_last_checkpoint_scored(raw):
+    raw["evaluate"]["methods"] = ["agent", "rag", "direct"]
+    raw["evaluate"]["baselines"] = "ends"
+    params = parse_params(raw)
+    assert params.methods_at("base") == ["agent", "rag", "direct"]
+    assert params.methods_at("iter_0") == params.methods_at("iter_1") == ["agent"]
+    assert params.methods_at("iter_2") == ["agent", "rag", "direct"]
+    raw["evaluate"]["baselines"] = "all"
+    assert parse_params(raw).methods_at("iter_1") == ["agent", "rag", "direct"]
+    raw["evaluate"]["baselines"] = "middle"
+    with pytest.raises(ConfigError, match="baselines"):
+        parse_params(raw)
+
+
 def add_iteration(raw, name, prev="iter_2"):
     raw["em"]["iters"][name] = {"prev": prev}
     raw["em"]["evaluate"].append(name)

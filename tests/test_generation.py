@@ -9,6 +9,7 @@ from exsearch.generation import Generator, make_generator
 from exsearch.generation.decoding import cut_at_stop
 from exsearch.generation.hf import HFGenerator
 from exsearch.generation.next_token import TokenPicker
+from exsearch.generation.running_batch import RunningBatch
 from exsearch.modeling import load_model
 
 QUESTIONS = [
@@ -65,6 +66,29 @@ def test_greedy_is_deterministic_and_independent_of_batch_size(loaded, gen, prom
         same_outputs(
             out, HFGenerator(*loaded, batch_size=batch_size).generate(prompts, max_new_tokens=12)
         )
+
+
+def test_waiting_prompts_join_as_rows_finish_without_changing_outputs(
+    loaded, gen, prompts, monkeypatch
+):
+    # Stop strings taken from different points of the greedy texts make rows finish at
+    # different steps, so with a batch of 2 a waiting prompt joins a running row.
+    full = gen.generate(prompts, max_new_tokens=24)
+    stops = [clean_span(c.text, 3 + 4 * i, 2) for i, c in enumerate(full[:3])]
+    alone = HFGenerator(*loaded, batch_size=1).generate(prompts, max_new_tokens=24, stop=stops)
+    assert len({c.n_tokens for c in alone}) > 1
+    joins = []
+    real_join = RunningBatch.join
+    monkeypatch.setattr(RunningBatch, "join", lambda a, b: joins.append(len(b)) or real_join(a, b))
+    for kw in ({}, {"temperature": 1.0, "top_p": 0.9, "seed": 3}):
+        reference = HFGenerator(*loaded, batch_size=1).generate(
+            prompts, max_new_tokens=24, stop=stops, **kw
+        )
+        refilled = HFGenerator(*loaded, batch_size=2).generate(
+            prompts, max_new_tokens=24, stop=stops, **kw
+        )
+        same_outputs(reference, refilled)
+    assert joins, "no prompt joined a running batch"
 
 
 def test_greedy_matches_unbatched_transformers_generate(loaded, gen, prompts):

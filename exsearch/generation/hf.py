@@ -24,6 +24,7 @@ from exsearch.generation.base import Completion
 from exsearch.generation.decoding import check_decoding, cut_at_stop, row_seeds
 from exsearch.generation.next_token import TokenPicker
 from exsearch.generation.prefix_cache import PrefixCache, cache_layers, new_cache, shared_prefix
+from exsearch.generation.running_batch import RunningBatch
 from exsearch.modeling import load_model
 
 # A prefix shared by the rows of a batch is encoded once when at least this long.
@@ -101,15 +102,12 @@ def _split_by_length(lengths: list[int]) -> tuple[list[int], list[int]]:
     return order[:cut], order[cut:]
 
 
-def _chunks(order: list[int], size: int) -> list[list[int]]:
-    return [order[i : i + size] for i in range(0, len(order), size)]
-
-
 class HFGenerator:
     """Batched generation and scoring with a transformers causal LM (CPU or GPU).
 
-    Prompts are sorted by length and cut into batches of `batch_size`, left-padded; results come
-    back in the caller's order. `logprob` is always computed (it costs one log-sum-exp per step).
+    Up to `batch_size` prompts are decoded together, longest first, left-padded; as rows finish,
+    waiting prompts join the batch (`RunningBatch`). Results come back in the caller's order.
+    `logprob` is always computed (it costs one log-sum-exp per step).
     Prompts that extend a sequence of an earlier call reuse its keys/values (`PrefixCache`,
     up to `prefix_cache_tokens` tokens kept; 0 turns it off).
     """
@@ -193,79 +191,78 @@ class HFGenerator:
         for i, ids in enumerate(encoded):
             if not ids:
                 raise ValueError(f"prompt {i} is empty; a prompt needs at least one token")
-        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-        results: list[Completion | None] = [None] * len(prompts)
-        batches = _chunks(order, self.batch_size)
-        # The agent sends every live trajectory's next turn in one call: on a CPU one call can
-        # run for minutes, so show its batches (only when there are several).
-        shown = tqdm(batches, desc="  turns", unit="batch", leave=False, disable=len(batches) < 4)
-        for batch in shown:
-            done = self._generate_batch(
-                [encoded[i] for i in batch],
-                [seeds[i] for i in batch],
-                max_new_tokens,
-                stops,
-                temperature,
-                top_p,
-            )
-            for i, completion in zip(batch, done, strict=True):
-                results[i] = completion
-        return results  # type: ignore[return-value]
-
-    def _generate_batch(
-        self,
-        rows: list[list[int]],
-        seeds: list[int],
-        max_new_tokens: int,
-        stops: list[str],
-        temperature: float,
-        top_p: float,
-    ) -> list[Completion]:
-        """Decode one batch token by token; a row leaves the batch as soon as it is done.
-
-        A hand-written loop rather than `generate()`, because finished rows must leave (a
-        smaller batch is a faster step) and their keys/values go to the prefix cache.
-        """
-        self._encode_shared_prefix(rows)
-        inputs = self.prefix_cache.prepare(rows, self.pad_id, self.device)
-        fed, mask = inputs.input_ids, inputs.attention_mask  # every column the cache will hold
-        logits, cache = self._prefill(fed, mask, inputs.cache)
-        positions = mask.sum(-1, keepdim=True) - 1
+        # Longest first: rows that join later are shorter, so joining adds little padding.
+        queue = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         generators = (
             [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
             if temperature > 0
             else []
         )
-        sampler = TokenPicker(temperature, top_p, generators)
+        picker = TokenPicker(temperature, top_p, generators)
         check = _StopCheck(self.tokenizer, stops, self.eos_ids, max_new_tokens)
-        state = [_Row() for _ in rows]
-        live = list(range(len(rows)))  # batch position → row
-        while True:
-            chosen, logp = sampler.pick(logits, live)
-            done = []
-            for b, (r, token, lp) in enumerate(
-                zip(live, chosen.tolist(), logp.tolist(), strict=True)
-            ):
-                state[r].tokens.append(token)
-                state[r].logprob += lp
-                if check.update(state[r]):
-                    done.append(b)
-            if done:
-                self.prefix_cache.keep(fed, mask, cache, done)
-                stay = [b for b in range(len(live)) if b not in done]
-                if not stay:
-                    break
-                index = torch.tensor(stay, device=self.device)
-                cache.batch_select_indices(index)
-                fed, mask, positions = fed[index], mask[index], positions[index]
-                chosen = chosen[index]
-                live = [live[b] for b in stay]
-            new = chosen.unsqueeze(-1)
-            fed = torch.cat([fed, new], 1)
-            mask = torch.cat([mask, mask.new_ones((len(live), 1))], 1)
-            positions = positions + 1
-            logits = self._next_logits(new, mask, positions, cache)
+        state = [_Row() for _ in prompts]
+        # The agent sends every live trajectory's next turn in one call: on a CPU one call can
+        # run for minutes, so show its progress (only when it is several batches long).
+        bar = tqdm(
+            total=len(prompts),
+            desc="  turns",
+            unit="row",
+            leave=False,
+            disable=len(prompts) < 4 * self.batch_size,
+        )
+        batch: RunningBatch | None = None
+        while queue or batch is not None:
+            room = self.batch_size - (len(batch) if batch is not None else 0)
+            if queue and room >= (self.batch_size + 1) // 2:  # refill once half has left
+                joining, queue = queue[:room], queue[room:]
+                fresh = self._start_rows(joining, [encoded[i] for i in joining])
+                batch = fresh if batch is None else batch.join(fresh)
+            batch = self._step(batch, picker, check, state)  # type: ignore[arg-type]
+            finished = len(prompts) - len(queue) - (len(batch) if batch is not None else 0)
+            bar.update(finished - bar.n)
+        bar.close()
         return [check.completion(row) for row in state]
+
+    def _start_rows(self, rows: list[int], ids: list[list[int]]) -> RunningBatch:
+        """Encode the prompts `ids` (of call rows `rows`) as a batch ready to decode."""
+        self._encode_shared_prefix(ids)
+        inputs = self.prefix_cache.prepare(ids, self.pad_id, self.device)
+        fed, mask = inputs.input_ids, inputs.attention_mask  # every column the cache will hold
+        logits, cache = self._prefill(fed, mask, inputs.cache)
+        positions = mask.sum(-1, keepdim=True) - 1
+        return RunningBatch(rows, fed, mask, positions, cache, logits)
+
+    def _step(
+        self, batch: RunningBatch, picker: TokenPicker, check: _StopCheck, state: list[_Row]
+    ) -> RunningBatch | None:
+        """Choose every row's next token; finished rows leave (None when none is left).
+
+        A hand-written loop rather than `generate()`, because finished rows must leave (a
+        smaller batch is a faster step), waiting prompts must join, and finished rows'
+        keys/values go to the prefix cache.
+        """
+        chosen, logp = picker.pick(batch.logits, batch.rows)
+        done = []
+        for b, (r, token, lp) in enumerate(
+            zip(batch.rows, chosen.tolist(), logp.tolist(), strict=True)
+        ):
+            state[r].tokens.append(token)
+            state[r].logprob += lp
+            if check.update(state[r]):
+                done.append(b)
+        if done:
+            self.prefix_cache.keep(batch.fed, batch.mask, batch.cache, done)
+            stay = [b for b in range(len(batch)) if b not in done]
+            if not stay:
+                return None
+            chosen = chosen[torch.tensor(stay, device=self.device)]
+            batch.keep_only(stay)
+        new = chosen.unsqueeze(-1)
+        batch.fed = torch.cat([batch.fed, new], 1)
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch), 1))], 1)
+        batch.positions = batch.positions + 1
+        batch.logits = self._next_logits(new, batch.mask, batch.positions, batch.cache)
+        return batch
 
     def _prefill(
         self, fed: torch.Tensor, mask: torch.Tensor, cache: Cache | None

@@ -1,0 +1,96 @@
+"""The rows being decoded together, which rows can leave and new rows can join (refilling).
+
+A batch whose rows finish at different times decodes ever fewer rows per step; on a CPU a step's
+cost hardly falls with its rows, so the last long rows of a batch run at a fraction of its
+throughput. Letting waiting prompts join as rows leave keeps the batch full. Joining puts two
+batches side by side: each is left-padded to the wider one (padding is masked), and columns no
+row uses any more are cut first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import Cache
+
+from exsearch.generation.prefix_cache import cache_layers, new_cache
+
+
+@dataclass
+class RunningBatch:
+    """Decoding state of a batch; batch position b decodes prompt `rows[b]` of the call.
+
+    `fed` and `mask` cover every column the cache holds, (batch, columns); `positions` is the
+    position of each row's last token, (batch, 1); `logits` are the scores of each row's next
+    token, (batch, vocab).
+    """
+
+    rows: list[int]
+    fed: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    cache: Cache
+    logits: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def keep_only(self, stay: list[int]) -> None:
+        """Keep batch positions `stay` (in that order); the others leave."""
+        index = torch.tensor(stay, device=self.fed.device)
+        self.cache.batch_select_indices(index)
+        self.fed, self.mask = self.fed[index], self.mask[index]
+        self.positions, self.logits = self.positions[index], self.logits[index]
+        self.rows = [self.rows[b] for b in stay]
+
+    def join(self, other: RunningBatch) -> RunningBatch:
+        """One batch of this one's rows followed by `other`'s."""
+        a, b = self._trimmed(), other._trimmed()
+        width = max(a.fed.shape[1], b.fed.shape[1])
+        layers = [
+            (
+                torch.cat([_pad_left(ka, width), _pad_left(kb, width)]),
+                torch.cat([_pad_left(va, width), _pad_left(vb, width)]),
+            )
+            for (ka, va), (kb, vb) in zip(cache_layers(a.cache), cache_layers(b.cache), strict=True)
+        ]
+        return RunningBatch(
+            a.rows + b.rows,
+            torch.cat([_pad_left(a.fed, width), _pad_left(b.fed, width)]),
+            torch.cat([_pad_left(a.mask, width), _pad_left(b.mask, width)]),
+            torch.cat([a.positions, b.positions]),
+            new_cache(layers),
+            torch.cat([a.logits, b.logits]),
+        )
+
+    def _trimmed(self) -> RunningBatch:
+        """The same rows without the leading columns that every row has masked."""
+        used = self.mask.any(0).nonzero()
+        start = int(used[0]) if len(used) else 0
+        if start == 0:
+            return self
+        layers = [(k[:, :, start:], v[:, :, start:]) for k, v in cache_layers(self.cache)]
+        return RunningBatch(
+            self.rows,
+            self.fed[:, start:],
+            self.mask[:, start:],
+            self.positions,
+            new_cache(layers),
+            self.logits,
+        )
+
+
+def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
+    """`t` with zero columns added on the left, up to `width` columns.
+
+    The column axis is dim 1 of ids and masks, (batch, columns), and dim 2 of keys and values,
+    (batch, heads, columns, head_dim).
+    """
+    axis = 1 if t.dim() == 2 else 2
+    missing = width - t.shape[axis]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[axis] = missing
+    return torch.cat([t.new_zeros(shape), t], axis)
