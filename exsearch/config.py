@@ -166,7 +166,9 @@ class EvaluateConfig(Section):
     baselines: Literal["all", "ends"] = Field(
         default="all",
         description="Where the methods after the first run: at every checkpoint, or only at the "
-        "ends of the curve (the first and the last checkpoint of em.evaluate), to save time.",
+        "ends of the curve (the first and the last checkpoint of em.evaluate), to save time. "
+        "em.evaluate is not a DVC param of the evaluate stage, so adding an iteration runs only "
+        "its own evaluation; an earlier end keeps the baselines it was scored with.",
     )
 
 
