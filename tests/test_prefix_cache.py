@@ -127,24 +127,31 @@ def test_a_prefix_shared_by_a_batch_is_encoded_once_and_changes_nothing(loaded):
     assert gen.prefix_cache.reused_tokens == 4 * (n - 1)
 
 
-def test_rows_of_very_different_new_lengths_are_encoded_apart():
-    from exsearch.generation.hf import _split_by_length
+def test_rows_are_encoded_in_groups_of_similar_length():
+    from exsearch.generation.hf import _length_groups
 
-    assert _split_by_length([200, 30, 190, 25]) == ([3, 1], [2, 0])
-    assert _split_by_length([200, 190, 180, 170]) == ([], [0, 1, 2, 3])
+    # Padding 30 up to 200 costs more than a second forward pass: two groups, shortest first.
+    assert _length_groups([200, 30, 190, 25], overhead=32) == [[3, 1], [2, 0]]
+    # Lengths this close are not worth another pass.
+    assert _length_groups([200, 190, 180, 170], overhead=64) == [[3, 2, 1, 0]]
+    # Three clusters, three groups; a huge overhead keeps one.
+    lengths = [5, 400, 100, 6, 410, 90]
+    assert _length_groups(lengths, overhead=32) == [[0, 3], [5, 2], [1, 4]]
+    assert _length_groups(lengths, overhead=10_000) == [[0, 3, 5, 2, 1, 4]]
+    assert _length_groups([7]) == [[0]]
 
 
-def test_split_encoding_generates_what_each_prompt_alone_does(loaded):
+def test_grouped_encoding_generates_what_each_prompt_alone_does(loaded):
+    """Rows whose cached and new parts differ in length: each group trims its own padding."""
     model, tok = loaded
-    gen = HFGenerator(model, tok, batch_size=4)
-    first = first_prompts(gen)
+    gen = HFGenerator(model, tok, batch_size=6)
+    questions = [q * (1 + i) for i, q in enumerate(QUESTIONS + QUESTIONS[:2])]
+    first = [gen.chat_prompt([{"role": "user", "content": q}]) for q in questions]
     out = gen.generate(first, max_new_tokens=4, stop=STOPS)
-    long_docs = DOCS + " and the city" * 30
-    turns = [
-        p + c.text + (long_docs if i % 2 else "<|im_end|>\n")
-        for i, (p, c) in enumerate(zip(first, out, strict=True))
-    ]
+    new_parts = ["<|im_end|>\n", DOCS, DOCS + " and the city" * 30]
+    turns = [p + c.text + new_parts[i % 3] for i, (p, c) in enumerate(zip(first, out, strict=True))]
     got = gen.generate(turns, max_new_tokens=6)
+    assert gen.prefix_cache.reused_tokens > 0
     for prompt, c in zip(turns, got, strict=True):
         ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
         ref = model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=None)

@@ -29,6 +29,9 @@ from exsearch.modeling import load_model
 
 # A prefix shared by the rows of a batch is encoded once when at least this long.
 _MIN_SHARED_PREFIX = 16
+# What one more forward pass costs, in tokens encoded (Python and weight reads; on a 2-core CPU a
+# pass over a few rows costs about as much as 20 more tokens would).
+_GROUP_OVERHEAD = 32
 
 
 @dataclass
@@ -85,21 +88,25 @@ def _decode(tokenizer: Any, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-def _split_by_length(lengths: list[int]) -> tuple[list[int], list[int]]:
-    """Rows (short, long) to encode apart, when that saves a third of the padded tokens.
+def _length_groups(lengths: list[int], overhead: int = _GROUP_OVERHEAD) -> list[list[int]]:
+    """Rows to encode together, so that little padding is encoded: groups of similar length.
 
-    Otherwise ([], all rows).
+    Each group is run as one left-padded batch, which costs about its rows times its longest
+    length, plus `overhead` tokens' worth for the extra forward pass. Rows sorted by length are
+    cut into the runs that minimise that total (dynamic programming over the cut points);
+    groups come shortest first, rows in each by length.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    padded = len(lengths) * max(lengths)
-    best, cut = padded, 0
-    for k in range(1, len(order)):
-        cost = k * lengths[order[k - 1]] + (len(order) - k) * lengths[order[-1]]
-        if cost < best:
-            best, cut = cost, k
-    if best > padded * 2 / 3:
-        return [], list(range(len(lengths)))
-    return order[:cut], order[cut:]
+    sizes = [lengths[i] for i in order]
+    # best[j]: the cheapest cost of encoding the j shortest rows; cut[j]: where its last run starts.
+    best, cut = [0] + [0] * len(sizes), [0] * (len(sizes) + 1)
+    for j in range(1, len(sizes) + 1):
+        best[j], cut[j] = min((best[i] + (j - i) * sizes[j - 1] + overhead, i) for i in range(j))
+    groups, j = [], len(sizes)
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
 
 
 class HFGenerator:
@@ -269,27 +276,32 @@ class HFGenerator:
     ) -> tuple[torch.Tensor, Cache]:
         """Run the uncached prompt tokens; return the next-token logits and the full cache.
 
-        The new tokens of a batch are left-padded to the longest. When their lengths differ a
-        lot (passages read in one row, a short answer request in another), the short rows are
-        run apart, so padding is not encoded; the two caches are then put side by side.
+        The new tokens of a batch are left-padded to the longest. Their lengths differ (passages
+        read in one row, a short answer request in another), so rows of similar length are run
+        together (`_length_groups`), and the padding between groups is never encoded; the
+        groups' caches are then put back side by side.
         """
         cache = cache if cache is not None else new_cache()
         past = cache.get_seq_length()
         lengths = mask[:, past:].sum(-1).tolist()
-        short, long_ = _split_by_length(lengths)
-        if not short:
+        groups = _length_groups(lengths)
+        if len(groups) == 1:
             return self._forward_new(fed, mask, cache, past), cache
         n, total = len(lengths), fed.shape[1]
-        logits: torch.Tensor | None = None
+        logits = torch.empty(0)
         layers: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for rows in (short, long_):
+        for rows in groups:
             index = torch.tensor(rows, device=self.device)
-            skip = past + (total - past - max(lengths[r] for r in rows))  # padding all rows share
-            part = new_cache([(k[index], v[index]) for k, v in cache_layers(cache)])
-            cut_fed = torch.cat([fed[index, :past], fed[index, skip:]], 1)
-            cut_mask = torch.cat([mask[index, :past], mask[index, skip:]], 1)
-            out = self._forward_new(cut_fed, cut_mask, part, past)
-            if logits is None:
+            used = mask[index, :past].any(0).nonzero()
+            lead = int(used[0]) if len(used) else past  # cached columns all its rows mask
+            skip = total - max(lengths[r] for r in rows)  # new-token padding all its rows share
+            part = new_cache(
+                [(k[index, :, lead:], v[index, :, lead:]) for k, v in cache_layers(cache)]
+            )
+            cut_fed = torch.cat([fed[index, lead:past], fed[index, skip:]], 1)
+            cut_mask = torch.cat([mask[index, lead:past], mask[index, skip:]], 1)
+            out = self._forward_new(cut_fed, cut_mask, part, past - lead)
+            if not layers:
                 logits = out.new_empty((n, out.shape[1]))
                 layers = [
                     (
@@ -299,9 +311,12 @@ class HFGenerator:
                     for k, v in cache_layers(part)
                 ]
             logits[index] = out
-            for (full_k, full_v), (k, v) in zip(layers, cache_layers(part), strict=True):
-                full_k[index, :, :past], full_k[index, :, skip:] = k[:, :, :past], k[:, :, past:]
-                full_v[index, :, :past], full_v[index, :, skip:] = v[:, :, :past], v[:, :, past:]
+            kept = past - lead
+            for full_layer, group_layer in zip(layers, cache_layers(part), strict=True):
+                for full, held in zip(full_layer, group_layer, strict=True):
+                    # (batch, kv_heads, columns, head_dim): cached columns, then the new tokens
+                    full[index, :, lead:past] = held[:, :, :kept]
+                    full[index, :, skip:] = held[:, :, kept:]
         return logits, new_cache(layers)
 
     def _forward_new(
