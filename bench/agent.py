@@ -14,8 +14,9 @@ leave the batch when done), with the agent settings of params.yaml, against:
     answer, so this ratio stays well below 1 there;
 (b) the same agent run on each question alone (batch 1), on the first `--serial` questions,
     with its prefix cache, and (b') without it;
-and the agent with the prefix cache off (`generation.prefix_cache_tokens: 0`). Also prints the
-peak RSS. Needs the prepared data and index (`dvc repro index`) and a model directory (default:
+and the agent with the prefix cache off (`generation.prefix_cache_tokens: 0`), and with each
+batch's new prompt tokens encoded as one padded batch rather than in groups of similar length
+(`length_groups_speedup`). Also prints the peak RSS. Needs the prepared data and index (`dvc repro index`) and a model directory (default:
 the warmed-up models/iter_0 if present, else models/base).
 """
 
@@ -115,6 +116,9 @@ def main() -> None:
     recorder = Recorder(gen)
     agent = SearchAgent(recorder, load_retriever("data/index"), cfg)
     agent_uncached = SearchAgent(uncached, agent.retriever, cfg)
+    # The same weights encoding each batch's new tokens as one padded batch (no length groups).
+    padded = HFGenerator(gen.model, gen.tokenizer, args.batch, group_overhead=10**9)
+    agent_padded = SearchAgent(padded, agent.retriever, cfg)
     agent.run(questions[:2], progress=False)  # warm-up
     recorder.calls.clear()
     gen.prefix_cache.clear()
@@ -124,6 +128,7 @@ def main() -> None:
     per_traj = max(1, round(tokens / len(questions)))
     reused = gen.prefix_cache.reused_tokens / max(1, gen.prefix_cache.prompt_tokens)
     nc_tokens, nc_seconds, _ = timed_agent(agent_uncached, questions)
+    pad_tokens, pad_seconds, _ = timed_agent(agent_padded, questions)
 
     same_tokens, same_seconds = 0, 0.0
     for texts, limit, stop in recorder.calls:
@@ -155,6 +160,7 @@ def main() -> None:
 
     rate = tokens / seconds
     nc_rate = nc_tokens / nc_seconds
+    pad_rate = pad_tokens / pad_seconds
     same_rate = same_tokens / same_seconds
     first_rate = first_tokens / first_seconds
     serial_rate = serial_tokens / serial_seconds
@@ -170,6 +176,10 @@ def main() -> None:
         f"{100 * reused:.0f}% of prompt tokens taken from the prefix cache"
     )
     print(f"  same, no prefix cache: {nc_tokens} tokens in {nc_seconds:.1f}s = {nc_rate:.1f} tok/s")
+    print(
+        f"  same, new tokens as one padded batch: {pad_tokens} tokens in {pad_seconds:.1f}s "
+        f"= {pad_rate:.1f} tok/s"
+    )
     print(
         f"(a) plain generate, the agent's prompts, limits and stops: {same_tokens} tokens in "
         f"{same_seconds:.1f}s = {same_rate:.1f} tok/s"
@@ -188,6 +198,7 @@ def main() -> None:
     )
     print(f"peak RSS: {peak_mib:.0f} MiB")
     print(f"prefix_cache_speedup: {rate / nc_rate:.2f}")
+    print(f"length_groups_speedup: {rate / pad_rate:.2f}")
     print(f"agent_vs_plain_first_prompts: {rate / first_rate:.2f}")
     print(f"agent_vs_one_at_a_time_no_cache: {rate / naive_rate:.2f}")
     print(f"agent_vs_one_at_a_time: {rate / serial_rate:.2f}")

@@ -44,6 +44,15 @@ class RunningBatch:
         self.positions, self.logits = self.positions[index], self.logits[index]
         self.rows = [self.rows[b] for b in stay]
 
+    def append(self, tokens: torch.Tensor) -> None:
+        """Add each row's chosen token, (batch, 1), as a new unmasked column, one position on.
+
+        The model has not read it yet: the caller runs it and sets `logits`.
+        """
+        self.fed = torch.cat([self.fed, tokens], 1)
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self), 1))], 1)
+        self.positions = self.positions + 1
+
     def join(self, other: RunningBatch) -> RunningBatch:
         """One batch of this one's rows followed by `other`'s."""
         a, b = self._trimmed(), other._trimmed()
