@@ -16,8 +16,9 @@ leave the batch when done), with the agent settings of params.yaml, against:
     with its prefix cache, and (b') without it;
 and the agent with the prefix cache off (`generation.prefix_cache_tokens: 0`), and with each
 batch's new prompt tokens encoded as one padded batch rather than in groups of similar length
-(`length_groups_speedup`). Also prints the peak RSS. Needs the prepared data and index (`dvc repro index`) and a model directory (default:
-the warmed-up models/iter_0 if present, else models/base).
+(`length_groups_speedup`). Also prints the peak RSS. Needs the prepared data and index
+(`dvc repro index`) and a model directory (default: the warmed-up models/iter_0 if present,
+else models/base).
 """
 
 from __future__ import annotations

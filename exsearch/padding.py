@@ -39,3 +39,13 @@ def pad_rows(
         ids[i, cols] = torch.as_tensor(r, dtype=torch.long)
         mask[i, cols] = 1
     return ids, mask
+
+
+def shared_left_padding(mask: torch.Tensor) -> int:
+    """How many leading columns of `mask`, (rows, width), every row masks (width if all do).
+
+    Those columns hold only left padding: a batch can drop them without changing what any row
+    attends to or any position (positions count unmasked tokens only).
+    """
+    used = mask.any(0).nonzero()  # (used columns, 1)
+    return int(used[0]) if len(used) else mask.shape[1]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from exsearch.padding import pad_rows
+from exsearch.padding import pad_rows, shared_left_padding
 
 ROWS = [[5, 6, 7], [8], [9, 10]]
 
@@ -55,3 +55,10 @@ def test_numpy_rows_pad_like_lists():
 def test_an_unknown_side_is_an_error():
     with pytest.raises(ValueError, match="side must be 'left' or 'right'"):
         pad_rows(ROWS, pad_id=0, side="middle")
+
+
+def test_shared_left_padding_counts_the_columns_every_row_masks():
+    _, mask = pad_rows([[5, 6], [7, 8, 9]], pad_id=0, side="left", width=5)
+    assert shared_left_padding(mask) == 2
+    assert shared_left_padding(mask[:1]) == 3
+    assert shared_left_padding(torch.zeros((2, 4), dtype=torch.long)) == 4

@@ -26,6 +26,7 @@ from exsearch.generation.next_token import TokenPicker
 from exsearch.generation.prefix_cache import PrefixCache, cache_layers, new_cache, shared_prefix
 from exsearch.generation.running_batch import RunningBatch
 from exsearch.modeling import load_model
+from exsearch.padding import shared_left_padding
 
 # A prefix shared by the rows of a batch is encoded once when at least this long.
 _MIN_SHARED_PREFIX = 16
@@ -296,8 +297,7 @@ class HFGenerator:
         layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         for rows in groups:
             index = torch.tensor(rows, device=self.device)
-            used = mask[index, :past].any(0).nonzero()
-            lead = int(used[0]) if len(used) else past  # cached columns all its rows mask
+            lead = shared_left_padding(mask[index, :past])  # cached columns all its rows mask
             skip = total - max(lengths[r] for r in rows)  # new-token padding all its rows share
             part = new_cache(
                 [(k[index, :, lead:], v[index, :, lead:]) for k, v in cache_layers(cache)]

@@ -15,6 +15,7 @@ import torch
 from transformers.cache_utils import Cache
 
 from exsearch.generation.prefix_cache import cache_layers, new_cache
+from exsearch.padding import shared_left_padding
 
 
 @dataclass
@@ -75,8 +76,7 @@ class RunningBatch:
 
     def _trimmed(self) -> RunningBatch:
         """The same rows without the leading columns that every row has masked."""
-        used = self.mask.any(0).nonzero()
-        start = int(used[0]) if len(used) else 0
+        start = shared_left_padding(self.mask)
         if start == 0:
             return self
         layers = [(k[:, :, start:], v[:, :, start:]) for k, v in cache_layers(self.cache)]
