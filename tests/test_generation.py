@@ -91,6 +91,29 @@ def test_waiting_prompts_join_as_rows_finish_without_changing_outputs(
     assert joins, "no prompt joined a running batch"
 
 
+def test_room_left_unwritten_in_cache_buffers_is_never_read(loaded, gen, prompts, monkeypatch):
+    """Cache buffers are allocated uninitialised; filling them with NaN changes no output."""
+    from exsearch.generation import hf, prefix_cache, running_batch
+
+    def nan_filled(like, rows, columns, room=prefix_cache.ROOM):
+        return like.new_full((rows, like.shape[-3], columns + room, like.shape[-1]), float("nan"))
+
+    full = gen.generate(prompts, max_new_tokens=24)
+    stops = [clean_span(c.text, 3 + 4 * i, 2) for i, c in enumerate(full[:3])]
+    first = HFGenerator(*loaded, batch_size=1).generate(prompts, max_new_tokens=24, stop=stops)
+    turns = [
+        p + c.text + "<|im_end|>\n<|im_start|>user\nthe river" * (i % 3)
+        for i, (p, c) in enumerate(zip(prompts, first, strict=True))
+    ]
+    reference = HFGenerator(*loaded, batch_size=1).generate(turns, max_new_tokens=24, stop=stops)
+    for module in (hf, prefix_cache, running_batch):
+        monkeypatch.setattr(module, "empty_with_room", nan_filled)
+    nan_gen = HFGenerator(*loaded, batch_size=2)  # rows leave and join; turn 2 reuses turn 1
+    nan_gen.generate(prompts, max_new_tokens=24, stop=stops)
+    same_outputs(reference, nan_gen.generate(turns, max_new_tokens=24, stop=stops))
+    assert nan_gen.prefix_cache.reused_tokens > 0
+
+
 def test_greedy_matches_unbatched_transformers_generate(loaded, gen, prompts):
     model, tok = loaded
     out = gen.generate(prompts, max_new_tokens=8)

@@ -141,8 +141,18 @@ def test_rows_are_encoded_in_groups_of_similar_length():
     assert _length_groups([7]) == [[0]]
 
 
-def test_grouped_encoding_generates_what_each_prompt_alone_does(loaded):
-    """Rows whose cached and new parts differ in length: each group trims its own padding."""
+def test_grouped_encoding_generates_what_each_prompt_alone_does(loaded, monkeypatch):
+    """Rows whose cached and new parts differ in length: each group trims its own padding.
+
+    Cache buffers come filled with NaN, so a padding column left unwritten would show.
+    """
+    from exsearch.generation import hf, prefix_cache, running_batch
+
+    def nan_filled(like, rows, columns, room=prefix_cache.ROOM):
+        return like.new_full((rows, like.shape[-3], columns + room, like.shape[-1]), float("nan"))
+
+    for module in (hf, prefix_cache, running_batch):
+        monkeypatch.setattr(module, "empty_with_room", nan_filled)
     model, tok = loaded
     gen = HFGenerator(model, tok, batch_size=6)
     questions = [q * (1 + i) for i, q in enumerate(QUESTIONS + QUESTIONS[:2])]
@@ -175,3 +185,32 @@ def test_a_growing_cache_holds_what_concatenation_would():
     assert torch.equal(keys, torch.cat([torch.cat(chunks, 2)[[2, 0]], chunks[1][:2]], 2))
     held = new_cache([(k[:1], v[:1]) for k, v in cache_layers(cache)])
     assert torch.equal(cache_layers(held)[0][0], keys[:1])
+
+
+def test_leaving_rows_are_replaced_by_rows_from_the_end_of_the_batch():
+    import torch
+
+    from exsearch.generation.prefix_cache import ROOM, cache_layers, new_cache
+    from exsearch.generation.running_batch import RunningBatch
+
+    keys = torch.randn(5, 2, 3, 4)
+    buf = torch.cat([keys, torch.zeros(5, 2, ROOM, 4)], 2)
+    batch = RunningBatch(
+        rows=[10, 11, 12, 13, 14],
+        fed=torch.arange(15).reshape(5, 3),
+        mask=torch.ones(5, 3, dtype=torch.long),
+        positions=torch.full((5, 1), 2),
+        cache=new_cache([(buf, -buf)], length=3),
+        logits=torch.arange(5.0).unsqueeze(1),
+    )
+    order = batch.keep_only([0, 2, 4])  # rows 1 and 3 leave; row 4 takes the place of row 1
+    assert order == [0, 4, 2] and batch.rows == [10, 14, 12]
+    assert torch.equal(batch.fed[:, 0], torch.tensor([0, 12, 6]))
+    assert torch.equal(batch.logits[:, 0], torch.tensor([0.0, 4.0, 2.0]))
+    held, negated = cache_layers(batch.cache)[0]
+    assert torch.equal(held, keys[[0, 4, 2]]) and torch.equal(negated, -held)
+    # The next token is written into the room of the same buffer: nothing is copied.
+    new = torch.randn(3, 2, 1, 4)
+    appended, _ = batch.cache.update(new, new, 0)
+    assert appended.data_ptr() == buf.data_ptr()
+    assert torch.equal(appended, torch.cat([keys[[0, 4, 2]], new], 2))

@@ -23,7 +23,13 @@ from exsearch.config import GenerationConfig, ModelConfig
 from exsearch.generation.base import Completion
 from exsearch.generation.decoding import check_decoding, cut_at_stop, row_seeds
 from exsearch.generation.next_token import TokenPicker
-from exsearch.generation.prefix_cache import PrefixCache, cache_layers, new_cache, shared_prefix
+from exsearch.generation.prefix_cache import (
+    PrefixCache,
+    cache_layers,
+    empty_with_room,
+    new_cache,
+    shared_prefix,
+)
 from exsearch.generation.running_batch import RunningBatch
 from exsearch.modeling import load_model
 from exsearch.padding import shared_left_padding
@@ -269,8 +275,8 @@ class HFGenerator:
             stay = [b for b in range(len(batch)) if b not in done]
             if not stay:
                 return None
-            chosen = chosen[torch.tensor(stay, device=self.device)]
-            batch.keep_only(stay)
+            order = batch.keep_only(stay)
+            chosen = chosen[torch.tensor(order, device=self.device)]
         new = chosen.unsqueeze(-1)
         batch.append(new)
         batch.logits = self._next_logits(new, batch.mask, batch.positions, batch.cache)
@@ -299,29 +305,33 @@ class HFGenerator:
             index = torch.tensor(rows, device=self.device)
             lead = shared_left_padding(mask[index, :past])  # cached columns all its rows mask
             skip = total - max(lengths[r] for r in rows)  # new-token padding all its rows share
-            part = new_cache(
-                [(k[index, :, lead:], v[index, :, lead:]) for k, v in cache_layers(cache)]
-            )
+            kept = past - lead
+            # The group's cached columns, with exactly the room its new tokens fill.
+            part_layers = []
+            for k, v in cache_layers(cache):
+                k_part, v_part = (empty_with_room(t, len(rows), kept, total - skip) for t in (k, v))
+                k_part[:, :, :kept], v_part[:, :, :kept] = k[index, :, lead:], v[index, :, lead:]
+                part_layers.append((k_part, v_part))
+            part = new_cache(part_layers, kept)
             cut_fed = torch.cat([fed[index, lead:past], fed[index, skip:]], 1)
             cut_mask = torch.cat([mask[index, lead:past], mask[index, skip:]], 1)
-            out = self._forward_new(cut_fed, cut_mask, part, past - lead)
+            out = self._forward_new(cut_fed, cut_mask, part, kept)
             if not layers:
                 logits = out.new_empty((n, out.shape[1]))
                 layers = [
-                    (
-                        k.new_zeros((n, k.shape[1], total, k.shape[3])),
-                        v.new_zeros((n, v.shape[1], total, v.shape[3])),
-                    )
+                    (empty_with_room(k, n, total), empty_with_room(v, n, total))
                     for k, v in cache_layers(part)
                 ]
             logits[index] = out
-            kept = past - lead
             for full_layer, group_layer in zip(layers, cache_layers(part), strict=True):
                 for full, held in zip(full_layer, group_layer, strict=True):
-                    # (batch, kv_heads, columns, head_dim): cached columns, then the new tokens
+                    # (batch, kv_heads, columns, head_dim): cached columns, then the new
+                    # tokens; the padding before each is zeroed
+                    full[index, :, :lead] = 0
                     full[index, :, lead:past] = held[:, :, :kept]
-                    full[index, :, skip:] = held[:, :, kept:]
-        return logits, new_cache(layers)
+                    full[index, :, past:skip] = 0
+                    full[index, :, skip:total] = held[:, :, kept:]
+        return logits, new_cache(layers, total)
 
     def _forward_new(
         self, fed: torch.Tensor, mask: torch.Tensor, cache: Cache, past: int

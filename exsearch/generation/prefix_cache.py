@@ -56,7 +56,25 @@ class GrowingLayer(DynamicLayer):
     transformers' dynamic layer appends by concatenation, copying the whole cache at every
     decoding step; at long contexts on a CPU that copy is a fifth of the step. Here a step
     writes in place, and the buffer is copied only when it is full (it then grows by half).
+    A layer can also take over buffers its caller filled (`holding`): a batch's cache assembled
+    with room for the tokens still to come is then never copied again.
     """
+
+    @classmethod
+    def holding(
+        cls, keys: torch.Tensor, values: torch.Tensor, length: int | None = None
+    ) -> GrowingLayer:
+        """A layer over `keys`/`values` ([batch, heads, capacity, dim]), taken without a copy.
+
+        The first `length` columns (default: all) hold keys/values; appends fill the rest in
+        place, so the caller must not write to the buffers afterwards.
+        """
+        layer = cls()
+        layer.lazy_initialization(keys, values)
+        n = keys.shape[2] if length is None else length
+        layer._keys, layer._values = keys, values
+        layer.keys, layer.values = keys[:, :, :n], values[:, :, :n]
+        return layer
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
@@ -64,15 +82,15 @@ class GrowingLayer(DynamicLayer):
         """Append new keys/values ([batch, heads, new, dim]); return all of them (views)."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        n, add = self.get_seq_length(), key_states.shape[-2]
+        n, add, rows = self.get_seq_length(), key_states.shape[-2], key_states.shape[0]
         buf = getattr(self, "_keys", None)
         if buf is None or n + add > buf.shape[-2]:
-            room = n + add + max(_MIN_ROOM, (n + add) // 2)
+            room = n + add + max(ROOM, (n + add) // 2)
             self._keys = _grown(self.keys, key_states, room)
             self._values = _grown(self.values, value_states, room)
-        self._keys[:, :, n : n + add] = key_states
-        self._values[:, :, n : n + add] = value_states
-        self.keys, self.values = self._keys[:, :, : n + add], self._values[:, :, : n + add]
+        self._keys[:rows, :, n : n + add] = key_states
+        self._values[:rows, :, n : n + add] = value_states
+        self.keys, self.values = self._keys[:rows, :, : n + add], self._values[:rows, :, : n + add]
         return self.keys, self.values
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
@@ -82,8 +100,23 @@ class GrowingLayer(DynamicLayer):
             self._keys, self._values = self._keys[indices], self._values[indices]
             self.keys, self.values = self._keys[:, :, :n], self._values[:, :, :n]
 
+    def move_rows(self, moves: Sequence[tuple[int, int]], rows: int) -> None:
+        """Copy row `src` over row `dst` for each (src, dst) in `moves`; keep the first `rows`.
 
-_MIN_ROOM = 128
+        Rows leaving a batch are overwritten by rows from its end, so only the moved rows are
+        copied, where `batch_select_indices` copies the whole cache.
+        """
+        n = self.get_seq_length()
+        if moves:
+            src = torch.tensor([s for s, _ in moves], device=self._keys.device)
+            dst = torch.tensor([d for _, d in moves], device=self._keys.device)
+            self._keys[dst, :, :n] = self._keys[src, :, :n]
+            self._values[dst, :, :n] = self._values[src, :, :n]
+        self.keys, self.values = self._keys[:rows, :, :n], self._values[:rows, :, :n]
+
+
+# Columns of room a cache is given beyond what it holds: a decoding turn's worth.
+ROOM = 128
 
 
 def _grown(old: torch.Tensor, new: torch.Tensor, room: int) -> torch.Tensor:
@@ -93,16 +126,27 @@ def _grown(old: torch.Tensor, new: torch.Tensor, room: int) -> torch.Tensor:
     return buf
 
 
-def new_cache(layers: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> Cache:
-    """A cache of `GrowingLayer`s, holding `layers` ((keys, values) per layer) if given."""
+def empty_with_room(like: torch.Tensor, rows: int, columns: int, room: int = ROOM) -> torch.Tensor:
+    """An uninitialised [rows, heads, columns + room, dim] buffer for keys (or values) like `like`.
+
+    The caller writes every one of the first `columns` columns, zeros for masked padding (it
+    must hold finite values: attention multiplies it by a zero weight); the room is written
+    by appends before anything reads it.
+    """
+    return like.new_empty((rows, like.shape[-3], columns + room, like.shape[-1]))
+
+
+def new_cache(
+    layers: Sequence[tuple[torch.Tensor, torch.Tensor]] = (), length: int | None = None
+) -> Cache:
+    """A cache of `GrowingLayer`s over `layers` ((keys, values) per layer), taken without a copy.
+
+    The first `length` columns (default: all) hold keys/values; the rest is room. With no
+    layers, each is created by the first update.
+    """
     if not layers:
         return Cache(layer_class_to_replicate=GrowingLayer)
-    held = []
-    for keys, values in layers:
-        layer = GrowingLayer()
-        layer.update(keys, values)
-        held.append(layer)
-    return Cache(layers=held)
+    return Cache(layers=[GrowingLayer.holding(k, v, length) for k, v in layers])
 
 
 def cache_layers(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -185,19 +229,23 @@ class PrefixCache:
             [r[n:] for r, n in zip(rows, reuse, strict=True)], pad_id, "left"
         )
         template = next(e for e, n in matches if n).layers
+        # Room for the new tokens and a decoding turn: the batch's cache is not copied again.
+        room = new_ids.shape[1] + ROOM
         layers = []
         for layer, (k_like, v_like) in enumerate(template):
-            keys = k_like.new_zeros((len(rows), k_like.shape[0], width, k_like.shape[2]))
-            values = v_like.new_zeros((len(rows), v_like.shape[0], width, v_like.shape[2]))
+            keys = empty_with_room(k_like, len(rows), width, room)
+            values = empty_with_room(v_like, len(rows), width, room)
             for i, (e, n) in enumerate(matches):
+                keys[i, :, : width - n].zero_()
+                values[i, :, : width - n].zero_()
                 if n:
-                    keys[i, :, width - n :] = e.layers[layer][0][:, :n]
-                    values[i, :, width - n :] = e.layers[layer][1][:, :n]
+                    keys[i, :, width - n : width] = e.layers[layer][0][:, :n]
+                    values[i, :, width - n : width] = e.layers[layer][1][:, :n]
             layers.append((keys, values))
         return BatchInputs(
             torch.cat([cached_ids, new_ids], 1).to(device),
             torch.cat([cached_mask, new_mask], 1).to(device),
-            new_cache(layers),
+            new_cache(layers, width),
         )
 
     def keep(
@@ -223,7 +271,7 @@ class PrefixCache:
                 continue
             entry = _Entry(
                 sequences[i, pos].cpu().numpy(),
-                [(k[i][:, pos].clone(), v[i][:, pos].clone()) for k, v in layers],
+                [(k[i][:, pos], v[i][:, pos]) for k, v in layers],  # indexing copies
             )
             self._entries = [e for e in self._entries if not _is_prefix(e.tokens, entry.tokens)]
             self._entries.append(entry)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache
 
-from exsearch.generation.prefix_cache import cache_layers, new_cache
+from exsearch.generation.prefix_cache import cache_layers, empty_with_room, new_cache
 from exsearch.padding import shared_left_padding
 
 
@@ -37,13 +37,28 @@ class RunningBatch:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def keep_only(self, stay: list[int]) -> None:
-        """Keep batch positions `stay` (in that order); the others leave."""
-        index = torch.tensor(stay, device=self.fed.device)
-        self.cache.batch_select_indices(index)
+    def keep_only(self, stay: list[int]) -> list[int]:
+        """Keep the rows at batch positions `stay`; the others leave. Returns the new order.
+
+        Each leaving row's place is taken by a staying row from the end of the batch, so the
+        cache copies only the rows that move. Position b of the new batch holds what position
+        `order[b]` held (the returned `order`).
+        """
+        kept = set(stay)
+        size = len(stay)
+        holes = [b for b in range(size) if b not in kept]
+        movers = [b for b in stay if b >= size]
+        moves = list(zip(movers, holes, strict=True))
+        order = list(range(size))
+        for src, dst in moves:
+            order[dst] = src
+        for layer in self.cache.layers:
+            layer.move_rows(moves, size)
+        index = torch.tensor(order, device=self.fed.device)
         self.fed, self.mask = self.fed[index], self.mask[index]
         self.positions, self.logits = self.positions[index], self.logits[index]
-        self.rows = [self.rows[b] for b in stay]
+        self.rows = [self.rows[b] for b in order]
+        return order
 
     def append(self, tokens: torch.Tensor) -> None:
         """Add each row's chosen token, (batch, 1), as a new unmasked column, one position on.
@@ -55,14 +70,11 @@ class RunningBatch:
         self.positions = self.positions + 1
 
     def join(self, other: RunningBatch) -> RunningBatch:
-        """One batch of this one's rows followed by `other`'s."""
+        """One batch of this one's rows followed by `other`'s (their caches copied once)."""
         a, b = self._trimmed(), other._trimmed()
         width = max(a.fed.shape[1], b.fed.shape[1])
         layers = [
-            (
-                torch.cat([_pad_left(ka, width), _pad_left(kb, width)]),
-                torch.cat([_pad_left(va, width), _pad_left(vb, width)]),
-            )
+            (_stacked([ka, kb], width), _stacked([va, vb], width))
             for (ka, va), (kb, vb) in zip(cache_layers(a.cache), cache_layers(b.cache), strict=True)
         ]
         return RunningBatch(
@@ -70,12 +82,12 @@ class RunningBatch:
             torch.cat([_pad_left(a.fed, width), _pad_left(b.fed, width)]),
             torch.cat([_pad_left(a.mask, width), _pad_left(b.mask, width)]),
             torch.cat([a.positions, b.positions]),
-            new_cache(layers),
+            new_cache(layers, width),
             torch.cat([a.logits, b.logits]),
         )
 
     def _trimmed(self) -> RunningBatch:
-        """The same rows without the leading columns that every row has masked."""
+        """The same rows without the leading columns that every row has masked (views)."""
         start = shared_left_padding(self.mask)
         if start == 0:
             return self
@@ -88,6 +100,21 @@ class RunningBatch:
             new_cache(layers),
             self.logits,
         )
+
+
+def _stacked(parts: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Keys (or values) of `parts` one after the other by row, in one buffer.
+
+    Each part is right-aligned to `width` columns (left padding), and the buffer has room for
+    the tokens still to be decoded.
+    """
+    buf = empty_with_room(parts[0], sum(p.shape[0] for p in parts), width)
+    start = 0
+    for p in parts:
+        buf[start : start + p.shape[0], :, : width - p.shape[2]].zero_()
+        buf[start : start + p.shape[0], :, width - p.shape[2] : width] = p
+        start += p.shape[0]
+    return buf
 
 
 def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
