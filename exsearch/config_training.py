@@ -109,6 +109,13 @@ class TrainConfig(Section):
     )
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     max_length: int = Field(default=1024, ge=64)
+    min_weight: float = Field(
+        default=0.0,
+        ge=0,
+        description="Trajectories weighted below this are not trained on: each costs a full "
+        "forward and backward pass for a negligible share of the loss (in the weighting "
+        "scheme's units).",
+    )
     bf16: bool = False
     padding_free: bool = Field(
         default=False,

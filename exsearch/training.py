@@ -51,6 +51,7 @@ class TrainResult:
     loss_history: list[dict[str, float]] = field(default_factory=list)
     n_examples: int = 0
     n_zero_weight_dropped: int = 0
+    n_light_dropped: int = 0  # weight above 0 but below `train.min_weight`
     n_truncated: int = 0
     n_too_long: int = 0
     n_tokens_trained: int = 0
@@ -63,6 +64,7 @@ def run_stats(result: TrainResult) -> dict[str, Any]:
     return {
         "examples": result.n_examples,
         "zero_weight_dropped": result.n_zero_weight_dropped,
+        "light_dropped": result.n_light_dropped,
         "truncated": result.n_truncated,
         "too_long": result.n_too_long,
         "tokens_trained": result.n_tokens_trained,
@@ -74,12 +76,19 @@ def run_stats(result: TrainResult) -> dict[str, Any]:
 
 
 def encode_examples(
-    tokenizer: Any, examples: Sequence[dict[str, Any]], max_length: int, *, progress: bool = True
+    tokenizer: Any,
+    examples: Sequence[dict[str, Any]],
+    max_length: int,
+    *,
+    min_weight: float = 0.0,
+    progress: bool = True,
 ) -> tuple[list[dict[str, Any]], TrainResult]:
-    """Encode `{messages, weight}` examples; drop weight-0 ones and ones too long to fit.
+    """Encode `{messages, weight}` examples; drop light ones and ones too long to fit.
 
     Weight-0 examples add no gradient, so dropping them only saves compute (and changes nothing
-    but how batches are formed). Returns the encoded examples and the counts so far.
+    but how batches are formed). Examples below `min_weight` add almost none: each costs a
+    full forward and backward pass for a negligible share of the loss. Returns the encoded
+    examples and the counts so far.
     """
     counts = TrainResult()
     encoded = []
@@ -91,6 +100,9 @@ def encode_examples(
             raise ValueError(f"example {n}: weight must be finite and >= 0, got {ex['weight']!r}")
         if w == 0:
             counts.n_zero_weight_dropped += 1
+            continue
+        if w < min_weight:
+            counts.n_light_dropped += 1
             continue
         try:
             enc, trimmed = fit_conversation(
@@ -183,7 +195,9 @@ def train_weighted(
     """
     start = time.monotonic()
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(model_dir))
-    data, result = encode_examples(tokenizer, examples, cfg.max_length, progress=progress)
+    data, result = encode_examples(
+        tokenizer, examples, cfg.max_length, min_weight=cfg.min_weight, progress=progress
+    )
     _check_encoded(result, len(examples), cfg.max_length)
     set_seed(cfg.seed)
     model = _model_to_train(model_dir, cfg)
@@ -206,12 +220,15 @@ def _check_encoded(result: TrainResult, n_given: int, max_length: int) -> None:
     if not result.n_examples:
         raise ValueError(
             f"no example to train on: {n_given} given, {result.n_zero_weight_dropped} with "
-            f"weight 0, {result.n_too_long} longer than max_length={max_length}"
+            f"weight 0, {result.n_light_dropped} below train.min_weight, "
+            f"{result.n_too_long} longer than max_length={max_length}"
         )
     log.info(
-        "training on %d examples (%d weight-0 dropped, %d trimmed, %d too long), %d trained tokens",
+        "training on %d examples (%d weight-0 and %d below min_weight dropped, %d trimmed, "
+        "%d too long), %d trained tokens",
         result.n_examples,
         result.n_zero_weight_dropped,
+        result.n_light_dropped,
         result.n_truncated,
         result.n_too_long,
         result.n_tokens_trained,

@@ -129,3 +129,15 @@ def test_run_stats_summarise_the_run_with_its_final_loss():
     assert (stats["examples"], stats["tokens_trained"], stats["steps"]) == (3, 40, 2)
     assert (stats["seconds"], stats["final_loss"], stats["loss_history"]) == (12.3, 1.75, history)
     assert run_stats(TrainResult())["final_loss"] is None
+
+
+def test_examples_weighted_below_min_weight_are_not_trained_on(tiny_model_dir):
+    from exsearch.training import encode_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    given = [{"messages": chat(), "weight": w} for w in (0.0, 0.01, 0.049, 0.05, 2.0)]
+    data, counts = encode_examples(tokenizer, given, 1024, min_weight=0.05, progress=False)
+    assert [d["weight"] for d in data] == [0.05, 2.0]
+    assert (counts.n_zero_weight_dropped, counts.n_light_dropped) == (1, 2)
+    data, counts = encode_examples(tokenizer, given, 1024, progress=False)
+    assert len(data) == 4 and counts.n_light_dropped == 0
