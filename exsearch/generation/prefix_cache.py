@@ -100,16 +100,14 @@ class GrowingLayer(DynamicLayer):
             self._keys, self._values = self._keys[indices], self._values[indices]
             self.keys, self.values = self._keys[:, :, :n], self._values[:, :, :n]
 
-    def move_rows(self, moves: Sequence[tuple[int, int]], rows: int) -> None:
-        """Copy row `src` over row `dst` for each (src, dst) in `moves`; keep the first `rows`.
+    def move_rows(self, src: torch.Tensor, dst: torch.Tensor, rows: int) -> None:
+        """Copy rows `src` over rows `dst` (index tensors); then keep the first `rows` rows.
 
         Rows leaving a batch are overwritten by rows from its end, so only the moved rows are
         copied, where `batch_select_indices` copies the whole cache.
         """
         n = self.get_seq_length()
-        if moves:
-            src = torch.tensor([s for s, _ in moves], device=self._keys.device)
-            dst = torch.tensor([d for _, d in moves], device=self._keys.device)
+        if len(src):
             self._keys[dst, :, :n] = self._keys[src, :, :n]
             self._values[dst, :, :n] = self._values[src, :, :n]
         self.keys, self.values = self._keys[:rows, :, :n], self._values[:rows, :, :n]

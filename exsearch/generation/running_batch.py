@@ -48,13 +48,14 @@ class RunningBatch:
         size = len(stay)
         holes = [b for b in range(size) if b not in kept]
         movers = [b for b in stay if b >= size]
-        moves = list(zip(movers, holes, strict=True))
         order = list(range(size))
-        for src, dst in moves:
+        for src, dst in zip(movers, holes, strict=True):
             order[dst] = src
-        for layer in self.cache.layers:
-            layer.move_rows(moves, size)
-        index = torch.tensor(order, device=self.fed.device)
+        device = self.fed.device
+        src, dst = torch.tensor(movers, device=device), torch.tensor(holes, device=device)
+        for layer in self.cache.layers:  # the index tensors are built once, not per layer
+            layer.move_rows(src, dst, size)
+        index = torch.tensor(order, device=device)
         self.fed, self.mask = self.fed[index], self.mask[index]
         self.positions, self.logits = self.positions[index], self.logits[index]
         self.rows = [self.rows[b] for b in order]
