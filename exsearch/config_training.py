@@ -71,7 +71,6 @@ class WeighConfig(Section):
     scheme: Literal["softmax", "exp", "uniform", "f1", "filter"] = "softmax"
     tau: float = Field(default=1.0, gt=0, description="Softmax temperature.")
     c: float = Field(default=4.0, gt=0, description="Scale of the `exp` scheme.")
-    batch_size: int = Field(default=8, ge=1)
 
 
 # transformers.SchedulerType's values (tests/test_config.py checks the two lists agree); spelled

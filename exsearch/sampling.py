@@ -8,11 +8,13 @@ is used up (after len(pool) // per_iteration iterations) a new pass starts over 
 and questions repeat.
 
 Questions are cut into fixed shards; each shard is sampled with its own seed (base seed + shard
-number) and written atomically, so a crash keeps the finished shards and a rerun samples only the
-missing ones, producing the same trajectories as an uninterrupted run. The generator is reset
-before each shard (`Generator.reset`): a shard must not reuse keys/values that an earlier shard
-left in the prefix cache, or, in bfloat16, a resumed run (whose cache starts empty) would
-sample slightly different trajectories than an uninterrupted one.
+number), its trajectories are scored for the E-step (`Trajectory.gold_score`, by the model that
+sampled them, reusing their keys/values), and it is written atomically, so a crash keeps the
+finished shards and a rerun samples only the missing ones, producing the same trajectories as
+an uninterrupted run. The generator is reset before each shard (`Generator.reset`): a shard must
+not reuse keys/values that an earlier shard left in the prefix cache, or, in bfloat16, a resumed
+run (whose cache starts empty) would sample slightly different trajectories than an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import random
 from collections import Counter
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import fmean
 
@@ -173,6 +175,9 @@ def sample_in_shards(
                 samples=k,
                 decoding=Decoding(temperature=temperature, top_p=top_p, seed=shard_seed(seed, s)),
             )
+            # Scored now, while the model and the trajectories' keys/values are at hand.
+            scores = agent.gen.gold_answer_scores(recs, progress=False)
+            recs = [replace(r, gold_score=x) for r, x in zip(recs, scores, strict=True)]
             write_trajectories(path, recs)
         records.extend(read_trajectories(path))
     return records

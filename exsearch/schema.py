@@ -115,6 +115,9 @@ class Trajectory:
     finish_reason: str | None = None  # final, max_steps, malformed or length
     tokens: TokenCounts | None = None
     logprob: float | None = None  # summed over the generated tokens; None if a turn had none
+    # The E-step's score (weighting.py): mean log-prob of the gold answer's tokens after this
+    # chat, under the model that sampled it; set where it was sampled, None elsewhere.
+    gold_score: float | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -149,6 +152,8 @@ class Trajectory:
         }
         if self.decoded:
             d |= {"tokens": self.tokens.to_dict(), "logprob": self.logprob}
+        if self.gold_score is not None:
+            d["gold_score"] = self.gold_score
         return d
 
     @classmethod
@@ -187,4 +192,5 @@ class Trajectory:
             finish_reason=d.get("finish_reason"),
             tokens=None if tokens is None else TokenCounts.from_dict(tokens),
             logprob=d.get("logprob"),
+            gold_score=d.get("gold_score"),
         )

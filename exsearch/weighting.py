@@ -23,77 +23,22 @@ verbose answers that merely contain the gold string and teach the model to hedge
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 
 from exsearch.metrics import exact_match, f1_score
-from exsearch.padding import pad_rows
-from exsearch.prompts import gold_answer_tokens, trajectory_id
+from exsearch.prompts import trajectory_id
 from exsearch.schema import Trajectory
 
 log = logging.getLogger(__name__)
 
 Scheme = Literal["softmax", "exp", "uniform", "f1", "filter"]
 SCHEMES: tuple[str, ...] = ("softmax", "exp", "uniform", "f1", "filter")
-
-
-def _accepts_logits_to_keep(model: Any) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-@torch.inference_mode()
-def gold_answer_scores(
-    model: Any,
-    tokenizer: Any,
-    trajectories: Sequence[Trajectory],
-    batch_size: int = 8,
-    *,
-    progress: bool = True,
-) -> list[float]:
-    """Length-normalised log-likelihood of each trajectory's gold answer (`answers[0]`).
-
-    Batched, right-padded forward passes (sorted by length to waste little padding); logits are
-    computed only at the positions that predict answer tokens when the model supports
-    `logits_to_keep`. A trajectory whose gold answer is empty scores NaN (weight 0 downstream).
-    Returns one float per trajectory, in input order.
-    """
-    encoded = [gold_answer_tokens(tokenizer, t) for t in trajectories]
-    for traj, (_, pos) in zip(trajectories, encoded, strict=True):
-        if not pos:
-            log.warning("trajectory %s has an empty gold answer; score is NaN", trajectory_id(traj))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = next(model.parameters()).device
-    sliced = _accepts_logits_to_keep(model)
-    scores = [math.nan] * len(encoded)
-    order = sorted(
-        (i for i, (_, pos) in enumerate(encoded) if pos), key=lambda i: -len(encoded[i][0])
-    )
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc="scoring gold answers", disable=not progress):
-        ids, mask = pad_rows([encoded[i][0] for i in batch], pad_id, "right")  # (batch, width)
-        # The logit at position p predicts the token at p + 1.
-        wanted = sorted({p - 1 for i in batch for p in encoded[i][1]})
-        kwargs = {"logits_to_keep": torch.tensor(wanted, device=device)} if sliced else {}
-        logits = model(
-            input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **kwargs
-        ).logits
-        column = {p: c for c, p in enumerate(wanted)} if sliced else {p: p for p in wanted}
-        for row, i in enumerate(batch):
-            seq, pos = encoded[i]
-            cols = torch.tensor([column[p - 1] for p in pos], device=device)
-            logp = torch.log_softmax(logits[row, cols].float(), dim=-1)
-            targets = torch.tensor([seq[p] for p in pos], device=device)
-            scores[i] = logp.gather(1, targets[:, None]).mean().item()
-    return scores
 
 
 def score_table(trajectories: Sequence[Trajectory], scores: Sequence[float]) -> pd.DataFrame:

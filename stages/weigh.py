@@ -1,13 +1,15 @@
-"""E-step weighting: score each sampled trajectory by the gold answer's likelihood, then weigh.
+"""E-step weighting: weigh each sampled trajectory by the gold answer's likelihood after it.
 
     python -m stages.weigh --iteration iter_1 [--prev iter_0 | --model models/iter_0]
         [--trajectories runs/iter_1/trajectories.jsonl] [--out runs/iter_1/weights.parquet]
         [--stats runs/iter_1/weight_stats.json]
 
-Reads the iteration's sampled trajectories and the model that sampled them (models/<prev>,
-`prev` from params.yaml em.iters by default); writes the weights (qid, sample, score,
-prediction, gold, f1, correct, weight, scheme) and their stats (mean per-question entropy,
-effective sample size, …). The scheme and its temperature come from the `weigh` params.
+Reads the iteration's sampled trajectories, which the sample stage scored with the model that
+sampled them (`gold_score`); trajectories without a score (written by another tool) are scored
+here with that model (models/<prev>, `prev` from params.yaml em.iters by default). Writes the
+weights (qid, sample, score, prediction, gold, f1, correct, weight, scheme) and their stats (mean
+per-question entropy, effective sample size, …). The scheme and its temperature come from the
+`weigh` params.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ import time
 from functools import partial
 
 from exsearch import files
-from exsearch.generation.openai import OpenAIGenerator
-from exsearch.modeling import load_model
+from exsearch.generation import make_generator
 from exsearch.trajectories import read_trajectories
-from exsearch.weighting import compute_weights, gold_answer_scores, score_table, weight_stats
+from exsearch.weighting import compute_weights, score_table, weight_stats
 from stages import _common
 from stages.tracking import stage_run
 
@@ -59,12 +60,12 @@ def main(argv: list[str] | None = None) -> None:
         if not trajectories:
             _common.fail(f"{trajectories_file} holds no trajectory")
         model_dir = _common.model_dir(args.model, params, args.iteration, args.prev)
-        if params.generation.backend == "openai":
-            with OpenAIGenerator.from_config(model_dir, params.generation) as server:
-                scores = server.gold_answer_scores(trajectories)
+        if all(t.gold_score is not None for t in trajectories):
+            scores = [t.gold_score for t in trajectories]
         else:
-            model, tokenizer = load_model(model_dir, params.model.dtype, params.model.device)
-            scores = gold_answer_scores(model, tokenizer, trajectories, cfg.batch_size)
+            log.info("scoring %d trajectories with %s", len(trajectories), model_dir)
+            generator = make_generator(model_dir, params.model, params.generation)
+            scores = generator.gold_answer_scores(trajectories)
         table = compute_weights(score_table(trajectories, scores), cfg.scheme, tau=cfg.tau, c=cfg.c)
         stats = {
             "scheme": cfg.scheme,

@@ -158,8 +158,8 @@ def test_gold_answers_are_scored_from_echoed_prompt_logprobs_like_the_local_mode
     import torch
     from transformers import AutoModelForCausalLM
 
+    from exsearch.generation.hf import HFGenerator
     from exsearch.schema import Trajectory
-    from exsearch.weighting import gold_answer_scores
 
     trajectories = [
         Trajectory(
@@ -180,7 +180,7 @@ def test_gold_answers_are_scored_from_echoed_prompt_logprobs_like_the_local_mode
     model = AutoModelForCausalLM.from_pretrained(
         GGUF.parent, gguf_file=GGUF.name, dtype=torch.float32
     ).eval()
-    local = gold_answer_scores(model, tokenizer, trajectories, progress=False)
+    local = HFGenerator(model, tokenizer).gold_answer_scores(trajectories, progress=False)
     assert all(math.isfinite(s) and s < 0 for s in served)
     # Same weights; llama.cpp rounds activations to 8 bits in its matrix products.
     assert served == pytest.approx(local, abs=0.25)

@@ -23,7 +23,6 @@ from exsearch.generation.openai import OpenAIGenerator
 from exsearch.modeling import load_model
 from exsearch.retrieval import BM25Retriever
 from exsearch.schema import Passage, Question, Trajectory
-from exsearch.weighting import gold_answer_scores
 
 QUESTIONS = [
     "Which film starring Shirley Temple was released in 1945?",
@@ -170,10 +169,11 @@ def chat(gold: str, n_passages: int) -> Trajectory:
 
 
 @pytest.mark.parametrize("token_strings", ["decoded", "raw"])
-def test_gold_answer_scores_match_the_weighting_stage(hf, server, client, token_strings):
+def test_gold_answer_scores_match_the_hf_backend(hf, server, client, token_strings):
     server.token_strings = token_strings  # raw BPE symbols do not spell the text: align by count
     trajs = [chat("John Smith", 1), chat("the river 1820", 3), chat(" ", 2)]
-    expected = gold_answer_scores(hf.model, hf.tokenizer, trajs, progress=False)
+    hf.reset()  # nothing cached: every token of each chat goes through the model
+    expected = hf.gold_answer_scores(trajs, progress=False)
     got = client.gold_answer_scores(trajs, progress=False)
     assert got[:2] == pytest.approx(expected[:2], abs=1e-4)
     assert math.isnan(got[2]) and math.isnan(expected[2])
@@ -271,3 +271,32 @@ def test_weigh_stage_scores_through_the_server_like_in_process(
         scores[backend] = pd.read_parquet(tmp_path / "runs" / "iter_1" / "weights.parquet")["score"]
     assert server.requests == 2
     assert scores["openai"].tolist() == pytest.approx(scores["hf"].tolist(), abs=1e-4)
+
+
+def test_weigh_stage_takes_the_scores_sampling_wrote_without_loading_a_model(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    import pandas as pd
+    import yaml
+
+    from exsearch.trajectories import write_trajectories
+    from stages import weigh
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("scored trajectories need no model")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(weigh, "make_generator", no_model)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "iter_0").symlink_to(tiny_model_dir)
+    trajs = [
+        replace(chat("John Smith", n), sample=n, prediction="Paris", gold_score=s)
+        for n, s in ((1, -0.5), (2, -2.0))
+    ]
+    write_trajectories(tmp_path / "runs" / "iter_1" / "trajectories.jsonl", trajs)
+    params = {"prepare": {"train": [], "dev": []}, "weigh": {"scheme": "exp"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    weigh.main(["--iteration", "iter_1", "--prev", "iter_0"])
+    table = pd.read_parquet(tmp_path / "runs" / "iter_1" / "weights.parquet")
+    assert table["score"].tolist() == [-0.5, -2.0]
+    assert table["weight"].tolist() == pytest.approx([4 * math.exp(-0.5), 4 * math.exp(-2.0)])

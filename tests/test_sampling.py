@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from exsearch.agent import Decoding, SearchAgent
@@ -124,7 +126,17 @@ def test_a_shard_sampled_after_others_equals_that_shard_sampled_alone(agent_part
         samples=2,
         decoding=Decoding(temperature=1.0, top_p=0.95, seed=shard_seed(3, 1)),
     )
-    assert alone == everything[4:8]
+    scores = gen.gold_answer_scores(alone, progress=False)  # as the shard is scored
+    assert [replace(t, gold_score=x) for t, x in zip(alone, scores, strict=True)] == everything[4:8]
+
+
+def test_every_sampled_trajectory_carries_its_gold_answer_score(agent_parts, tmp_path):
+    gen, retriever, cfg = agent_parts
+    sampled = sample(SearchAgent(new_process(gen), retriever, cfg), tmp_path / "s")
+    fresh = new_process(gen).gold_answer_scores(sampled, progress=False)
+    # bfloat16: keys/values reused from decoding differ in their last bits from fresh ones.
+    assert [t.gold_score for t in sampled] == pytest.approx(fresh, abs=0.15)
+    assert all(t.gold_score < 0 for t in sampled)
 
 
 def test_each_shard_has_its_own_fixed_seed():

@@ -7,15 +7,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from exsearch import prompts as P
+from exsearch.generation.hf import HFGenerator
 from exsearch.prompts import gold_answer_tokens, with_gold_answer
 from exsearch.schema import Trajectory
-from exsearch.weighting import (
-    SCHEMES,
-    compute_weights,
-    gold_answer_scores,
-    score_table,
-    weight_stats,
-)
+from exsearch.weighting import SCHEMES, compute_weights, score_table, weight_stats
 
 
 @pytest.fixture(scope="module")
@@ -89,23 +84,67 @@ def manual_score(model, tok, traj):
     return float(np.mean([logp[n + j - 1, t].item() for j, t in enumerate(gold_ids)]))
 
 
+def scorer(model, tok, batch_size=2):
+    """A generator with nothing cached: every token of each chat goes through the model."""
+    return HFGenerator(model, tok, batch_size=batch_size)
+
+
 @pytest.mark.parametrize("sliced", [True, False], ids=["logits_to_keep", "full_logits"])
-def test_gold_answer_scores_match_a_manual_log_likelihood(model, tok, sliced, monkeypatch):
-    monkeypatch.setattr("exsearch.weighting._accepts_logits_to_keep", lambda m: sliced)
+def test_gold_answer_scores_match_a_manual_log_likelihood(model, tok, sliced):
     trajs = [
         trajectory("q1", 0, gold="John Smith", n_passages=1),
         trajectory("q1", 1, gold="John Smith", n_passages=4),
         trajectory("q2", 0, gold="the river 1820", n_passages=2),
     ]
-    scores = gold_answer_scores(model, tok, trajs, batch_size=2, progress=False)
+    gen = scorer(model, tok)
+    gen._keeps_logits = sliced
+    scores = gen.gold_answer_scores(trajs, progress=False)
     expected = [manual_score(model, tok, t) for t in trajs]
     assert scores == pytest.approx(expected, abs=1e-4)
     assert len(set(np.round(scores, 6))) == 3
 
 
+class CountingModel(torch.nn.Module):
+    """Wraps a model and counts the tokens each forward pass is given."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.fed = model, []
+        self.generation_config = model.generation_config
+        self.forward = self._forward  # so HFGenerator sees the wrapped model's arguments
+
+    def _forward(self, **kwargs):
+        self.fed.append(kwargs["input_ids"].numel())
+        return self.model(**kwargs)
+
+
+def test_scores_after_sampling_reuse_the_chats_keys_values_and_equal_fresh_scores(model, tok):
+    trajs = [
+        trajectory("q1", 0, gold="John Smith", n_passages=3),
+        trajectory("q2", 0, gold="the river 1820", n_passages=1),
+    ]
+    fresh = scorer(model, tok).gold_answer_scores(trajs, progress=False)
+    counting = CountingModel(model)
+    gen = HFGenerator(counting, tok, batch_size=2)
+    gen._keeps_logits, gen._cache_arg = True, scorer(model, tok)._cache_arg
+    # What sampling leaves in the prefix cache: each chat up to its answer, as the agent sent it.
+    gen.generate(
+        [
+            tok.apply_chat_template(t.messages[:-1], tokenize=False, add_generation_prompt=True)
+            for t in trajs
+        ],
+        max_new_tokens=1,
+    )
+    counting.fed.clear()
+    cached = gen.gold_answer_scores(trajs, progress=False)
+    assert cached == pytest.approx(fresh, abs=1e-4)
+    whole = sum(len(gold_answer_tokens(tok, t)[0]) for t in trajs)
+    assert sum(counting.fed) < whole / 5  # only the answer turns went through the model
+
+
 def test_empty_gold_answer_scores_nan_and_gets_no_weight(model, tok):
-    scores = gold_answer_scores(
-        model, tok, [trajectory(gold=" "), trajectory(sample=1)], batch_size=4, progress=False
+    scores = scorer(model, tok, 4).gold_answer_scores(
+        [trajectory(gold=" "), trajectory(sample=1)], progress=False
     )
     assert math.isnan(scores[0]) and not math.isnan(scores[1])
     df = pd.DataFrame({"qid": ["q1", "q1"], "sample": [0, 1], "score": scores})

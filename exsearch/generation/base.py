@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from exsearch.schema import Trajectory
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class Completion:
 
 @runtime_checkable
 class Generator(Protocol):
-    """What the agent needs from a backend."""
+    """What the agent (and the E-step's scoring of its trajectories) needs from a backend."""
 
     def generate(
         self,
@@ -56,6 +59,15 @@ class Generator(Protocol):
 
     def chat_prompt(self, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
         """Render chat messages with the model's chat template."""
+        ...
+
+    def gold_answer_scores(
+        self, trajectories: Sequence[Trajectory], *, progress: bool = True
+    ) -> list[float]:
+        """The E-step's score of each trajectory: its gold answer's mean token log-prob.
+
+        NaN for an empty gold answer; one float per trajectory, in order.
+        """
         ...
 
     def reset(self) -> None:

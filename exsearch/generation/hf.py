@@ -10,6 +10,8 @@ Prompts extending a sequence of an earlier call only encode their new tokens
 from __future__ import annotations
 
 import inspect
+import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,10 @@ from exsearch.generation.prefix_cache import (
 from exsearch.generation.running_batch import RunningBatch
 from exsearch.modeling import load_model
 from exsearch.padding import shared_left_padding
+from exsearch.prompts import gold_answer_tokens, trajectory_id
+from exsearch.schema import Trajectory
+
+log = logging.getLogger(__name__)
 
 # A prefix shared by the rows of a batch is encoded once when at least this long.
 _MIN_SHARED_PREFIX = 16
@@ -242,6 +248,66 @@ class HFGenerator:
             bar.update(finished - bar.n)
         bar.close()
         return [check.completion(row) for row in state]
+
+    @torch.inference_mode()
+    def gold_answer_scores(
+        self, trajectories: Sequence[Trajectory], *, progress: bool = True
+    ) -> list[float]:
+        """Length-normalised log-likelihood of each trajectory's gold answer (`answers[0]`).
+
+        The E-step's score (`exsearch.weighting`): the chat with the gold answer in place of the
+        model's (`prompts.gold_answer_tokens`), and the mean log-prob of the gold answer's
+        tokens. Only the tokens the prefix cache does not hold go through the model: right
+        after sampling, that is the answer turn, where a fresh forward pass of a ~1k-token
+        chat cost about a second on a 2-core CPU. Batches are left-padded and sorted by the
+        number of tokens to encode; logits are computed only over the answer. NaN (with a
+        warning) for an empty gold answer. One float per trajectory, in input order.
+        """
+        encoded = [gold_answer_tokens(self.tokenizer, t) for t in trajectories]
+        scores = [math.nan] * len(encoded)
+        for traj, (_, pos) in zip(trajectories, encoded, strict=True):
+            if not pos:
+                log.warning(
+                    "trajectory %s has an empty gold answer; score is NaN", trajectory_id(traj)
+                )
+        # The token before the first answer token must go through the model: its logits
+        # predict that answer token.
+        cap = {i: pos[0] - 1 for i, (_, pos) in enumerate(encoded) if pos}
+        todo = sorted(
+            cap,
+            key=lambda i: (
+                len(encoded[i][0]) - min(self.prefix_cache.match(encoded[i][0])[1], cap[i])
+            ),
+        )
+        batches = [todo[i : i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
+        for batch in tqdm(batches, desc="scoring gold answers", disable=not progress):
+            ids = [encoded[i][0] for i in batch]
+            inputs = self.prefix_cache.prepare(
+                ids, self.pad_id, self.device, count=False, reuse_at_most=[cap[i] for i in batch]
+            )
+            cache = inputs.cache if inputs.cache is not None else new_cache()
+            past = cache.get_seq_length()
+            # Rows end in the last column (left padding): keep the logits of each row's last
+            # tokens, from the one before its answer.
+            keep = max(len(encoded[i][0]) - cap[i] for i in batch)
+            positions = (inputs.attention_mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
+            kw = {"logits_to_keep": keep} if self._keeps_logits else {}
+            logits = self.model(
+                input_ids=inputs.input_ids[:, past:],
+                attention_mask=inputs.attention_mask,
+                position_ids=positions,
+                use_cache=True,
+                **{self._cache_arg: cache},
+                **kw,
+            ).logits[:, -keep:]
+            for row, i in enumerate(batch):
+                seq, pos = encoded[i]
+                # The logit predicting the token at p sits at position p - 1.
+                cols = torch.tensor([keep - len(seq) + p - 1 for p in pos], device=self.device)
+                logp = torch.log_softmax(logits[row, cols].float(), dim=-1)
+                targets = torch.tensor([seq[p] for p in pos], device=self.device)
+                scores[i] = logp.gather(1, targets[:, None]).mean().item()
+        return scores
 
     def _start_rows(self, rows: list[int], ids: list[list[int]]) -> RunningBatch:
         """Encode the prompts `ids` (of call rows `rows`) as a batch ready to decode."""

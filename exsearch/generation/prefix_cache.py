@@ -205,12 +205,20 @@ class PrefixCache:
         device: torch.device,
         *,
         count: bool = True,
+        reuse_at_most: Sequence[int] | None = None,
     ) -> BatchInputs:
         """Inputs for a batch of prompts, reusing cached prefixes where there are any.
 
         `count=False` leaves the reuse statistics alone (for work that is not a prompt).
+        `reuse_at_most[i]` caps what row i reuses, so that the model sees its later tokens
+        (to score them, say).
         """
         matches = [self.match(r) for r in rows] if self._entries else [(None, 0)] * len(rows)
+        if reuse_at_most is not None:
+            matches = [
+                (e, min(n, cap)) if min(n, cap) > 0 else (None, 0)
+                for (e, n), cap in zip(matches, reuse_at_most, strict=True)
+            ]
         reused = sum(n for _, n in matches)
         if count:
             self.prompt_tokens += sum(len(r) for r in rows)
