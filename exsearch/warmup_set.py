@@ -83,6 +83,16 @@ def warmup_examples(trajectories: Sequence[dict]) -> list[dict]:
     return [{"messages": Trajectory.from_dict(t).messages, "weight": 1.0} for t in trajectories]
 
 
+# `train` keys the warm-up does not take: its epochs and learning rate come from `warmup`, its
+# examples all weigh 1 (no `min_weight` drops any), and it fine-tunes the base model with nothing
+# to replay. dvc.yaml's warmup stage depends on every other `train` key, so changing one of
+# these re-runs the EM iterations only (tests/test_stage_deps.py keeps the two in step).
+EM_ONLY_TRAIN_KEYS = frozenset({"epochs", "learning_rate", "min_weight", "start_from", "replay"})
+
+
 def warmup_train_config(train: TrainConfig, cfg: WarmupConfig) -> TrainConfig:
-    """The `train` settings with the warm-up's epochs and learning rate."""
-    return train.model_copy(update={"epochs": cfg.epochs, "learning_rate": cfg.learning_rate})
+    """The `train` settings with the warm-up's epochs and learning rate, and no EM-only ones."""
+    em_only = {k: TrainConfig.model_fields[k].default for k in EM_ONLY_TRAIN_KEYS}
+    return train.model_copy(
+        update={**em_only, "epochs": cfg.epochs, "learning_rate": cfg.learning_rate}
+    )

@@ -96,3 +96,16 @@ def test_every_output_is_cached_so_queued_experiments_keep_it():
         if isinstance(o, dict) and next(iter(o.values())).get("cache") is False
     ]
     assert not uncached, f"outputs a queued experiment would lose: {uncached}"
+
+
+def test_the_warmup_depends_on_exactly_the_train_keys_it_trains_with():
+    from exsearch.config_training import TrainConfig
+    from exsearch.warmup_set import EM_ONLY_TRAIN_KEYS
+
+    params = stages()["warmup"]["params"]
+    listed = {p.removeprefix("train.") for p in params if p.startswith("train.")}
+    assert "train" not in params  # the whole section would re-run it for EM-only keys
+    assert listed == set(TrainConfig.model_fields) - EM_ONLY_TRAIN_KEYS
+    # DVC refuses a stage whose params are missing from params.yaml.
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
+    assert listed <= set(shipped)

@@ -6,9 +6,11 @@ import json
 
 from exsearch import prompts
 from exsearch.config import IndexConfig
+from exsearch.config_training import TrainConfig, WarmupConfig
 from exsearch.retrieval import BM25Retriever
 from exsearch.schema import Passage, Question, Trajectory
 from exsearch.warmup import NOTHING_FOUND, WarmupShape, build_trajectories
+from exsearch.warmup_set import warmup_train_config
 
 GOLD_A = Passage(
     "a",
@@ -160,3 +162,12 @@ def test_searches_stop_at_max_steps_and_the_trajectory_still_finishes():
     (traj,), _ = build(first_search="question", max_steps=1)
     assert len(traj.steps) == 1
     assert prompts.parse_turn(traj.messages[-3]["content"]).finish
+
+
+def test_the_warmup_trains_with_its_own_epochs_and_rate_and_no_em_only_setting():
+    warm = WarmupConfig(epochs=1.0, learning_rate=5e-4)
+    em = TrainConfig(epochs=3.0, learning_rate=1e-5, min_weight=0.5, start_from="warmup", replay=8)
+    got = warmup_train_config(em, warm)
+    assert (got.epochs, got.learning_rate) == (1.0, 5e-4)
+    assert got == warmup_train_config(TrainConfig(), warm)  # EM-only keys leave it unchanged
+    assert got.min_weight == 0.0  # warm-up examples weigh 1: none may be dropped
