@@ -286,20 +286,12 @@ class HFGenerator:
                 ids, self.pad_id, self.device, count=False, reuse_at_most=[cap[i] for i in batch]
             )
             cache = inputs.cache if inputs.cache is not None else new_cache()
-            past = cache.get_seq_length()
             # Rows end in the last column (left padding): keep the logits of each row's last
             # tokens, from the one before its answer.
             keep = max(len(encoded[i][0]) - cap[i] for i in batch)
-            positions = (inputs.attention_mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
-            kw = {"logits_to_keep": keep} if self._keeps_logits else {}
-            logits = self.model(
-                input_ids=inputs.input_ids[:, past:],
-                attention_mask=inputs.attention_mask,
-                position_ids=positions,
-                use_cache=True,
-                **{self._cache_arg: cache},
-                **kw,
-            ).logits[:, -keep:]
+            logits = self._forward_new(
+                inputs.input_ids, inputs.attention_mask, cache, cache.get_seq_length(), keep
+            )
             for row, i in enumerate(batch):
                 seq, pos = encoded[i]
                 # The logit predicting the token at p sits at position p - 1.
@@ -363,7 +355,7 @@ class HFGenerator:
         lengths = mask[:, past:].sum(-1).tolist()
         groups = _length_groups(lengths, self.group_overhead)
         if len(groups) == 1:
-            return self._forward_new(fed, mask, cache, past), cache
+            return self._forward_new(fed, mask, cache, past)[:, -1], cache
         n, total = len(lengths), fed.shape[1]
         logits = torch.empty(0)
         layers: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -381,7 +373,7 @@ class HFGenerator:
             part = new_cache(part_layers, kept)
             cut_fed = torch.cat([fed[index, lead:past], fed[index, skip:]], 1)
             cut_mask = torch.cat([mask[index, lead:past], mask[index, skip:]], 1)
-            out = self._forward_new(cut_fed, cut_mask, part, kept)
+            out = self._forward_new(cut_fed, cut_mask, part, kept)[:, -1]
             if not layers:
                 logits = out.new_empty((n, out.shape[1]))
                 layers = [
@@ -400,10 +392,11 @@ class HFGenerator:
         return logits, new_cache(layers, total)
 
     def _forward_new(
-        self, fed: torch.Tensor, mask: torch.Tensor, cache: Cache, past: int
+        self, fed: torch.Tensor, mask: torch.Tensor, cache: Cache, past: int, keep: int = 1
     ) -> torch.Tensor:
+        """Run the columns of `fed` from `past` on; the logits of the last `keep` columns."""
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
-        return self._next_logits(fed[:, past:], mask, positions, cache)
+        return self._logits(fed[:, past:], mask, positions, cache, keep)
 
     def _encode_shared_prefix(self, rows: list[list[int]]) -> None:
         """Encode once, into the prefix cache, what every row of the batch starts with.
@@ -424,7 +417,18 @@ class HFGenerator:
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Cache
     ) -> torch.Tensor:
         """Logits of the token after `ids` (appended to `cache`, which grows in place)."""
-        kw = {"logits_to_keep": 1} if self._keeps_logits else {}
+        return self._logits(ids, mask, positions, cache, 1)[:, -1]
+
+    def _logits(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Cache,
+        keep: int,
+    ) -> torch.Tensor:
+        """Run `ids` (appended to `cache`); the logits of their last `keep` columns."""
+        kw = {"logits_to_keep": keep} if self._keeps_logits else {}
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -433,4 +437,4 @@ class HFGenerator:
             **{self._cache_arg: cache},
             **kw,
         )
-        return out.logits[:, -1]
+        return out.logits[:, -keep:]
