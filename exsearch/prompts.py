@@ -20,12 +20,15 @@ assistant turn, and the final answer has a turn of its own. Generation stops at 
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from exsearch.schema import Step, Trajectory
+
+log = logging.getLogger(__name__)
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
@@ -216,3 +219,18 @@ def gold_answer_tokens(tokenizer: Any, trajectory: Trajectory) -> tuple[list[int
     if not positions:
         return enc["input_ids"], []
     return enc["input_ids"][: positions[-1] + 1], positions
+
+
+def encode_gold_answers(
+    tokenizer: Any, trajectories: Sequence[Trajectory]
+) -> list[tuple[list[int], list[int]]]:
+    """`gold_answer_tokens` of each trajectory, warning once for each empty gold answer.
+
+    Both scoring backends start here: a trajectory with no answer tokens cannot be scored
+    (its score is NaN and it gets no weight), and the user should hear which one it was.
+    """
+    encoded = [gold_answer_tokens(tokenizer, t) for t in trajectories]
+    for traj, (_, positions) in zip(trajectories, encoded, strict=True):
+        if not positions:
+            log.warning("trajectory %s has an empty gold answer; score is NaN", trajectory_id(traj))
+    return encoded

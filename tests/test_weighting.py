@@ -142,11 +142,29 @@ def test_scores_after_sampling_reuse_the_chats_keys_values_and_equal_fresh_score
     assert sum(counting.fed) < whole / 5  # only the answer turns went through the model
 
 
-def test_empty_gold_answer_scores_nan_and_gets_no_weight(model, tok):
+def test_scoring_runs_short_and_long_chats_apart_and_still_matches_the_manual_score(model, tok):
+    trajs = [
+        trajectory("q1", 0, gold="John Smith", n_passages=1),
+        trajectory("q1", 1, gold="John Smith", n_passages=12),
+        trajectory("q2", 0, gold="the river 1820", n_passages=1),
+        trajectory("q2", 1, gold="the river 1820", n_passages=12),
+    ]
+    counting = CountingModel(model)
+    gen = HFGenerator(counting, tok, batch_size=4)
+    gen._keeps_logits, gen._cache_arg = True, scorer(model, tok)._cache_arg
+    scores = gen.gold_answer_scores(trajs, progress=False)
+    assert scores == pytest.approx([manual_score(model, tok, t) for t in trajs], abs=1e-4)
+    lengths = [len(gold_answer_tokens(tok, t)[0]) for t in trajs]
+    assert len(counting.fed) == 2  # the two short chats, then the two long ones
+    assert sum(counting.fed) < len(trajs) * max(lengths)  # less padding than one batch
+
+
+def test_empty_gold_answer_scores_nan_and_gets_no_weight(model, tok, caplog):
     scores = scorer(model, tok, 4).gold_answer_scores(
         [trajectory(gold=" "), trajectory(sample=1)], progress=False
     )
     assert math.isnan(scores[0]) and not math.isnan(scores[1])
+    assert "empty gold answer" in caplog.text
     df = pd.DataFrame({"qid": ["q1", "q1"], "sample": [0, 1], "score": scores})
     assert compute_weights(df, "softmax")["weight"].tolist() == [0.0, 1.0]
 

@@ -35,7 +35,7 @@ from exsearch.generation.prefix_cache import (
 from exsearch.generation.running_batch import RunningBatch
 from exsearch.modeling import load_model
 from exsearch.padding import shared_left_padding
-from exsearch.prompts import gold_answer_tokens, trajectory_id
+from exsearch.prompts import encode_gold_answers
 from exsearch.schema import Trajectory
 
 log = logging.getLogger(__name__)
@@ -260,26 +260,24 @@ class HFGenerator:
         tokens. Only the tokens the prefix cache does not hold go through the model: right
         after sampling, that is the answer turn, where a fresh forward pass of a ~1k-token
         chat cost about a second on a 2-core CPU. Batches are left-padded and sorted by the
-        number of tokens to encode; logits are computed only over the answer. NaN (with a
-        warning) for an empty gold answer. One float per trajectory, in input order.
+        number of tokens to encode, in groups of similar length (`_length_groups`); logits are
+        computed only over the answer. NaN (with a warning, `prompts.encode_gold_answers`) for
+        an empty gold answer. One float per trajectory, in input order.
         """
-        encoded = [gold_answer_tokens(self.tokenizer, t) for t in trajectories]
+        encoded = encode_gold_answers(self.tokenizer, trajectories)
         scores = [math.nan] * len(encoded)
-        for traj, (_, pos) in zip(trajectories, encoded, strict=True):
-            if not pos:
-                log.warning(
-                    "trajectory %s has an empty gold answer; score is NaN", trajectory_id(traj)
-                )
         # The token before the first answer token must go through the model: its logits
         # predict that answer token.
         cap = {i: pos[0] - 1 for i, (_, pos) in enumerate(encoded) if pos}
-        todo = sorted(
-            cap,
-            key=lambda i: (
-                len(encoded[i][0]) - min(self.prefix_cache.match(encoded[i][0])[1], cap[i])
-            ),
-        )
-        batches = [todo[i : i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
+        todo = list(cap)
+        cached = [min(self.prefix_cache.match(encoded[i][0])[1], cap[i]) for i in todo]
+        new_tokens = [len(encoded[i][0]) - c for i, c in zip(todo, cached, strict=True)]
+        # Rows of similar length together, so that little padding goes through the model.
+        batches = [
+            [todo[j] for j in group[k : k + self.batch_size]]
+            for group in _length_groups(new_tokens, self.group_overhead)
+            for k in range(0, len(group), self.batch_size)
+        ]
         for batch in tqdm(batches, desc="scoring gold answers", disable=not progress):
             ids = [encoded[i][0] for i in batch]
             inputs = self.prefix_cache.prepare(

@@ -34,7 +34,7 @@ from exsearch.generation.completions_client import CompletionsClient, ServerErro
 from exsearch.generation.decoding import check_decoding, cut_at_stop, row_seeds
 from exsearch.generation.echo_scoring import gold_logprobs, gold_span
 from exsearch.modeling import prepare_tokenizer
-from exsearch.prompts import gold_answer_tokens, trajectory_id
+from exsearch.prompts import encode_gold_answers
 from exsearch.schema import Trajectory
 
 log = logging.getLogger(__name__)
@@ -175,19 +175,14 @@ class OpenAIGenerator:
     ) -> list[float]:
         """Length-normalised log-likelihood of each trajectory's gold answer, as the server sees it.
 
-        Same definition as `weighting.gold_answer_scores`: the chat with the gold answer is
+        Same definition as `HFGenerator.gold_answer_scores`: the chat with the gold answer is
         scored in one pass (`echo` + `logprobs`) and the log-probs of the tokens overlapping
         the gold string are averaged. NaN (with a warning) for an empty gold answer.
         """
         jobs, scores = [], [math.nan] * len(trajectories)
-        for i, traj in enumerate(trajectories):
-            _, positions = gold_answer_tokens(self.tokenizer, traj)  # validates the trajectory
-            if not positions:
-                log.warning(
-                    "trajectory %s has an empty gold answer; score is NaN", trajectory_id(traj)
-                )
-                continue
-            jobs.append((i, len(positions), *gold_span(self.tokenizer, traj)))
+        for i, (_, positions) in enumerate(encode_gold_answers(self.tokenizer, trajectories)):
+            if positions:
+                jobs.append((i, len(positions), *gold_span(self.tokenizer, trajectories[i])))
         bodies = []
         for *_, text, _, _ in jobs:
             body = self._body(text, max_tokens=1, temperature=0.0)
