@@ -34,8 +34,8 @@ import torch
 from exsearch import prompts
 from exsearch.agent import Decoding, SearchAgent
 from exsearch.config import GenerationConfig, load_params
+from exsearch.data import read_questions
 from exsearch.generation.hf import HFGenerator
-from exsearch.questions import read_questions
 from exsearch.retrieval import load_retriever
 from exsearch.schema import Question, Trajectory
 

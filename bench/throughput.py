@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from exsearch import prompts
+from exsearch.checkpoints import load_model
 from exsearch.generation.hf import HFGenerator
-from exsearch.modeling import load_model
 
 DEV = Path("data/raw/hotpotqa/dev_subsampled.odd250.jsonl")
 
@@ -64,7 +64,7 @@ def training_rate(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from exsearch.adapters import LORA_TARGETS
+    from exsearch.checkpoints import LORA_TARGETS
 
     dtype = torch.bfloat16 if bf16 else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)

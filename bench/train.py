@@ -7,7 +7,7 @@ settings of params.yaml; needs `dvc repro index init_model`), encodes them with 
 mask, and trains each contender for the same optimiser steps on the same examples, each in a
 fresh process (so each one's peak RSS is its own):
 
-- **weighted M-step**: `exsearch.training.make_trainer` with the `train` settings as they are
+- **weighted M-step**: `exsearch.mstep.training.make_trainer` with the `train` settings as they are
   (TRL's SFTTrainer, lean weighted loss, the configured micro-batch and accumulation);
 - **plain**: `transformers.Trainer` with the standard causal-LM loss (`labels` passed to the
   model: full-vocabulary logits at every position), batches of `train.batch_size ×
@@ -37,12 +37,12 @@ def build_examples(model_dir: str, n: int) -> list[dict]:
     """`n` encoded warm-up examples (weight 1), as the warmup stage would train on them."""
     from transformers import AutoTokenizer
 
+    from exsearch.agent import WarmupShape, build_trajectories
+    from exsearch.checkpoints import ensure_pad_token
     from exsearch.config import load_params
-    from exsearch.modeling import ensure_pad_token
-    from exsearch.questions import read_questions
+    from exsearch.data import read_questions
+    from exsearch.mstep import encode_examples
     from exsearch.retrieval import load_retriever
-    from exsearch.training import encode_examples
-    from exsearch.warmup import WarmupShape, build_trajectories
 
     params = load_params(ROOT / "params.yaml")
     questions = read_questions(ROOT / "data/prepared/train.jsonl")
@@ -72,8 +72,7 @@ def _load(model_dir: str, cfg):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from exsearch.adapters import with_lora
-    from exsearch.modeling import ensure_pad_token
+    from exsearch.checkpoints import ensure_pad_token, with_lora
 
     tok = ensure_pad_token(AutoTokenizer.from_pretrained(model_dir))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -85,7 +84,7 @@ def run_weighted(model_dir: str, data: list[dict], queue) -> None:
     from transformers import set_seed
 
     from exsearch.config import load_params
-    from exsearch.training import make_trainer
+    from exsearch.mstep import make_trainer
 
     cfg = load_params(ROOT / "params.yaml").train.model_copy(update={"epochs": 1.0})
     set_seed(cfg.seed)

@@ -12,7 +12,7 @@ punctuation character), drop the articles a/an/the as whole words, fold whitespa
 kept ("Röntgen" ≠ "Rontgen"). Punctuation is deleted, not replaced by a space, as in the SQuAD
 script: "1,000" and "1000" match, and so do "U.S." and "US".
 
-Conventions where the SQuAD script is silent or lenient (`exsearch.evaluation` reports these
+Conventions where the SQuAD script is silent or lenient (`exsearch.evaluation.summary` reports these
 functions' scores, so they hold for every reported number):
 
 - A gold alias that normalises to nothing ("The", "?", "...") matches no prediction: it scores

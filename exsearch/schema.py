@@ -95,7 +95,7 @@ class Trajectory:
 
     Two kinds share this record. The agent's (`SearchAgent.run`: sampled, evaluated) carries
     what decoding produced: `temperature`, `tokens` and `logprob`. A warm-up trajectory is
-    written without a model (`exsearch.warmup`): those three are None and its dict leaves them
+    written without a model (`exsearch.agent.warmup`): those three are None and its dict leaves them
     out. A trajectory read from a file needs only `qid` and `messages` (a teacher's file may
     hold no more); the other fields then take their defaults.
     """

@@ -31,8 +31,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from exsearch.config import Params, checkpoint_step, load_params, parse_params
+from exsearch.evaluation import markdown_table
 from exsearch.files import read_json, write_text
-from exsearch.tables import markdown_table
 from flows.dag import StageInfo, iteration_number, project_root, read_stages, select, stale
 from stages import tracking
 

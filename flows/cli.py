@@ -261,8 +261,8 @@ def _cmd_compare(args: argparse.Namespace, root: Path) -> int:
     import csv
 
     from exsearch.config import load_params
+    from exsearch.evaluation import markdown_table
     from exsearch.files import atomic_path, write_text
-    from exsearch.tables import markdown_table
 
     experiment = args.experiment or load_params().tracking.experiment
     rows = compare_rows(experiment, args.metrics)

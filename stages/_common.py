@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, NoReturn
 from exsearch.config import ConfigError, Params, load_params
 
 if TYPE_CHECKING:
-    from exsearch.retrieval import BM25Retriever
-    from exsearch.retrieval.dense import DenseRetriever
+    from exsearch.retrieval import BM25Retriever, DenseRetriever
 
 # Checkpoints (base, iter_0, iter_k) live outside runs/, which holds only the records the report
 # reads (trajectories, weights, stats, predictions, metrics): so the report does not depend on

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from exsearch.config_training import TrainConfig
+from exsearch.config import TrainConfig
 from stages._common import fail
 from stages.tracking import SWITCH_ENV
 

@@ -22,12 +22,10 @@ from functools import partial
 from pathlib import Path
 
 from exsearch import files
-from exsearch.agent import SearchAgent
-from exsearch.evaluate_methods import evaluate_methods
-from exsearch.evaluation import metrics_markdown, select_questions
+from exsearch.agent import Decoding, SearchAgent
+from exsearch.data import read_questions, write_trajectories
+from exsearch.evaluation import evaluate_methods, metrics_markdown, select_questions
 from exsearch.generation import make_generator
-from exsearch.questions import read_questions
-from exsearch.trajectories import write_trajectories
 from stages import _common
 from stages.tracking import log_iteration_metrics, stage_run
 
@@ -76,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
         retriever = _common.open_index(args.index)  # before the model: a bad index fails fast
         generator = make_generator(model_dir, params.model, params.generation)
         agent = SearchAgent(generator, retriever, params.agent)
-        records, doc = evaluate_methods(questions, agent, methods, params.seed)
+        # greedy whatever `generation` says, so evaluation is deterministic
+        greedy = Decoding(temperature=0.0, seed=params.seed)
+        records, doc = evaluate_methods(questions, agent, methods, greedy)
         doc = {"iteration": args.iteration, "model": model_dir, **doc}
 
         write_trajectories(predictions_file, records)

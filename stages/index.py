@@ -20,8 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from exsearch.files import atomic_path, read_jsonl
-from exsearch.retrieval import IndexStats, build_index
-from exsearch.retrieval.dense import DenseIndexStats, build_dense_index
+from exsearch.retrieval import DenseIndexStats, IndexStats, build_dense_index, build_index
 from exsearch.schema import Passage
 from stages._common import add_path, fail, parser, setup
 from stages.tracking import stage_run

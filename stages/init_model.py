@@ -16,7 +16,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from exsearch.modeling import materialize_base
+from exsearch.checkpoints import materialize_base
 from stages._common import add_path, checkpoint_dir, fail, parser, setup
 from stages.tracking import stage_run
 

@@ -19,9 +19,8 @@ import logging
 from functools import partial
 from pathlib import Path
 
+from exsearch.data import prepare, write_questions
 from exsearch.files import atomic_path, write_json
-from exsearch.preparation import prepare
-from exsearch.questions import write_questions
 from exsearch.schema import Passage
 from stages._common import add_path, fail, parser, setup
 from stages.tracking import stage_run

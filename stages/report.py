@@ -5,7 +5,8 @@
 
 Reads <runs>/<checkpoint>/metrics.json and predictions.jsonl for every checkpoint in
 `em.evaluate`, and for each EM iteration its weight statistics and weighted trajectories
-(exsearch.report.read_records); writes, in `--out` unless given one by one (as dvc.yaml does),
+(exsearch.report.campaign.read_records); writes, in `--out` unless given one by one (as
+dvc.yaml does),
 em_curve.json (drawn by `dvc plots show`), em_curve.png, summary.md and metrics.json: each
 checkpoint's agent F1/EM, and its paired differences (bootstrap 95% intervals) against iter_0,
 against the checkpoint it was trained from and against its own RAG baseline. Those also go to

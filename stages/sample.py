@@ -8,7 +8,8 @@
 Reads the previous model (models/<prev>, `prev` from params.yaml em.iters by default), the index,
 the training questions and the warm-up's trajectories (whose questions it leaves out); writes the
 trajectories and their stats. Iteration k samples `sample.questions` training questions no
-earlier iteration trained on (exsearch.sampling.iteration_questions). Work is done in shards kept
+earlier iteration trained on (exsearch.estep.sampling.iteration_questions). Work is done in
+shards kept
 under .sample_shards/<fingerprint>/ beside the trajectories until the stage succeeds, so a
 crashed run resumes where it stopped and yields the same trajectories (same seed, same shards).
 """
@@ -25,9 +26,8 @@ from pathlib import Path
 from exsearch import files
 from exsearch.agent import SearchAgent
 from exsearch.config import checkpoint_step
-from exsearch.generation import make_generator
-from exsearch.questions import read_questions
-from exsearch.sampling import (
+from exsearch.data import read_questions, write_trajectories
+from exsearch.estep import (
     Draw,
     iteration_questions,
     sample_in_shards,
@@ -35,7 +35,7 @@ from exsearch.sampling import (
     shard_key,
     warmup_question_ids,
 )
-from exsearch.trajectories import write_trajectories
+from exsearch.generation import make_generator
 from stages import _common
 from stages.tracking import stage_run
 

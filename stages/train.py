@@ -24,9 +24,8 @@ from functools import partial
 import pandas as pd
 
 from exsearch import files
-from exsearch.mstep_examples import replayed_examples, weighted_examples
-from exsearch.training import run_stats, train_weighted
-from exsearch.trajectories import read_trajectories
+from exsearch.data import read_trajectories
+from exsearch.mstep import replayed_examples, run_stats, train_weighted, weighted_examples
 from stages import _common, _launch
 from stages.tracking import stage_run
 

@@ -4,10 +4,10 @@
         [--questions data/prepared/train.jsonl] [--out models/iter_0]
         [--trajectories runs/warmup/trajectories.jsonl] [--stats runs/warmup/train_stats.json]
 
-Builds one trajectory per training question that has supporting facts (exsearch.warmup: no
+Builds one trajectory per training question that has supporting facts (exsearch.agent.warmup: no
 LLM involved), or reads them from `warmup.teacher_file` (JSONL in the same schema, e.g. written
 by a larger model), and fine-tunes the base model on them with the `train` settings and the
-`warmup` epochs and learning rate (exsearch.warmup_set). Writes the trajectories, the
+`warmup` epochs and learning rate (exsearch.agent.warmup_set). Writes the trajectories, the
 warmed-up model and its training stats. With `warmup.enabled: false` the base model is copied
 unchanged. With `train.launcher` set to an accelerate config file, the stage runs itself on
 `train.num_processes` processes (stages/_launch.py).
@@ -21,9 +21,7 @@ from functools import partial
 from pathlib import Path
 
 from exsearch import files
-from exsearch.questions import read_questions
-from exsearch.training import run_stats, train_weighted
-from exsearch.warmup_set import (
+from exsearch.agent import (
     derived_trajectories,
     seeded_draw,
     teacher_trajectories,
@@ -31,6 +29,8 @@ from exsearch.warmup_set import (
     warmup_questions,
     warmup_train_config,
 )
+from exsearch.data import read_questions
+from exsearch.mstep import run_stats, train_weighted
 from stages import _common, _launch
 from stages.tracking import stage_run
 

@@ -20,9 +20,9 @@ import time
 from functools import partial
 
 from exsearch import files
+from exsearch.data import read_trajectories
+from exsearch.estep import compute_weights, score_table, weight_stats
 from exsearch.generation import make_generator
-from exsearch.trajectories import read_trajectories
-from exsearch.weighting import compute_weights, score_table, weight_stats
 from stages import _common
 from stages.tracking import stage_run
 

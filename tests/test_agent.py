@@ -7,8 +7,8 @@ import json
 import pytest
 
 from exsearch import prompts
-from exsearch.agent import Decoding, SearchAgent
-from exsearch.config import AgentConfig, IndexConfig
+from exsearch.agent.loop import Decoding, SearchAgent
+from exsearch.config.params import AgentConfig, IndexConfig
 from exsearch.generation import Completion
 from exsearch.generation.decoding import cut_at_stop
 from exsearch.retrieval import BM25Retriever
@@ -230,7 +230,7 @@ def test_baselines_run_in_the_same_harness(retriever):
 
 
 def test_real_model_never_hangs_and_always_answers(tiny_model_dir, retriever):
-    from exsearch.config import GenerationConfig, ModelConfig
+    from exsearch.config.params import GenerationConfig, ModelConfig
     from exsearch.generation.hf import HFGenerator
 
     gen = HFGenerator.from_config(tiny_model_dir, ModelConfig(), GenerationConfig(batch_size=4))

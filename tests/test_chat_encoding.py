@@ -3,7 +3,7 @@ from chats import chat
 from transformers import AutoTokenizer
 
 from exsearch import prompts as P
-from exsearch.chat_encoding import (
+from exsearch.mstep.chat_encoding import (
     IGNORE_INDEX,
     TRIM_MARK,
     ConversationTooLong,

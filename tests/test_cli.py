@@ -89,7 +89,7 @@ def test_missing_project_is_a_readable_error(tmp_path, monkeypatch, capsys):
 def test_compare_tabulates_campaigns_by_iteration_and_saves_csv_and_markdown(
     project, monkeypatch, capsys
 ):
-    from exsearch.config import load_params
+    from exsearch.config.params import load_params
 
     params = load_params()
     for campaign, ems in [("first", [0.1, 0.2]), ("second", [0.3, 0.5])]:
@@ -167,7 +167,7 @@ def test_python_m_flows_dry_run_works_without_a_prefect_server(tmp_path):
 
 
 def test_compare_shows_the_paired_intervals_the_report_logged(project, monkeypatch, capsys):
-    from exsearch.config import load_params
+    from exsearch.config.params import load_params
 
     params = load_params()
     parent = tracking.start_campaign_run(params, "with-intervals")

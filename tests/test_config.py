@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exsearch.config import ConfigError, checkpoint_step, load_params, parse_params
+from exsearch.config.params import ConfigError, checkpoint_step, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,7 +151,7 @@ def test_the_lr_scheduler_choices_are_transformers_scheduler_types():
 
     from transformers.trainer_utils import SchedulerType
 
-    from exsearch.config_training import Scheduler
+    from exsearch.config.training import Scheduler
 
     assert set(get_args(Scheduler)) == {s.value for s in SchedulerType}
 

@@ -3,8 +3,14 @@ import json
 import pytest
 from record_files import RAW, write
 
-from exsearch.config_data import CorpusFile
-from exsearch.corpus import CorpusBuilder, join_sentences, passage_id, read_corpus, split_sentences
+from exsearch.config.data import CorpusFile
+from exsearch.data.corpus import (
+    CorpusBuilder,
+    join_sentences,
+    passage_id,
+    read_corpus,
+    split_sentences,
+)
 
 # --- reading corpus files ----------------------------------------------------------------------
 

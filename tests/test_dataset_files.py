@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 from record_files import RAW, write
 
-from exsearch.config_data import CorpusFile, DatasetFile
-from exsearch.corpus import CorpusBuilder, read_corpus
-from exsearch.dataset_files import read_dataset
+from exsearch.config.data import CorpusFile, DatasetFile
+from exsearch.data.corpus import CorpusBuilder, read_corpus
+from exsearch.data.datasets import read_dataset
 
 
 def spec(path: Path, fmt: str, dataset: str = "d", limit: int | None = None) -> DatasetFile:

@@ -9,7 +9,7 @@ pytest.importorskip(
     reason="dense retrieval needs the `dense` extra (sentence-transformers)",
 )
 
-from exsearch.config import IndexConfig  # noqa: E402
+from exsearch.config.params import IndexConfig  # noqa: E402
 from exsearch.retrieval import (  # noqa: E402
     BM25Retriever,
     Hit,

@@ -14,8 +14,8 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 from exsearch import prompts as P
-from exsearch.config import load_params
-from exsearch.config_training import TrainConfig
+from exsearch.config.params import load_params
+from exsearch.config.training import TrainConfig
 from stages import _launch
 from stages.tracking import SWITCH_ENV
 

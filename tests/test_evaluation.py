@@ -1,11 +1,12 @@
-"""exsearch/evaluation.py: the reported scores are exsearch/metrics.py's, averaged per dataset
+"""exsearch/evaluation/summary.py: the reported scores are exsearch/metrics.py's, averaged per dataset
 and overall; which dev questions a campaign scores; comparisons with their intervals; the
 metrics document and its tables."""
 
 import pytest
 
-from exsearch.evaluate_methods import evaluate_methods
-from exsearch.evaluation import (
+from exsearch.agent import Decoding
+from exsearch.evaluation.checkpoint import evaluate_methods
+from exsearch.evaluation.summary import (
     compare_records,
     metrics_document,
     metrics_markdown,
@@ -20,7 +21,7 @@ from exsearch.metrics import (
     retrieval_recall_at_k,
     supporting_recall,
 )
-from exsearch.report import checkpoint_comparisons, comparisons_markdown
+from exsearch.report.campaign import checkpoint_comparisons, comparisons_markdown
 from exsearch.schema import Passage, Question, Step, TokenCounts, Trajectory
 
 LIMA = Passage("p1", "Lima", "Lima is the capital of Peru.")
@@ -226,7 +227,9 @@ def test_the_first_method_heads_the_document_and_is_compared_with_each_other_one
         "direct": [record(qid="q2", method="direct")],
     }
     agent = ReplayAgent(by_method)
-    records, doc = evaluate_methods(QUESTIONS, agent, ["agent", "rag", "direct"], seed=3)
+    records, doc = evaluate_methods(
+        QUESTIONS, agent, ["agent", "rag", "direct"], Decoding(temperature=0.0, seed=3)
+    )
     assert records == [*by_method["agent"], *by_method["rag"], *by_method["direct"]]
     assert {(d.temperature, d.seed) for d in agent.decodings} == {(0.0, 3)}
     assert list(doc) == ["primary", "overall", "by_dataset", "comparisons", "seconds", "methods"]

@@ -24,7 +24,7 @@ from prefect.states import Failed
 from prefect.testing.utilities import prefect_test_harness
 from toy_project import OUTER_VARS, make_toy_project, offline_env
 
-from exsearch.config import load_params
+from exsearch.config.params import load_params
 from flows import campaign
 from flows.campaign import (
     DvcBusy,

@@ -6,10 +6,10 @@ import bm25s
 import numpy as np
 import pytest
 
-from exsearch.config import IndexConfig, parse_params
-from exsearch.config_data import CorpusFile
-from exsearch.corpus import fetch_corpus_file, passage_id, read_corpus
-from exsearch.preparation import prepare
+from exsearch.config.data import CorpusFile
+from exsearch.config.params import IndexConfig, parse_params
+from exsearch.data.corpus import fetch_corpus_file, passage_id, read_corpus
+from exsearch.data.preparation import prepare
 from exsearch.retrieval import bm25_build, make_tokenizer
 
 # DPR's psgs_w100.tsv layout: a header, tab-separated, text CSV-quoted with doubled quotes.

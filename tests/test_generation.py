@@ -4,13 +4,13 @@ import pytest
 import torch
 from completions import clean_span, same_outputs
 
-from exsearch.config import GenerationConfig, ModelConfig
+from exsearch.checkpoints.loading import load_model
+from exsearch.config.params import GenerationConfig, ModelConfig
 from exsearch.generation import Generator, make_generator
 from exsearch.generation.decoding import cut_at_stop
 from exsearch.generation.hf import HFGenerator
 from exsearch.generation.next_token import TokenPicker
 from exsearch.generation.running_batch import RunningBatch
-from exsearch.modeling import load_model
 
 QUESTIONS = [
     "Who founded the band?",

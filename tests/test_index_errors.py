@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from exsearch.config import IndexConfig
+from exsearch.config.params import IndexConfig
 from exsearch.retrieval import (
     OFFSETS_FILE,
     PASSAGES_FILE,

@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from exsearch.config import ModelConfig
+from exsearch.checkpoints.loading import prepare_tokenizer
+from exsearch.config.params import ModelConfig
 from exsearch.generation.openai import OpenAIGenerator
-from exsearch.modeling import prepare_tokenizer
 
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
 GGUF = Path(__file__).resolve().parents[1] / ModelConfig().gguf_file

@@ -8,8 +8,8 @@ import torch
 from tiny_model import build_model, build_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from exsearch.config import ModelConfig
-from exsearch.modeling import SOURCE_FILE, base_source, load_model, materialize_base
+from exsearch.checkpoints.loading import SOURCE_FILE, base_source, load_model, materialize_base
+from exsearch.config.params import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_GGUF = ROOT / ModelConfig().gguf_file

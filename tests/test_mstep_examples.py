@@ -3,7 +3,7 @@ import pytest
 from chats import chat
 
 from exsearch import prompts as P
-from exsearch.mstep_examples import replayed_examples, weighted_examples
+from exsearch.mstep.examples import replayed_examples, weighted_examples
 from exsearch.schema import Trajectory
 
 

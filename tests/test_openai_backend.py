@@ -13,14 +13,14 @@ from completions import clean_span, same_outputs
 from openai_server import FakeCompletionsServer
 
 from exsearch import prompts as P
-from exsearch.agent import SearchAgent
-from exsearch.config import AgentConfig, GenerationConfig, IndexConfig, ModelConfig
+from exsearch.agent.loop import SearchAgent
+from exsearch.checkpoints.loading import load_model
+from exsearch.config.params import AgentConfig, GenerationConfig, IndexConfig, ModelConfig
 from exsearch.generation import Generator, make_generator
 from exsearch.generation.completions_client import ServerError
 from exsearch.generation.decoding import sequence_seed
 from exsearch.generation.hf import HFGenerator
 from exsearch.generation.openai import OpenAIGenerator
-from exsearch.modeling import load_model
 from exsearch.retrieval import BM25Retriever
 from exsearch.schema import Passage, Question, Trajectory
 
@@ -251,7 +251,7 @@ def test_weigh_stage_scores_through_the_server_like_in_process(
     import pandas as pd
     import yaml
 
-    from exsearch.trajectories import write_trajectories
+    from exsearch.data.trajectories import write_trajectories
     from stages import weigh
 
     monkeypatch.chdir(tmp_path)
@@ -279,7 +279,7 @@ def test_weigh_stage_takes_the_scores_sampling_wrote_without_loading_a_model(
     import pandas as pd
     import yaml
 
-    from exsearch.trajectories import write_trajectories
+    from exsearch.data.trajectories import write_trajectories
     from stages import weigh
 
     def no_model(*args, **kwargs):

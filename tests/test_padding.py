@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from exsearch.padding import pad_rows, shared_left_padding
+from exsearch.generation.padding import pad_rows, shared_left_padding
 
 ROWS = [[5, 6, 7], [8], [9, 10]]
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from exsearch.config import load_params
+from exsearch.config.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_PARAMS = ROOT / "tests" / "testdata" / "params.tiny.yaml"

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from exsearch.checkpoints.loading import load_model
 from exsearch.generation.hf import HFGenerator
 from exsearch.generation.prefix_cache import PrefixCache, common_prefix
-from exsearch.modeling import load_model
 
 QUESTIONS = ["Who founded the band?", "What year", "x", "The capital city of the state"]
 STOPS = ["</search>", "</answer>"]

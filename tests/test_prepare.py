@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exsearch.config import parse_params
+from exsearch.config.params import parse_params
+from exsearch.data.preparation import prepare
+from exsearch.data.questions import read_questions
 from exsearch.files import read_jsonl
-from exsearch.preparation import prepare
-from exsearch.questions import read_questions
 from exsearch.schema import Passage
 from stages.prepare import main
 

@@ -1,6 +1,6 @@
 import pytest
 
-from exsearch.questions import read_questions, write_questions
+from exsearch.data.questions import read_questions, write_questions
 from exsearch.schema import Question
 
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from exsearch.config import IndexConfig
+from exsearch.config.params import IndexConfig
 from exsearch.retrieval import BM25Retriever, Hit, build_index, format_passage
 from exsearch.schema import Passage
 

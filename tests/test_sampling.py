@@ -6,13 +6,13 @@ from dataclasses import replace
 
 import pytest
 
-from exsearch.agent import Decoding, SearchAgent
-from exsearch.config import AgentConfig, GenerationConfig, IndexConfig, ModelConfig
+from exsearch.agent.loop import Decoding, SearchAgent
+from exsearch.config.params import AgentConfig, GenerationConfig, IndexConfig, ModelConfig
+from exsearch.data.trajectories import write_trajectories
+from exsearch.estep.sampling import iteration_questions, sample_in_shards, shard_seed
 from exsearch.generation.hf import HFGenerator
 from exsearch.retrieval import BM25Retriever
-from exsearch.sampling import iteration_questions, sample_in_shards, shard_seed
 from exsearch.schema import Passage, Question
-from exsearch.trajectories import write_trajectories
 
 PASSAGES = [
     Passage(f"p{i}", f"Title {i}", f"city river album number {i} founded") for i in range(20)

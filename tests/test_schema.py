@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from exsearch.data.trajectories import read_trajectories, write_trajectories
 from exsearch.schema import Step, TokenCounts, Trajectory
-from exsearch.trajectories import read_trajectories, write_trajectories
 
 CHAT = [
     {"role": "system", "content": "You answer questions."},

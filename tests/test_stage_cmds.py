@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from exsearch.config import Params
+from exsearch.config.params import Params
 from stages._common import model_dir
 from tests.test_stage_deps import declared, outs, stages
 

@@ -61,8 +61,8 @@ def test_a_stage_lists_no_module_it_does_not_run(name):
 def test_the_walk_follows_imports_inside_functions_and_through_packages():
     needed = code_needed({"cmd": "python -m stages.weigh"})
     # weigh's answer tag, which locates the scored span, lives in prompts.py
-    assert {"exsearch/prompts.py", "exsearch/config.py", "stages/weigh.py"} <= needed
-    assert "exsearch/training.py" not in needed
+    assert {"exsearch/prompts.py", "exsearch/config/params.py", "stages/weigh.py"} <= needed
+    assert "exsearch/mstep/training.py" not in needed
 
 
 def outs(stage: dict) -> set[str]:
@@ -99,8 +99,8 @@ def test_every_output_is_cached_so_queued_experiments_keep_it():
 
 
 def test_the_warmup_depends_on_exactly_the_train_keys_it_trains_with():
-    from exsearch.config_training import TrainConfig
-    from exsearch.warmup_set import EM_ONLY_TRAIN_KEYS
+    from exsearch.agent.warmup_set import EM_ONLY_TRAIN_KEYS
+    from exsearch.config.training import TrainConfig
 
     params = stages()["warmup"]["params"]
     listed = {p.removeprefix("train.") for p in params if p.startswith("train.")}

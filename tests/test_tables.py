@@ -1,6 +1,6 @@
-"""exsearch/tables.py: the one markdown table writer and its number formats."""
+"""exsearch/evaluation/tables.py: the one markdown table writer and its number formats."""
 
-from exsearch.tables import format_interval, markdown_table
+from exsearch.evaluation.tables import format_interval, markdown_table
 
 
 def test_columns_come_in_order_of_first_appearance_and_missing_cells_stay_blank():

@@ -18,7 +18,7 @@ import pytest
 from failing_server import BrokenTrackingServer
 from toy_project import OUTER_VARS, mlflow_store, offline_env
 
-from exsearch.config import load_params
+from exsearch.config.params import load_params
 from stages import tracking
 from stages.tracking import (
     PARENT_ENV,

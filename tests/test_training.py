@@ -5,9 +5,9 @@ import torch
 from chats import chat
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from exsearch.adapters import BASE_MODEL_FILE, load_for_training
-from exsearch.config_training import TrainConfig
-from exsearch.training import TrainResult, run_stats, train_weighted, training_args
+from exsearch.checkpoints.adapters import BASE_MODEL_FILE, load_for_training
+from exsearch.config.training import TrainConfig
+from exsearch.mstep.training import TrainResult, run_stats, train_weighted, training_args
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_run_stats_summarise_the_run_with_its_final_loss():
 
 
 def test_examples_weighted_below_min_weight_are_not_trained_on(tiny_model_dir):
-    from exsearch.training import encode_examples
+    from exsearch.mstep.training import encode_examples
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     given = [{"messages": chat(), "weight": w} for w in (0.0, 0.01, 0.049, 0.05, 2.0)]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 from exsearch import prompts
-from exsearch.config import IndexConfig
-from exsearch.config_training import TrainConfig, WarmupConfig
+from exsearch.agent.warmup import NOTHING_FOUND, WarmupShape, build_trajectories
+from exsearch.agent.warmup_set import warmup_train_config
+from exsearch.config.params import IndexConfig
+from exsearch.config.training import TrainConfig, WarmupConfig
 from exsearch.retrieval import BM25Retriever
 from exsearch.schema import Passage, Question, Trajectory
-from exsearch.warmup import NOTHING_FOUND, WarmupShape, build_trajectories
-from exsearch.warmup_set import warmup_train_config
 
 GOLD_A = Passage(
     "a",

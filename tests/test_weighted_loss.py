@@ -4,10 +4,10 @@ import torch.nn.functional as F
 from chats import chat
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from exsearch.chat_encoding import IGNORE_INDEX, encode_conversation
-from exsearch.config_training import TrainConfig
-from exsearch.training import make_trainer
-from exsearch.weighted_loss import WeightedCollator, lean_weighted_loss
+from exsearch.config.training import TrainConfig
+from exsearch.mstep.chat_encoding import IGNORE_INDEX, encode_conversation
+from exsearch.mstep.training import make_trainer
+from exsearch.mstep.weighted_loss import WeightedCollator, lean_weighted_loss
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from exsearch import prompts as P
+from exsearch.estep.weighting import SCHEMES, compute_weights, score_table, weight_stats
 from exsearch.generation.hf import HFGenerator
 from exsearch.prompts import gold_answer_tokens, with_gold_answer
 from exsearch.schema import Trajectory
-from exsearch.weighting import SCHEMES, compute_weights, score_table, weight_stats
 
 
 @pytest.fixture(scope="module")

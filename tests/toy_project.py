@@ -24,7 +24,7 @@ TOY_STAGE = '''\
 import json, os, sys
 from pathlib import Path
 
-from exsearch.config import load_params
+from exsearch.config.params import load_params
 from exsearch.files import write_json, write_text
 from stages.tracking import log_iteration_metrics, stage_run
 

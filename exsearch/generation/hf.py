@@ -21,10 +21,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers.cache_utils import Cache
 
+from exsearch.checkpoints import load_model
 from exsearch.config import GenerationConfig, ModelConfig
 from exsearch.generation.base import Completion
 from exsearch.generation.decoding import check_decoding, cut_at_stop, row_seeds
 from exsearch.generation.next_token import TokenPicker
+from exsearch.generation.padding import shared_left_padding
 from exsearch.generation.prefix_cache import (
     PrefixCache,
     cache_layers,
@@ -33,8 +35,6 @@ from exsearch.generation.prefix_cache import (
     shared_prefix,
 )
 from exsearch.generation.running_batch import RunningBatch
-from exsearch.modeling import load_model
-from exsearch.padding import shared_left_padding
 from exsearch.prompts import encode_gold_answers
 from exsearch.schema import Trajectory
 
@@ -255,8 +255,8 @@ class HFGenerator:
     ) -> list[float]:
         """Length-normalised log-likelihood of each trajectory's gold answer (`answers[0]`).
 
-        The E-step's score (`exsearch.weighting`): the chat with the gold answer in place of the
-        model's (`prompts.gold_answer_tokens`), and the mean log-prob of the gold answer's
+        The E-step's score (`exsearch.estep.weighting`): the chat with the gold answer in place of
+        the model's (`prompts.gold_answer_tokens`), and the mean log-prob of the gold answer's
         tokens. Only the tokens the prefix cache does not hold go through the model: right
         after sampling, that is the answer turn, where a fresh forward pass of a ~1k-token
         chat cost about a second on a 2-core CPU. Batches are left-padded and sorted by the

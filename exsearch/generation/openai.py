@@ -28,12 +28,12 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
+from exsearch.checkpoints import prepare_tokenizer
 from exsearch.config import GenerationConfig
 from exsearch.generation.base import Completion
 from exsearch.generation.completions_client import CompletionsClient, ServerError
 from exsearch.generation.decoding import check_decoding, cut_at_stop, row_seeds
 from exsearch.generation.echo_scoring import gold_logprobs, gold_span
-from exsearch.modeling import prepare_tokenizer
 from exsearch.prompts import encode_gold_answers
 from exsearch.schema import Trajectory
 

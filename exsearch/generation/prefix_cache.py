@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from exsearch.padding import pad_rows
+from exsearch.generation.padding import pad_rows
 
 
 @dataclass

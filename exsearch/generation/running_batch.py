@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache
 
+from exsearch.generation.padding import shared_left_padding
 from exsearch.generation.prefix_cache import cache_layers, empty_with_room, new_cache
-from exsearch.padding import shared_left_padding
 
 
 @dataclass

@@ -17,10 +17,9 @@ import pandas as pd
 
 from exsearch import files
 from exsearch.config import checkpoint_step  # the x position: base is -1, iter_k is k
-from exsearch.evaluation import compare_records
+from exsearch.data import read_trajectories
+from exsearch.evaluation import compare_records, format_interval, markdown_table
 from exsearch.schema import Trajectory
-from exsearch.tables import format_interval, markdown_table
-from exsearch.trajectories import read_trajectories
 
 CURVE_METRICS = ("em", "f1", "acc", "recall", "support_recall")
 

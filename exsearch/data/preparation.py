@@ -14,9 +14,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from exsearch.config_data import CorpusFile, DatasetFile, PrepareConfig
-from exsearch.corpus import CorpusBuilder, fetch_corpus_file, read_corpus
-from exsearch.dataset_files import QuestionSet, read_dataset
+from exsearch.config import CorpusFile, DatasetFile, PrepareConfig
+from exsearch.data.corpus import CorpusBuilder, fetch_corpus_file, read_corpus
+from exsearch.data.datasets import QuestionSet, read_dataset
 from exsearch.schema import Passage, Question
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The warm-up's training set and settings: which questions, which trajectories, which epochs.
 
-`exsearch.warmup` writes one trajectory from a question's supporting facts; this module picks
+`exsearch.agent.warmup` writes one trajectory from a question's supporting facts; this module picks
 the questions (those with supporting facts, a seeded draw of `warmup.max_examples`), reads a
 teacher's trajectories instead when `warmup.teacher_file` names them, and turns the trajectories
 into the weight-1 examples the warm-up fine-tunes on.
@@ -15,14 +15,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from exsearch import files
-from exsearch.config import AgentConfig
-from exsearch.config_training import TrainConfig, WarmupConfig
+from exsearch.agent.warmup import WarmupShape, build_trajectories
+from exsearch.config import AgentConfig, TrainConfig, WarmupConfig
 from exsearch.schema import Question, Trajectory
-from exsearch.warmup import WarmupShape, build_trajectories
 
 if TYPE_CHECKING:
-    from exsearch.retrieval import BM25Retriever
-    from exsearch.retrieval.dense import DenseRetriever
+    from exsearch.retrieval import BM25Retriever, DenseRetriever
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """params.yaml's `prepare` section: the question files and extra passage files it reads.
 
-Their formats are the readers of `exsearch.dataset_files`; `config.Params` gathers this with the
+Their formats are the readers of `exsearch.data.datasets`; `config.Params` gathers this with the
 other sections.
 """
 
@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from exsearch.config_section import Section
+from exsearch.config.section import Section
 
 DataFormat = Literal["hotpotqa", "ircot", "musique", "2wiki", "flashrag"]
 CorpusFormat = Literal["flashrag", "title_text", "title_sentences", "dpr_tsv"]
@@ -20,7 +20,7 @@ class DatasetFile(Section):
     """One question file and how to read it."""
 
     path: str = Field(description="Path of the file, relative to the project root.")
-    format: DataFormat = Field(description="Reader to use (see exsearch.dataset_files).")
+    format: DataFormat = Field(description="Reader to use (see exsearch.data.datasets).")
     dataset: str = Field(description="Dataset name carried into every question and metric table.")
     skip: int = Field(
         default=0,

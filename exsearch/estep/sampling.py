@@ -31,10 +31,9 @@ from pathlib import Path
 from statistics import fmean
 
 from exsearch.agent import Decoding, SearchAgent
-from exsearch.config import AgentConfig, GenerationConfig, ModelConfig
-from exsearch.config_training import SampleConfig
+from exsearch.config import AgentConfig, GenerationConfig, ModelConfig, SampleConfig
+from exsearch.data import read_trajectories, write_trajectories
 from exsearch.schema import Question, Trajectory
-from exsearch.trajectories import read_trajectories, write_trajectories
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Formats (`DatasetFile.format`): native HotpotQA and 2WikiMultiHopQA (distractor JSON), IRCoT's
 processed JSONL, native MuSiQue, and FlashRAG/Search-R1 JSONL. A file may be a JSON list or
-JSONL (`exsearch.records`).
+JSONL (`exsearch.data.source_records`).
 
 Every question carries `extra["support"]`, its gold evidence in hop order, from which warm-up
 builds trajectories: a list of `{title, paragraph, sentences, sub_question, sub_answer}`.
@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from exsearch.config_data import DatasetFile
-from exsearch.corpus import Context, join_sentences, normalise_text, split_sentences
-from exsearch.records import InvalidRecord, id_note, read_records, require
+from exsearch.config import DatasetFile
+from exsearch.data.corpus import Context, join_sentences, normalise_text, split_sentences
+from exsearch.data.source_records import InvalidRecord, id_note, read_records, require
 from exsearch.schema import Question
 
 

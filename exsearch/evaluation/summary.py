@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from statistics import fmean
 
+from exsearch.evaluation.tables import format_interval, markdown_table
 from exsearch.metrics import (
     Interval,
     MetricResult,
@@ -25,7 +26,6 @@ from exsearch.metrics import (
     supporting_recall,
 )
 from exsearch.schema import Passage, Question, Trajectory
-from exsearch.tables import format_interval, markdown_table
 
 ANSWER_METRICS = ("em", "f1", "acc")
 RETRIEVAL_METRICS = ("recall", "precision", "support_recall")

@@ -1,6 +1,6 @@
 """M-step loss: weighted cross-entropy over the tokens the assistant wrote (METHOD.md §2).
 
-Each example is an encoded chat (`exsearch.chat_encoding`) and a weight w. The loss of a
+Each example is an encoded chat (`exsearch.mstep.chat_encoding`) and a weight w. The loss of a
 micro-batch of B sequences is
 
     L = Σ_i w_i · CE_i / B,   CE_i = mean token cross-entropy over sequence i's trained tokens.
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from exsearch.chat_encoding import IGNORE_INDEX
+from exsearch.mstep.chat_encoding import IGNORE_INDEX
 
 
 def lean_weighted_loss(

@@ -1,6 +1,7 @@
 """The M-step's examples: sampled trajectories with their E-step weights, and replayed warm-up ones.
 
-Each example is `{"messages": chat, "weight": w}`, what `exsearch.training.train_weighted` takes.
+Each example is `{"messages": chat, "weight": w}`, what
+`exsearch.mstep.training.train_weighted` takes.
 A sampled trajectory is trained with its answer replaced by the gold one (METHOD.md §2); a
 replayed warm-up trajectory (`train.replay`) keeps the action format from drifting.
 

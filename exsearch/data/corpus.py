@@ -27,9 +27,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from exsearch.config_data import CorpusFile
+from exsearch.config import CorpusFile
+from exsearch.data.source_records import InvalidRecord, id_note, read_records, require
 from exsearch.files import atomic_path, read_json, text_lines
-from exsearch.records import InvalidRecord, id_note, read_records, require
 from exsearch.schema import Passage
 
 Context = tuple[str, str]  # (title, paragraph text)

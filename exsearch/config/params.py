@@ -20,10 +20,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from exsearch.config_data import PrepareConfig
-from exsearch.config_section import Section
-from exsearch.config_training import SampleConfig, TrainConfig, WarmupConfig, WeighConfig
-from exsearch.config_yaml import DuplicateKeyError, load_yaml
+from exsearch.config.data import PrepareConfig
+from exsearch.config.section import Section
+from exsearch.config.strict_yaml import DuplicateKeyError, load_yaml
+from exsearch.config.training import SampleConfig, TrainConfig, WarmupConfig, WeighConfig
 from exsearch.files import read_text
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -148,7 +148,8 @@ class AgentConfig(Section):
     passage_max_words: int = Field(default=80, ge=1, description="Words kept of each passage.")
 
 
-Method = Literal["agent", "rag", "direct"]  # how the agent answers; exsearch.agent uses this one
+# How the agent answers (exsearch.agent.loop).
+Method = Literal["agent", "rag", "direct"]
 
 
 class EvaluateConfig(Section):
@@ -282,7 +283,7 @@ class Params(Section):
 def _describe(err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
-        return f"{key}: unknown key (typo? see exsearch/config.py for the allowed keys)"
+        return f"{key}: unknown key (typo? see exsearch/config/params.py for the allowed keys)"
     if err["type"] == "missing":
         return f"{key}: required key is missing"
     if err["type"] == "value_error" and "error" in err.get("ctx", {}):

@@ -1,11 +1,11 @@
 """M-step: fine-tune the model on weighted chats and save the result (METHOD.md §2).
 
 Each example is a chat (`messages`) and a weight w. Chats are encoded with labels on the tokens
-the assistant wrote and their passage turns trimmed to fit `max_length` (`exsearch.chat_encoding`);
-each sequence's loss is w × its mean token cross-entropy (`exsearch.weighted_loss`). Examples of
-weight 0 are dropped before training (they add no gradient; this only saves compute). Softmax
-weights sum to 1 per question, so a question adds as much gradient as one uniform-weighted
-trajectory. The model is a full model or LoRA adapters on it (`exsearch.adapters`).
+the assistant wrote and their passage turns trimmed to fit `max_length`
+(`exsearch.mstep.chat_encoding`); each sequence's loss is w × its mean token cross-entropy
+(`exsearch.mstep.weighted_loss`). Examples of weight 0 are dropped before training (they add
+no gradient; this only saves compute). Softmax weights sum to 1 per question, so a question adds
+as much gradient as one uniform-weighted trajectory. The model is a full model or LoRA adapters on it (`exsearch.checkpoints.adapters`).
 
     result = train_weighted("models/iter_0", [{"messages": [...], "weight": 0.7}, ...],
                             "models/iter_1", params.train)
@@ -28,16 +28,15 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, set_seed
 from trl import SFTConfig
 
-from exsearch.adapters import base_of, load_for_training, save_model, with_lora
-from exsearch.chat_encoding import (
+from exsearch.checkpoints import base_of, ensure_pad_token, load_for_training, save_model, with_lora
+from exsearch.config import TrainConfig
+from exsearch.mstep.chat_encoding import (
     IGNORE_INDEX,
     MIN_PASSAGE_TOKENS,
     ConversationTooLong,
     fit_conversation,
 )
-from exsearch.config_training import TrainConfig
-from exsearch.modeling import ensure_pad_token
-from exsearch.weighted_loss import WeightedCollator, WeightedTrainer
+from exsearch.mstep.weighted_loss import WeightedCollator, WeightedTrainer
 
 log = logging.getLogger(__name__)
 

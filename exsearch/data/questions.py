@@ -1,6 +1,6 @@
 """Prepared question files: one `Question` per JSONL line, as the prepare stage writes them.
 
-Kept apart from the raw-format readers (`exsearch.dataset_files`) so that the stages that only
+Kept apart from the raw-format readers (`exsearch.data.datasets`) so that the stages that only
 read prepared questions depend on this file, not on every reader.
 """
 

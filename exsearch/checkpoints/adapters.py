@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM
 
-from exsearch.config_training import TrainConfig
+from exsearch.config import TrainConfig
 from exsearch.files import atomic_path, read_json, write_json
 
 BASE_MODEL_FILE = "base_model.json"  # next to a saved LoRA adapter: which model it adapts

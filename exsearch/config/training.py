@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from exsearch.config_section import Section
+from exsearch.config.section import Section
 
 
 class WarmupConfig(Section):
@@ -27,7 +27,7 @@ class WarmupConfig(Section):
         default="question",
         description="'question': the first search is the question itself (what one-shot RAG "
         "reads), then one search per supporting paragraph not shown yet; 'hop': one search "
-        "per supporting paragraph (exsearch.warmup).",
+        "per supporting paragraph (exsearch.agent.warmup).",
     )
     record_max_words: int = Field(
         default=30, ge=1, description="Words kept of each record (around the answer)."

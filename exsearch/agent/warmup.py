@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from exsearch import prompts
-from exsearch.agent import Retriever
+from exsearch.agent.loop import Retriever
 from exsearch.retrieval import format_passage
 from exsearch.schema import Passage, Question, Step, Trajectory
 

@@ -1,0 +1,30 @@
+"""The search agent: think → search → record → answer, and the LLM-free warm-up trajectories.
+
+`loop.py` runs the agent over many trajectories at once (`SearchAgent`); `warmup.py` writes
+warm-up trajectories from supporting facts; `warmup_set.py` picks the warm-up's questions and
+settings.
+"""
+
+from exsearch.agent.loop import Decoding, SearchAgent
+from exsearch.agent.warmup import WarmupShape, build_trajectories
+from exsearch.agent.warmup_set import (
+    derived_trajectories,
+    seeded_draw,
+    teacher_trajectories,
+    warmup_examples,
+    warmup_questions,
+    warmup_train_config,
+)
+
+__all__ = [
+    "Decoding",
+    "SearchAgent",
+    "WarmupShape",
+    "build_trajectories",
+    "derived_trajectories",
+    "seeded_draw",
+    "teacher_trajectories",
+    "warmup_examples",
+    "warmup_questions",
+    "warmup_train_config",
+]

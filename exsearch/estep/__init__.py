@@ -1,0 +1,26 @@
+"""The E-step (METHOD.md §2): K trajectories per training question, and their weights.
+
+`sampling.py` explores in resumable shards; `weighting.py` turns scores into weights.
+"""
+
+from exsearch.estep.sampling import (
+    Draw,
+    iteration_questions,
+    sample_in_shards,
+    sample_stats,
+    shard_key,
+    warmup_question_ids,
+)
+from exsearch.estep.weighting import compute_weights, score_table, weight_stats
+
+__all__ = [
+    "Draw",
+    "compute_weights",
+    "iteration_questions",
+    "sample_in_shards",
+    "sample_stats",
+    "score_table",
+    "shard_key",
+    "warmup_question_ids",
+    "weight_stats",
+]

@@ -1,0 +1,49 @@
+"""Run the agent's methods greedily on the dev questions and score them: the evaluate stage's core.
+
+It takes the agent as anything that answers questions (`Answerer`), so this package does not
+import the agent: the report, which only scores records, depends on no model code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from exsearch.config import Method
+from exsearch.evaluation.summary import metrics_document, summarize
+from exsearch.schema import Passage, Question, Trajectory
+
+
+class Answerer(Protocol):
+    """What scoring a checkpoint needs of the agent (`exsearch.agent.SearchAgent`)."""
+
+    seen_passages: Mapping[str, Passage]
+
+    def run(
+        self, questions: Sequence[Question], *, method: Method, decoding: Any
+    ) -> list[Trajectory]:
+        """One record per question, answered by `method`."""
+        ...
+
+
+def evaluate_methods(
+    questions: Sequence[Question], agent: Answerer, methods: Sequence[Method], greedy: Any
+) -> tuple[list[Trajectory], dict]:
+    """Run each method with the `greedy` decoding; return all records and the metrics document.
+
+    Each method is scored right after its run, against the passages the agent has seen so far;
+    the first method is the primary one (`metrics_document`).
+    """
+    records: list[Trajectory] = []
+    summaries: dict[str, dict] = {}
+    by_method: dict[str, list[Trajectory]] = {}
+    seconds: dict[str, float] = {}
+    for method in methods:
+        started = time.perf_counter()
+        recs = agent.run(questions, method=method, decoding=greedy)
+        seconds[method] = round(time.perf_counter() - started, 1)
+        records.extend(recs)
+        by_method[method] = recs
+        summaries[method] = summarize(recs, agent.seen_passages)
+    return records, metrics_document(summaries, by_method, seconds)
