@@ -27,13 +27,14 @@ import argparse
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from exsearch import prompts
 from exsearch.agent import Decoding, SearchAgent
-from exsearch.config import GenerationConfig, load_params
+from exsearch.config import GenerationConfig, Params, load_params
 from exsearch.data import read_questions
 from exsearch.generation.hf import HFGenerator
 from exsearch.retrieval import load_retriever
@@ -83,6 +84,40 @@ def timed_plain_generate(
     return int((new != gen.pad_id).sum()) if stop else new.numel(), seconds
 
 
+@dataclass
+class Measured:
+    """Tokens generated in some seconds, and the rate they make."""
+
+    tokens: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds
+
+    def __add__(self, other: Measured) -> Measured:
+        return Measured(self.tokens + other.tokens, self.seconds + other.seconds)
+
+    def __str__(self) -> str:
+        return f"{self.tokens} tokens in {self.seconds:.1f}s = {self.rate:.1f} tok/s"
+
+
+@dataclass
+class Results:
+    """Every measured comparison, in the order `main` measures them."""
+
+    agent: Measured
+    rounds: int
+    reused: float
+    no_cache: Measured
+    padded: Measured
+    plain_same: Measured
+    per_traj: int
+    plain_first: Measured
+    serial: Measured
+    serial_no_cache: Measured
+
+
 def timed_agent(
     agent: SearchAgent, questions: list[Question]
 ) -> tuple[int, float, list[Trajectory]]:
@@ -91,7 +126,7 @@ def timed_agent(
     return sum(r.tokens.generated for r in recs), time.perf_counter() - start, recs
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -99,44 +134,45 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16, help="trajectories run at once")
     p.add_argument("--serial", type=int, default=4, help="questions for the one-at-a-time loop")
     p.add_argument("--params", default="params.yaml", help="agent and model settings")
-    args = p.parse_args()
-    params = load_params(args.params)
-    model_dir = args.model or next(
+    return p.parse_args()
+
+
+def find_model_dir(model: str | None) -> str:
+    """`--model`, else the warmed-up models/iter_0, else models/base; exits if there is none."""
+    model_dir = model or next(
         (d for d in ("models/iter_0", "models/base") if Path(d, "config.json").is_file()),
         None,
     )
     if model_dir is None or not Path("data/index").is_dir():
         sys.exit("needs data/index and a model: run `dvc repro warmup` (or init_model) first")
+    return model_dir
 
-    questions = read_questions("data/prepared/dev.jsonl")[: args.batch]
-    gen_cfg = GenerationConfig(batch_size=args.batch)
-    gen = HFGenerator.from_config(model_dir, params.model, gen_cfg)
-    # The same weights without the prefix cache: every prompt encoded in full.
-    uncached = HFGenerator(gen.model, gen.tokenizer, args.batch, prefix_cache_tokens=0)
-    cfg = params.agent
-    recorder = Recorder(gen)
-    agent = SearchAgent(recorder, load_retriever("data/index"), cfg)
-    agent_uncached = SearchAgent(uncached, agent.retriever, cfg)
-    # The same weights encoding each batch's new tokens as one padded batch (no length groups).
-    padded = HFGenerator(gen.model, gen.tokenizer, args.batch, group_overhead=10**9)
-    agent_padded = SearchAgent(padded, agent.retriever, cfg)
-    agent.run(questions[:2], progress=False)  # warm-up
-    recorder.calls.clear()
-    gen.prefix_cache.clear()
 
-    tokens, seconds, recs = timed_agent(agent, questions)
-    rounds = len(recorder.calls)
-    per_traj = max(1, round(tokens / len(questions)))
+def measure_agent(
+    agent: SearchAgent, recorder: Recorder, gen: HFGenerator, questions: list[Question]
+) -> tuple[Measured, int, float]:
+    """The agent loop (with the prefix cache), its rounds, and the share of reused prompt tokens."""
+    tokens, seconds, _ = timed_agent(agent, questions)
     reused = gen.prefix_cache.reused_tokens / max(1, gen.prefix_cache.prompt_tokens)
-    nc_tokens, nc_seconds, _ = timed_agent(agent_uncached, questions)
-    pad_tokens, pad_seconds, _ = timed_agent(agent_padded, questions)
+    return Measured(tokens, seconds), len(recorder.calls), reused
 
-    same_tokens, same_seconds = 0, 0.0
-    for texts, limit, stop in recorder.calls:
-        t, s_ = timed_plain_generate(gen, texts, limit, stop)
-        same_tokens += t
-        same_seconds += s_
 
+def measure_variant(agent: SearchAgent, questions: list[Question]) -> Measured:
+    """The same agent loop on another generator (prefix cache off, or one padded batch)."""
+    tokens, seconds, _ = timed_agent(agent, questions)
+    return Measured(tokens, seconds)
+
+
+def measure_plain_same(gen: HFGenerator, calls: list[tuple[list[str], int, list[str]]]) -> Measured:
+    """(a): plain `generate` once per agent round, with that round's prompts, limit and stops."""
+    total = Measured(0, 0.0)
+    for texts, limit, stop in calls:
+        total += Measured(*timed_plain_generate(gen, texts, limit, stop))
+    return total
+
+
+def measure_plain_first(gen: HFGenerator, questions: list[Question], per_traj: int) -> Measured:
+    """(a*): plain `generate` from the first prompts only, `per_traj` tokens forced per row."""
     first = [
         gen.chat_prompt(
             [
@@ -146,64 +182,102 @@ def main() -> None:
         )
         for q in questions
     ]
-    first_tokens, first_seconds = timed_plain_generate(gen, first, per_traj)
+    return Measured(*timed_plain_generate(gen, first, per_traj))
 
-    serial_tokens, serial_seconds = 0, 0.0
-    naive_tokens, naive_seconds = 0, 0.0
-    for q in questions[: args.serial]:
+
+def measure_one_at_a_time(
+    gen: HFGenerator, agent: SearchAgent, agent_uncached: SearchAgent, questions: list[Question]
+) -> tuple[Measured, Measured]:
+    """(b) and (b'): the agent on each question alone, with its prefix cache and without."""
+    serial, naive = Measured(0, 0.0), Measured(0, 0.0)
+    for q in questions:
         gen.prefix_cache.clear()
         t, s, _ = timed_agent(agent, [q])
-        serial_tokens += t
-        serial_seconds += s
+        serial += Measured(t, s)
         t, s, _ = timed_agent(agent_uncached, [q])
-        naive_tokens += t
-        naive_seconds += s
+        naive += Measured(t, s)
+    return serial, naive
 
-    rate = tokens / seconds
-    nc_rate = nc_tokens / nc_seconds
-    pad_rate = pad_tokens / pad_seconds
-    same_rate = same_tokens / same_seconds
-    first_rate = first_tokens / first_seconds
-    serial_rate = serial_tokens / serial_seconds
-    naive_rate = naive_tokens / naive_seconds
+
+def print_results(
+    r: Results, args: argparse.Namespace, model_dir: str, n: int, params: Params
+) -> None:
+    """The comparisons, then one ratio per line; `agent_vs_plain` (the headline) last."""
+    cfg = params.agent
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
-        f"model: {model_dir} ({params.model.dtype}); {len(questions)} trajectories in {rounds} "
+        f"model: {model_dir} ({params.model.dtype}); {n} trajectories in {r.rounds} "
         f"rounds; agent settings from {args.params}: top_k {cfg.top_k}, max_steps "
         f"{cfg.max_steps}, max_new_tokens {cfg.max_new_tokens}"
     )
     print(
-        f"agent loop (batch {args.batch}): {tokens} tokens in {seconds:.1f}s = {rate:.1f} tok/s; "
-        f"{100 * reused:.0f}% of prompt tokens taken from the prefix cache"
+        f"agent loop (batch {args.batch}): {r.agent}; "
+        f"{100 * r.reused:.0f}% of prompt tokens taken from the prefix cache"
     )
-    print(f"  same, no prefix cache: {nc_tokens} tokens in {nc_seconds:.1f}s = {nc_rate:.1f} tok/s")
-    print(
-        f"  same, new tokens as one padded batch: {pad_tokens} tokens in {pad_seconds:.1f}s "
-        f"= {pad_rate:.1f} tok/s"
-    )
-    print(
-        f"(a) plain generate, the agent's prompts, limits and stops: {same_tokens} tokens in "
-        f"{same_seconds:.1f}s = {same_rate:.1f} tok/s"
-    )
-    print(
-        f"(a*) plain generate, first prompts only, {per_traj} tokens each: {first_tokens} "
-        f"tokens in {first_seconds:.1f}s = {first_rate:.1f} tok/s"
-    )
-    print(
-        f"(b) one at a time ({args.serial} questions): {serial_tokens} tokens in "
-        f"{serial_seconds:.1f}s = {serial_rate:.1f} tok/s"
-    )
-    print(
-        f"(b') one at a time, prefix cache off: {naive_tokens} tokens in {naive_seconds:.1f}s "
-        f"= {naive_rate:.1f} tok/s"
-    )
+    print(f"  same, no prefix cache: {r.no_cache}")
+    print(f"  same, new tokens as one padded batch: {r.padded}")
+    print(f"(a) plain generate, the agent's prompts, limits and stops: {r.plain_same}")
+    print(f"(a*) plain generate, first prompts only, {r.per_traj} tokens each: {r.plain_first}")
+    print(f"(b) one at a time ({args.serial} questions): {r.serial}")
+    print(f"(b') one at a time, prefix cache off: {r.serial_no_cache}")
     print(f"peak RSS: {peak_mib:.0f} MiB")
-    print(f"prefix_cache_speedup: {rate / nc_rate:.2f}")
-    print(f"length_groups_speedup: {rate / pad_rate:.2f}")
-    print(f"agent_vs_plain_first_prompts: {rate / first_rate:.2f}")
-    print(f"agent_vs_one_at_a_time_no_cache: {rate / naive_rate:.2f}")
-    print(f"agent_vs_one_at_a_time: {rate / serial_rate:.2f}")
-    print(f"agent_vs_plain: {rate / same_rate:.2f}")
+    rate = r.agent.rate
+    print(f"prefix_cache_speedup: {rate / r.no_cache.rate:.2f}")
+    print(f"length_groups_speedup: {rate / r.padded.rate:.2f}")
+    print(f"agent_vs_plain_first_prompts: {rate / r.plain_first.rate:.2f}")
+    print(f"agent_vs_one_at_a_time_no_cache: {rate / r.serial_no_cache.rate:.2f}")
+    print(f"agent_vs_one_at_a_time: {rate / r.serial.rate:.2f}")
+    print(f"agent_vs_plain: {rate / r.plain_same.rate:.2f}")
+
+
+def build_agents(
+    args: argparse.Namespace, params: Params, model_dir: str
+) -> tuple[HFGenerator, Recorder, SearchAgent, SearchAgent, SearchAgent]:
+    """The generator, its recorder, and the agent on it, without its prefix cache and padded."""
+    gen = HFGenerator.from_config(model_dir, params.model, GenerationConfig(batch_size=args.batch))
+    # The same weights without the prefix cache: every prompt encoded in full.
+    uncached = HFGenerator(gen.model, gen.tokenizer, args.batch, prefix_cache_tokens=0)
+    cfg = params.agent
+    recorder = Recorder(gen)
+    agent = SearchAgent(recorder, load_retriever("data/index"), cfg)
+    agent_uncached = SearchAgent(uncached, agent.retriever, cfg)
+    # The same weights encoding each batch's new tokens as one padded batch (no length groups).
+    padded = HFGenerator(gen.model, gen.tokenizer, args.batch, group_overhead=10**9)
+    agent_padded = SearchAgent(padded, agent.retriever, cfg)
+    return gen, recorder, agent, agent_uncached, agent_padded
+
+
+def main() -> None:
+    args = parse_args()
+    params = load_params(args.params)
+    model_dir = find_model_dir(args.model)
+    questions = read_questions("data/prepared/dev.jsonl")[: args.batch]
+    gen, recorder, agent, agent_uncached, agent_padded = build_agents(args, params, model_dir)
+    agent.run(questions[:2], progress=False)  # warm-up
+    recorder.calls.clear()
+    gen.prefix_cache.clear()
+
+    # Measured in this order: (a) replays the rounds the first run recorded, and (b) records more.
+    measured, rounds, reused = measure_agent(agent, recorder, gen, questions)
+    per_traj = max(1, round(measured.tokens / len(questions)))
+    no_cache = measure_variant(agent_uncached, questions)
+    padded = measure_variant(agent_padded, questions)
+    plain_same = measure_plain_same(gen, recorder.calls)
+    plain_first = measure_plain_first(gen, questions, per_traj)
+    serial, naive = measure_one_at_a_time(gen, agent, agent_uncached, questions[: args.serial])
+    results = Results(
+        agent=measured,
+        rounds=rounds,
+        reused=reused,
+        no_cache=no_cache,
+        padded=padded,
+        plain_same=plain_same,
+        per_traj=per_traj,
+        plain_first=plain_first,
+        serial=serial,
+        serial_no_cache=naive,
+    )
+    print_results(results, args, model_dir, len(questions), params)
 
 
 if __name__ == "__main__":

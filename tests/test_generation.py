@@ -93,7 +93,7 @@ def test_waiting_prompts_join_as_rows_finish_without_changing_outputs(
 
 def test_room_left_unwritten_in_cache_buffers_is_never_read(loaded, gen, prompts, monkeypatch):
     """Cache buffers are allocated uninitialised; filling them with NaN changes no output."""
-    from exsearch.generation import hf, prefix_cache, running_batch
+    from exsearch.generation import prefill, prefix_cache, running_batch
 
     def nan_filled(like, rows, columns, room=prefix_cache.ROOM):
         return like.new_full((rows, like.shape[-3], columns + room, like.shape[-1]), float("nan"))
@@ -106,7 +106,7 @@ def test_room_left_unwritten_in_cache_buffers_is_never_read(loaded, gen, prompts
         for i, (p, c) in enumerate(zip(prompts, first, strict=True))
     ]
     reference = HFGenerator(*loaded, batch_size=1).generate(turns, max_new_tokens=24, stop=stops)
-    for module in (hf, prefix_cache, running_batch):
+    for module in (prefill, prefix_cache, running_batch):
         monkeypatch.setattr(module, "empty_with_room", nan_filled)
     nan_gen = HFGenerator(*loaded, batch_size=2)  # rows leave and join; turn 2 reuses turn 1
     nan_gen.generate(prompts, max_new_tokens=24, stop=stops)

@@ -128,17 +128,17 @@ def test_a_prefix_shared_by_a_batch_is_encoded_once_and_changes_nothing(loaded):
 
 
 def test_rows_are_encoded_in_groups_of_similar_length():
-    from exsearch.generation.hf import _length_groups
+    from exsearch.generation.prefill import length_groups
 
     # Padding 30 up to 200 costs more than a second forward pass: two groups, shortest first.
-    assert _length_groups([200, 30, 190, 25], overhead=32) == [[3, 1], [2, 0]]
+    assert length_groups([200, 30, 190, 25], overhead=32) == [[3, 1], [2, 0]]
     # Lengths this close are not worth another pass.
-    assert _length_groups([200, 190, 180, 170], overhead=64) == [[3, 2, 1, 0]]
+    assert length_groups([200, 190, 180, 170], overhead=64) == [[3, 2, 1, 0]]
     # Three clusters, three groups; a huge overhead keeps one.
     lengths = [5, 400, 100, 6, 410, 90]
-    assert _length_groups(lengths, overhead=32) == [[0, 3], [5, 2], [1, 4]]
-    assert _length_groups(lengths, overhead=10_000) == [[0, 3, 5, 2, 1, 4]]
-    assert _length_groups([7]) == [[0]]
+    assert length_groups(lengths, overhead=32) == [[0, 3], [5, 2], [1, 4]]
+    assert length_groups(lengths, overhead=10_000) == [[0, 3, 5, 2, 1, 4]]
+    assert length_groups([7]) == [[0]]
 
 
 def test_grouped_encoding_generates_what_each_prompt_alone_does(loaded, monkeypatch):
@@ -146,12 +146,12 @@ def test_grouped_encoding_generates_what_each_prompt_alone_does(loaded, monkeypa
 
     Cache buffers come filled with NaN, so a padding column left unwritten would show.
     """
-    from exsearch.generation import hf, prefix_cache, running_batch
+    from exsearch.generation import prefill, prefix_cache, running_batch
 
     def nan_filled(like, rows, columns, room=prefix_cache.ROOM):
         return like.new_full((rows, like.shape[-3], columns + room, like.shape[-1]), float("nan"))
 
-    for module in (hf, prefix_cache, running_batch):
+    for module in (prefill, prefix_cache, running_batch):
         monkeypatch.setattr(module, "empty_with_room", nan_filled)
     model, tok = loaded
     gen = HFGenerator(model, tok, batch_size=6)
