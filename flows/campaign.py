@@ -8,7 +8,7 @@ DVC stays the cache and the source of truth: each task is `dvc repro --single-it
 subprocess (tasks use NO_CACHE; DVC skips what is up to date, so a rerun resumes after the last
 stage that succeeded). Stages run one at a time: DVC takes a repo lock, and the only retried
 failure is that lock being busy. The flow opens the MLflow parent run and hands its id to the
-stages through `EXSEARCH_PARENT_RUN_ID` (see stages/tracking.py).
+stages through `EXSEARCH_PARENT_RUN_ID` (see tracking/campaign.py).
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+import tracking
 from exsearch.config import Params, checkpoint_step, load_params, parse_params
 from exsearch.evaluation import markdown_table
 from exsearch.files import read_json, write_text
 from flows.dag import StageInfo, iteration_number, project_root, read_stages, select, stale
-from stages import tracking
 
 LOCK_BUSY = "Unable to acquire lock"
 

@@ -16,9 +16,8 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
-from flows.dag import iteration_number, project_root
+from flows.dag import project_root
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -47,22 +46,28 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser: one subcommand per action, each with its own --help."""
-    fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog="exsearch", description=__doc__, formatter_class=fmt)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+FORMAT = argparse.RawDescriptionHelpFormatter
 
-    run = sub.add_parser(
+
+def _subcommand(
+    sub: argparse._SubParsersAction, name: str, help: str, description: str
+) -> argparse.ArgumentParser:
+    """A subcommand's parser, with the option every subcommand takes (-C)."""
+    p = sub.add_parser(name, formatter_class=FORMAT, help=help, description=description)
+    _add_common(p)
+    return p
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    run = _subcommand(
+        sub,
         "run",
-        formatter_class=fmt,
-        help="run the campaign once (Prefect flow over DVC stages)",
-        description="Run the campaign's DVC stages in DAG order, one Prefect task each\n"
+        "run the campaign once (Prefect flow over DVC stages)",
+        "Run the campaign's DVC stages in DAG order, one Prefect task each\n"
         "(`dvc repro --single-item`), under one MLflow parent run. DVC skips up-to-date\n"
         "stages, so a rerun after a failure resumes at the failed stage. With -S or --name\n"
         "the whole run is one `dvc exp run` and becomes a named DVC experiment.",
     )
-    _add_common(run)
     run.add_argument(
         "--iterations",
         nargs="+",
@@ -75,17 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rerun", action="store_true", help="force stages DVC finds up to date")
     run.add_argument("--extend", action="store_true", help="first add the next EM iteration")
 
-    serve = sub.add_parser(
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    serve = _subcommand(
+        sub,
         "serve",
-        formatter_class=fmt,
-        help="serve a scheduled deployment of the campaign",
-        description="Create a Prefect deployment with a schedule and serve it (blocks until\n"
+        "serve a scheduled deployment of the campaign",
+        "Create a Prefect deployment with a schedule and serve it (blocks until\n"
         "Ctrl-C, which pauses the schedule). Each scheduled run reruns the campaign, or with\n"
         "--extend first adds the next EM iteration to params.yaml. Needs a Prefect server:\n"
         "  prefect server start --host 127.0.0.1 &\n"
         "  export PREFECT_API_URL=http://127.0.0.1:4200/api",
     )
-    _add_common(serve)
     when = serve.add_mutually_exclusive_group(required=True)
     when.add_argument("--cron", help='cron schedule, e.g. "0 3 * * *" (03:00 daily)')
     when.add_argument("--interval", type=float, metavar="SECONDS", help="run every N seconds")
@@ -93,49 +99,61 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--deployment", default="em-campaign", help="deployment name")
     _add_overrides(serve)
 
-    compare = sub.add_parser(
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    compare = _subcommand(
+        sub,
         "compare",
-        formatter_class=fmt,
-        help="table of campaigns × iterations from MLflow",
-        description="Read every evaluate run of the MLflow experiment and print one row per\n"
+        "table of campaigns × iterations from MLflow",
+        "Read every evaluate run of the MLflow experiment and print one row per\n"
         "campaign and iteration; also write it to <out-dir>/compare.csv and compare.md.",
     )
-    _add_common(compare)
     compare.add_argument("--experiment", help="MLflow experiment (default: params.yaml)")
     compare.add_argument("--metrics", default="overall/", help="metric name prefix to show")
     compare.add_argument("--out-dir", default="reports", help="where to write (default reports)")
 
-    ui = sub.add_parser(
+
+def _add_ui(sub: argparse._SubParsersAction) -> None:
+    ui = _subcommand(
+        sub,
         "ui",
-        formatter_class=fmt,
-        help="start the MLflow UI on 127.0.0.1",
-        description="Start `mlflow ui` on this project's tracking store (MLFLOW_TRACKING_URI,\n"
+        "start the MLflow UI on 127.0.0.1",
+        "Start `mlflow ui` on this project's tracking store (MLFLOW_TRACKING_URI,\n"
         "default sqlite:///mlflow.db), listening on 127.0.0.1 only.",
     )
-    _add_common(ui)
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
 
-    study = sub.add_parser(
+
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    study = _subcommand(
+        sub,
         "study",
-        formatter_class=fmt,
-        help="queue the study's grid of DVC experiments, or tabulate the finished ones",
-        description="`queue`: one `dvc exp run --queue` per setting of flows/study.py (run\n"
+        "queue the study's grid of DVC experiments, or tabulate the finished ones",
+        "`queue`: one `dvc exp run --queue` per setting of flows/study.py (run\n"
         "them with `dvc queue start -j 1`); `table`: each finished setting's agent F1 per\n"
         "iteration and its last iteration's gain over iter_0 and over RAG, with 95% intervals.",
     )
-    _add_common(study)
     study.add_argument("action", choices=["queue", "table"])
     study.add_argument("--settings", nargs="+", metavar="NAME", help="only these settings")
 
-    repro = sub.add_parser(
+
+def _add_repro(sub: argparse._SubParsersAction) -> None:
+    repro = _subcommand(
+        sub,
         "repro",
-        formatter_class=fmt,
-        help="plain `dvc repro` under one MLflow parent run",
-        description="Run `dvc repro [ARGS]` as is (no Prefect), with the stages' MLflow runs\n"
+        "plain `dvc repro` under one MLflow parent run",
+        "Run `dvc repro [ARGS]` as is (no Prefect), with the stages' MLflow runs\n"
         "nested under one new parent run. Example: exsearch repro -- train@iter_1 --force",
     )
-    _add_common(repro)
     repro.add_argument("dvc_args", nargs=argparse.REMAINDER, help="arguments for dvc repro")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: one subcommand per action, each with its own --help."""
+    parser = argparse.ArgumentParser(prog="exsearch", description=__doc__, formatter_class=FORMAT)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_run, _add_serve, _add_compare, _add_ui, _add_study, _add_repro):
+        add(sub)
     return parser
 
 
@@ -161,108 +179,13 @@ def _cmd_serve(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
-def compare_rows(experiment: str, prefix: str = "overall/") -> list[dict[str, Any]]:
-    """One row per (campaign, iteration): the latest evaluate run's metrics under `prefix`."""
-    import mlflow
-
-    from stages.tracking import tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri())
-    if mlflow.get_experiment_by_name(experiment) is None:
-        raise LookupError(f"no MLflow experiment {experiment!r} in {tracking_uri()}")
-    evals = mlflow.search_runs(
-        experiment_names=[experiment],
-        filter_string="tags.stage = 'evaluate'",
-        order_by=["start_time DESC"],
-        output_format="list",
-    )
-    parent_ids = {r.data.tags.get("mlflow.parentRunId") for r in evals} - {None}
-    parents = {pid: mlflow.get_run(pid) for pid in parent_ids}
-    rows, seen = [], set()
-    parent_cache: dict[str, dict[int, dict[str, float]]] = {}
-    for r in evals:
-        pid, it = r.data.tags.get("mlflow.parentRunId"), r.data.tags.get("iteration", "")
-        if (pid, it) in seen:
-            continue
-        seen.add((pid, it))
-        parent = parents.get(pid)
-        row = {
-            "campaign": parent.info.run_name if parent else "",
-            "dvc_exp": r.data.tags.get("dvc_exp", ""),
-            "git_commit": r.data.tags.get("git_commit", "")[:12],
-            "iteration": it,
-            "status": r.info.status,
-            "started": parent.info.start_time if parent else r.info.start_time,
-        }
-        row.update({k: v for k, v in sorted(r.data.metrics.items()) if k.startswith(prefix)})
-        steps = _parent_comparisons(pid, parent_cache) if pid else {}
-        found = {**steps.get(iteration_step_of(it), {}), **r.data.metrics}
-        for what, label in COMPARISONS.items():
-            for metric in ("f1", "em"):
-                cell = _interval_cell(found, f"{what}/{metric}")
-                if cell:
-                    row[f"Δ{metric.upper()} {label}"] = cell
-        rows.append(row)
-    rows.sort(key=lambda x: (x["started"], iteration_number(x["iteration"])))
-    for row in rows:
-        row["started"] = _iso(row["started"])
-    return rows
-
-
-# Paired comparisons the report and evaluate stages log (key prefix → column label).
-COMPARISONS = {"vs_iter_0": "vs iter_0", "vs_prev": "vs previous", "agent_vs_rag": "agent − RAG"}
-
-
-def iteration_step_of(iteration: str) -> int:
-    """The MLflow step an iteration's metrics are logged at (-2 for an unknown name)."""
-    from stages.tracking import iteration_step
-
-    try:
-        return iteration_step(iteration)
-    except ValueError:
-        return -2
-
-
-def _parent_comparisons(
-    parent_id: str, cache: dict[str, dict[int, dict[str, float]]]
-) -> dict[int, dict[str, float]]:
-    """Step (iteration) → the comparison metrics the report logged on the campaign run."""
-    if parent_id in cache:
-        return cache[parent_id]
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    by_step: dict[int, dict[str, float]] = {}
-    keys = [k for k in client.get_run(parent_id).data.metrics if k.split("/")[0] in COMPARISONS]
-    for key in keys:
-        for m in client.get_metric_history(parent_id, key):
-            by_step.setdefault(m.step, {})[key] = m.value
-    cache[parent_id] = by_step
-    return by_step
-
-
-def _interval_cell(metrics: dict[str, float], key: str) -> str:
-    """`+4.2 [-1.3, +9.8] n=250` from `<key>/diff`, `/lo`, `/hi`, `/n`; '' if absent."""
-    try:
-        d, lo, hi = (metrics[f"{key}/{p}"] for p in ("diff", "lo", "hi"))
-    except KeyError:
-        return ""
-    n = metrics.get(f"{key}/n")
-    return f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" + (f" n={int(n)}" if n is not None else "")
-
-
-def _iso(ms: int) -> str:
-    import datetime
-
-    return datetime.datetime.fromtimestamp(ms / 1000).isoformat(timespec="seconds")
-
-
 def _cmd_compare(args: argparse.Namespace, root: Path) -> int:
     import csv
 
     from exsearch.config import load_params
     from exsearch.evaluation import markdown_table
     from exsearch.files import atomic_path, write_text
+    from flows.compare import compare_rows
 
     experiment = args.experiment or load_params().tracking.experiment
     rows = compare_rows(experiment, args.metrics)
@@ -300,7 +223,7 @@ def ui_command(uri: str, port: int) -> list[str]:
 def _cmd_ui(args: argparse.Namespace, root: Path) -> int:
     import subprocess
 
-    from stages.tracking import tracking_uri
+    from tracking import tracking_uri
 
     cmd = ui_command(tracking_uri(), args.port)
     print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
@@ -308,9 +231,9 @@ def _cmd_ui(args: argparse.Namespace, root: Path) -> int:
 
 
 def _cmd_repro(args: argparse.Namespace, root: Path) -> int:
+    import tracking
     from exsearch.config import load_params
     from flows.campaign import StageFailed, stream, subprocess_env
-    from stages import tracking
 
     dvc_args = [a for a in args.dvc_args if a != "--"]
     parent = tracking.start_campaign_run(load_params(), "repro " + " ".join(dvc_args))

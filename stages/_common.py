@@ -1,16 +1,18 @@
-"""Glue shared by the stage CLIs: arguments, params, logging, errors, the index, checkpoints."""
+"""Glue shared by the stage CLIs: args, params, logging, errors, tracking, checkpoints."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import Any, NoReturn, TypeVar
 
+import tracking
 from exsearch.config import ConfigError, Params, load_params
 
-if TYPE_CHECKING:
-    from exsearch.retrieval import BM25Retriever, DenseRetriever
+T = TypeVar("T")
 
 # Checkpoints (base, iter_0, iter_k) live outside runs/, which holds only the records the report
 # reads (trajectories, weights, stats, predictions, metrics): so the report does not depend on
@@ -69,17 +71,31 @@ def setup(args: argparse.Namespace) -> Params:
         fail(e)
 
 
-def open_index(directory: str | Path) -> BM25Retriever | DenseRetriever:
-    """Open the index, or exit with a message naming the folder and `dvc repro index`.
+@contextlib.contextmanager
+def stage_run(
+    params: Params, stage: str, iteration: str | None = None, sections: list[str] | None = None
+) -> Iterator[tracking.StageRun]:
+    """`tracking.stage_run` for a stage CLI: a store it cannot use stops the stage through `fail`.
 
-    Stages that search call this before loading a model, so a missing or damaged index costs
-    seconds, not a model load.
+    That is a required store that is unusable before the work starts or fails during it: the
+    stage prints the message (what failed, what to do), not a traceback.
     """
-    from exsearch.retrieval import load_retriever
-
     try:
-        return load_retriever(directory)
-    except (FileNotFoundError, ValueError) as e:  # CorruptIndex is a ValueError
+        with tracking.stage_run(params, stage, iteration, sections) as run:
+            yield run
+    except tracking.TrackingError as e:
+        fail(e)
+
+
+def or_fail(call: Callable[..., T], *args: Any) -> T:
+    """`call(*args)`; a ValueError it raises (bad input, said in its message) becomes `fail`.
+
+    For the library calls that check their input, such as `exsearch.retrieval.open_index`:
+    the stage exits with one `error:` line instead of a traceback.
+    """
+    try:
+        return call(*args)
+    except ValueError as e:
         fail(e)
 
 

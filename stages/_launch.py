@@ -22,7 +22,7 @@ from pathlib import Path
 
 from exsearch.config import TrainConfig
 from stages._common import fail
-from stages.tracking import SWITCH_ENV
+from tracking import SWITCH_ENV
 
 log = logging.getLogger(__name__)
 

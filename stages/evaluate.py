@@ -26,8 +26,9 @@ from exsearch.agent import Decoding, SearchAgent
 from exsearch.data import read_questions, write_trajectories
 from exsearch.evaluation import evaluate_methods, metrics_markdown, select_questions
 from exsearch.generation import make_generator
+from exsearch.retrieval import open_index
 from stages import _common
-from stages.tracking import log_iteration_metrics, stage_run
+from tracking import log_iteration_metrics
 
 log = logging.getLogger("stages.evaluate")
 
@@ -59,7 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = str(args.model or _common.checkpoint_dir(args.iteration))
     params = _common.setup(args)
     methods = params.methods_at(args.iteration)
-    with stage_run(params, "evaluate", args.iteration, ["evaluate", "agent", "generation"]) as run:
+    with _common.stage_run(
+        params, "evaluate", args.iteration, ["evaluate", "agent", "generation"]
+    ) as run:
         try:
             questions = select_questions(
                 read_questions(args.questions),
@@ -71,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
         if not questions:
             _common.fail(f"{args.questions}: no dev questions; check prepare.dev")
         log.info("evaluating %s on %d questions: %s", model_dir, len(questions), methods)
-        retriever = _common.open_index(args.index)  # before the model: a bad index fails fast
+        retriever = _common.or_fail(
+            open_index, args.index
+        )  # before the model: a bad index fails fast
         generator = make_generator(model_dir, params.model, params.generation)
         agent = SearchAgent(generator, retriever, params.agent)
         # greedy whatever `generation` says, so evaluation is deterministic

@@ -22,8 +22,7 @@ from pathlib import Path
 from exsearch.files import atomic_path, read_jsonl
 from exsearch.retrieval import DenseIndexStats, IndexStats, build_dense_index, build_index
 from exsearch.schema import Passage
-from stages._common import add_path, fail, parser, setup
-from stages.tracking import stage_run
+from stages._common import add_path, fail, parser, setup, stage_run
 
 log = logging.getLogger("stages.index")
 # Progress bars only for corpora that take more than a few seconds (~20k passages).

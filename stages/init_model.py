@@ -17,8 +17,7 @@ import logging
 from pathlib import Path
 
 from exsearch.checkpoints import materialize_base
-from stages._common import add_path, checkpoint_dir, fail, parser, setup
-from stages.tracking import stage_run
+from stages._common import add_path, checkpoint_dir, fail, parser, setup, stage_run
 
 log = logging.getLogger("stages.init_model")
 

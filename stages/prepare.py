@@ -22,8 +22,7 @@ from pathlib import Path
 from exsearch.data import prepare, write_questions
 from exsearch.files import atomic_path, write_json
 from exsearch.schema import Passage
-from stages._common import add_path, fail, parser, setup
-from stages.tracking import stage_run
+from stages._common import add_path, fail, parser, setup, stage_run
 
 log = logging.getLogger("stages.prepare")
 OUTPUTS = {

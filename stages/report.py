@@ -31,7 +31,6 @@ from exsearch.report import (
     summary_metrics,
 )
 from stages import _common
-from stages.tracking import stage_run
 
 log = logging.getLogger("stages.report")
 OUTPUTS = {
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     out = {k: getattr(args, k) or args.out / name for k, name in OUTPUTS.items()}
     params = _common.setup(args)
-    with stage_run(params, "report", sections=["em"]) as run:
+    with _common.stage_run(params, "report", sections=["em"]) as run:
         em = params.em
         records = read_records(args.runs, list(em.iters), em.evaluate)
         rows = curve_rows(records.metrics)

@@ -36,8 +36,8 @@ from exsearch.estep import (
     warmup_question_ids,
 )
 from exsearch.generation import make_generator
+from exsearch.retrieval import open_index
 from stages import _common
-from stages.tracking import stage_run
 
 log = logging.getLogger("stages.sample")
 
@@ -63,20 +63,23 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or _common.run_dir(args.iteration) / "trajectories.jsonl"
     stats_file = args.stats or _common.run_dir(args.iteration) / "sample_stats.json"
     params = _common.setup(args)
-    with stage_run(params, "sample", args.iteration, ["sample", "agent", "generation"]) as run:
+    with _common.stage_run(
+        params, "sample", args.iteration, ["sample", "agent", "generation"]
+    ) as run:
         cfg = params.sample
         model_dir = _common.model_dir(args.model, params, args.iteration, args.prev)
-        retriever = _common.open_index(args.index)  # before any work: a bad index fails fast
+        retriever = _common.or_fail(
+            open_index, args.index
+        )  # before any work: a bad index fails fast
         if not (pool := read_questions(args.questions)):
             _common.fail(f"{args.questions}: no training questions; check prepare.train")
         warmup_ids = _left_out(args.warmup) if cfg.exclude_warmup else set()
         step, seed = checkpoint_step(args.iteration), params.seed + cfg.seed
         draw = iteration_questions(pool, step, cfg.questions, seed=seed, exclude=warmup_ids)
         _log_draw(args.iteration, draw, len(warmup_ids))
-        agent_cfg = params.agent.model_copy(update={"max_steps": cfg.max_steps})
         key = shard_key(
             cfg,
-            agent_cfg,
+            params.agent,
             params.generation,
             params.model,
             model_dir,
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         generator = make_generator(model_dir, params.model, params.generation)
         records = sample_in_shards(
             draw.questions,
-            SearchAgent(generator, retriever, agent_cfg),
+            SearchAgent(generator, retriever, params.agent),
             k=cfg.k,
             temperature=cfg.temperature,
             top_p=cfg.top_p,

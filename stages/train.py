@@ -1,4 +1,4 @@
-"""M-step: fine-tune the previous iteration's model on its weighted trajectories.
+"""M-step: train the previous iteration's model on its E-step's output, with `train.method`.
 
     python -m stages.train --iteration iter_1 [--prev iter_0 | --model models/iter_0]
         [--warmup-model models/iter_0] [--trajectories runs/iter_1/trajectories.jsonl]
@@ -9,15 +9,17 @@ Reads the previous model (models/<prev>, `prev` from params.yaml em.iters by def
 warm-up's model with `train.start_from: warmup`), the iteration's trajectories and weights, and
 with `train.replay: N` N warm-up trajectories (weight 1 each, drawn per iteration); writes the
 new model (full model, or LoRA merged into it, or an adapter naming its base, per the `train`
-params) and its training stats with the loss curve. Each trajectory's loss is its weight × the
-mean cross-entropy of the tokens the assistant wrote, with the sampled answer replaced by the
-gold one (METHOD.md §2). With `train.launcher` set to an accelerate config file, the stage runs
-itself on `train.num_processes` processes (stages/_launch.py).
+params) and its training stats with the loss curve. `train.method` names the learner, which
+gets the E-step's output as written (exsearch.mstep.LEARNERS); the default, `weighted`, scales
+each trajectory's loss by its weight, over the tokens the assistant wrote, with the sampled
+answer replaced by the gold one (METHOD.md §2). With `train.launcher` set to an accelerate
+config file, the stage runs itself on `train.num_processes` processes (stages/_launch.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from functools import partial
 
@@ -25,9 +27,8 @@ import pandas as pd
 
 from exsearch import files
 from exsearch.data import read_trajectories
-from exsearch.mstep import replayed_examples, run_stats, train_weighted, weighted_examples
+from exsearch.mstep import EStepOutput, learner, replay_draw, run_stats
 from stages import _common, _launch
-from stages.tracking import stage_run
 
 log = logging.getLogger("stages.train")
 
@@ -57,27 +58,30 @@ def main(argv: list[str] | None = None) -> None:
     params = _common.setup(args)
     if _launch.ran_under_launcher(params.train, "stages.train", argv):
         return
-    with stage_run(params, "train", args.iteration) as run:
+    with _common.stage_run(params, "train", args.iteration) as run:
         cfg = params.train
-        trajectories = read_trajectories(args.trajectories or runs / "trajectories.jsonl")
-        weights = pd.read_parquet(args.weights or runs / "weights.parquet")
-        examples = weighted_examples(trajectories, weights)
-        replayed = []
+        fit = learner(cfg.method)
+        e_step = EStepOutput(
+            trajectories=read_trajectories(args.trajectories or runs / "trajectories.jsonl"),
+            table=pd.read_parquet(args.weights or runs / "weights.parquet"),
+        )
         if cfg.replay:
             warmup = read_trajectories(args.warmup)
-            replayed = replayed_examples(warmup, cfg.replay, args.iteration, params.seed)
+            replay = replay_draw(warmup, cfg.replay, args.iteration, params.seed)
+            e_step = dataclasses.replace(e_step, replay=replay)
         if cfg.start_from == "warmup":
             start = args.warmup_model
         else:
             start = _common.model_dir(args.model, params, args.iteration, args.prev)
         log.info(
-            "M-step of %s from %s: %d sampled + %d replayed warm-up trajectories",
+            "M-step of %s from %s (%s): %d sampled + %d replayed warm-up trajectories",
             args.iteration,
             start,
-            len(examples),
-            len(replayed),
+            cfg.method,
+            len(e_step.trajectories),
+            len(e_step.replay),
         )
-        result = train_weighted(start, examples + replayed, model_out, cfg)
+        result = fit(start, e_step, model_out, cfg)
         if not _launch.is_main_process():
             return  # rank 0 writes the outputs
         stats = run_stats(result)

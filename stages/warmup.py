@@ -31,8 +31,8 @@ from exsearch.agent import (
 )
 from exsearch.data import read_questions
 from exsearch.mstep import run_stats, train_weighted
+from exsearch.retrieval import open_index
 from stages import _common, _launch
-from stages.tracking import stage_run
 
 log = logging.getLogger("stages.warmup")
 
@@ -58,12 +58,12 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.enabled and _launch.ran_under_launcher(params.train, "stages.warmup", argv):
         return
     main_process = _launch.is_main_process()  # the one that writes, under a launcher
-    with stage_run(params, "warmup", sections=["warmup", "train"]) as run:
+    with _common.stage_run(params, "warmup", sections=["warmup", "train"]) as run:
         if cfg.teacher_file:
             trajectories = teacher_trajectories(cfg.teacher_file)
         else:
             questions = warmup_questions(read_questions(args.questions), cfg, params.seed)
-            retriever = _common.open_index(args.index)
+            retriever = _common.or_fail(open_index, args.index)
             trajectories = derived_trajectories(
                 questions, retriever, params.agent, cfg, params.seed
             )

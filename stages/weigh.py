@@ -24,7 +24,6 @@ from exsearch.data import read_trajectories
 from exsearch.estep import compute_weights, score_table, weight_stats
 from exsearch.generation import make_generator
 from stages import _common
-from stages.tracking import stage_run
 
 log = logging.getLogger("stages.weigh")
 
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     trajectories_file = args.trajectories or runs / "trajectories.jsonl"
     out, stats_file = args.out or runs / "weights.parquet", args.stats or runs / "weight_stats.json"
     params = _common.setup(args)
-    with stage_run(params, "weigh", args.iteration) as run:
+    with _common.stage_run(params, "weigh", args.iteration) as run:
         cfg = params.weigh
         started = time.perf_counter()
         trajectories = read_trajectories(trajectories_file)

@@ -31,7 +31,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _tracking_store_gets_a_new_chance():
-    """stages/tracking.py gives up on a failed store for the rest of the process: per test here."""
+    """tracking/store.py gives up on a failed store for the rest of the process: per test here."""
     yield
-    if (tracking := sys.modules.get("stages.tracking")) is not None:
+    if (tracking := sys.modules.get("tracking.store")) is not None:
         tracking.reset_store_state()

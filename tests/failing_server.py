@@ -1,6 +1,6 @@
 """A tracking server that is up but broken: `/health` answers 200, every API call 500.
 
-For the bounded-cost tests of stages/tracking.py: it counts the requests it receives, so a test
+For the bounded-cost tests of tracking/store.py: it counts the requests it receives, so a test
 can check that a failed store is not called again.
 """
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGES = ("exsearch", "stages", "flows")
+PACKAGES = ("exsearch", "stages", "flows", "tracking")
 
 
 def _module_file(root: Path, dotted: str, script_dir: Path | None = None) -> Path | None:

@@ -10,8 +10,8 @@ import mlflow
 import pytest
 from toy_project import OUTER_VARS, make_toy_project, mlflow_store, offline_env
 
+import tracking
 from flows import cli
-from stages import tracking
 
 COMMANDS = ["run", "serve", "compare", "ui", "repro"]
 

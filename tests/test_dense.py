@@ -16,7 +16,8 @@ from exsearch.retrieval import (  # noqa: E402
     dense,  # noqa: E402
     load_retriever,
 )
-from exsearch.retrieval.dense import DenseRetriever, build_dense_index, load_encoder, passage_text  # noqa: E402
+from exsearch.retrieval.dense import DenseRetriever, build_dense_index  # noqa: E402
+from exsearch.retrieval.embedding import load_encoder, passage_text  # noqa: E402
 from exsearch.schema import Passage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from exsearch import prompts as P
 from exsearch.config.params import load_params
 from exsearch.config.training import TrainConfig
 from stages import _launch
-from stages.tracking import SWITCH_ENV
+from tracking import SWITCH_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

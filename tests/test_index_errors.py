@@ -1,6 +1,6 @@
 """A missing, truncated or garbled index fails with one error naming the folder and the fix.
 
-Every stage that searches opens the index before it loads a model (stages/_common.open_index).
+Every stage that searches opens the index before it loads a model (exsearch.retrieval.open_index).
 """
 
 import json

@@ -3,7 +3,7 @@ import pytest
 from chats import chat
 
 from exsearch import prompts as P
-from exsearch.mstep.examples import replayed_examples, weighted_examples
+from exsearch.mstep.examples import replay_draw, replayed_examples, weighted_examples
 from exsearch.schema import Trajectory
 
 
@@ -37,7 +37,7 @@ def test_a_trajectory_without_a_weight_is_an_error_naming_it():
 
 def test_replayed_warmup_trajectories_weigh_one_each():
     warmup = warmup_trajectories([f"Question {i}?" for i in range(10)])
-    picked = replayed_examples(warmup, 4, "iter_1", seed=0)
+    picked = replayed_examples(replay_draw(warmup, 4, "iter_1", seed=0))
     assert len(picked) == 4 and all(e["weight"] == 1.0 for e in picked)
     assert all(any(e["messages"] == w.messages for w in warmup) for e in picked)
 
@@ -46,7 +46,7 @@ def test_the_replay_draw_is_fixed_by_seed_and_iteration():
     warmup = warmup_trajectories([f"Question {i}?" for i in range(20)])
 
     def draw(iteration, seed):
-        return [e["messages"][1] for e in replayed_examples(warmup, 5, iteration, seed)]
+        return [t.messages[1] for t in replay_draw(warmup, 5, iteration, seed)]
 
     assert draw("iter_1", 0) == draw("iter_1", 0)
     assert draw("iter_1", 0) != draw("iter_2", 0)
@@ -55,5 +55,5 @@ def test_the_replay_draw_is_fixed_by_seed_and_iteration():
 
 def test_replay_takes_at_most_what_there_is_and_nothing_for_zero():
     warmup = warmup_trajectories(["Who?"] * 3)
-    assert len(replayed_examples(warmup, 10, "iter_1", seed=0)) == 3
-    assert replayed_examples(warmup, 0, "iter_1", seed=0) == []
+    assert len(replay_draw(warmup, 10, "iter_1", seed=0)) == 3
+    assert replay_draw(warmup, 0, "iter_1", seed=0) == []

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import ast
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from stages._common import fail
+from exsearch.config import load_params
+from stages._common import fail, stage_run
+from tracking import SWITCH_ENV, TrackingError
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_FILES = sorted((ROOT / "stages").glob("*.py"))
@@ -55,3 +58,27 @@ def test_stages_exit_on_errors_only_through_fail(path):
     allowed = {"_common.py": 1}  # fail itself
     found = exits(path)
     assert len(found) == allowed.get(path.name, 0), f"stages/{path.name}: use fail(): {found}"
+
+
+def test_a_tracking_error_during_the_stage_is_one_error_line(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("prepare: {train: [], dev: []}\n")
+    with pytest.raises(SystemExit) as done, stage_run(load_params(), "prepare"):
+        raise TrackingError("MLflow tracking store x failed during the stage")
+    assert done.value.code == "error: MLflow tracking store x failed during the stage"
+
+
+def test_an_unusable_required_tracking_store_stops_the_stage_before_its_work(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("prepare: {train: [], dev: []}\n")
+    monkeypatch.setenv(SWITCH_ENV, "on")
+    with socket.socket() as s:  # a port nothing listens on: the health probe is refused
+        s.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    ran = []
+    with pytest.raises(SystemExit) as done, stage_run(load_params(), "prepare"):
+        ran.append(True)
+    assert not ran
+    assert done.value.code.startswith(f"error: MLflow tracking store {uri}: could not open")
+    assert "tracking.required: false" in done.value.code

@@ -1,4 +1,4 @@
-"""stages/tracking.py: parent/nested runs, tags, per-iteration metrics, failures, stores."""
+"""tracking/: parent/nested runs, tags, per-iteration metrics, failures, stores."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import pytest
 from failing_server import BrokenTrackingServer
 from toy_project import OUTER_VARS, mlflow_store, offline_env
 
+import tracking
 from exsearch.config.params import load_params
-from stages import tracking
-from stages.tracking import (
+from tracking import (
     PARENT_ENV,
     TrackingError,
     end_campaign_run,
@@ -29,6 +29,7 @@ from stages.tracking import (
     stage_run,
     start_campaign_run,
 )
+from tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
 PARAMS = """\
 prepare:
@@ -164,11 +165,11 @@ def test_unreachable_required_store_fails_before_the_stage_runs(project, monkeyp
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     ran = []
-    with pytest.raises(SystemExit, match="127.0.0.1") as err:
+    with pytest.raises(TrackingError, match="127.0.0.1") as err:
         with stage_run(params, stage="prepare"):
             ran.append(True)
     assert not ran
-    assert "tracking.required: false" in str(err.value.code)
+    assert "tracking.required: false" in str(err.value)
     with pytest.raises(TrackingError, match="127.0.0.1"):
         start_campaign_run(params)
 
@@ -335,11 +336,11 @@ def test_a_server_that_answers_health_but_fails_the_api_stops_a_required_stage_b
     ran = []
     with BrokenTrackingServer() as server:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
-        with pytest.raises(SystemExit, match="500") as err:
+        with pytest.raises(TrackingError, match="500") as err:
             with stage_run(params, stage="prepare"):
                 ran.append(True)
     assert not ran
-    assert "tracking.required: false" in str(err.value.code)
+    assert "tracking.required: false" in str(err.value)
     # One call, tried twice (MLFLOW_HTTP_REQUEST_MAX_RETRIES=1), then nothing more.
     assert 1 <= len(server.api_requests) <= 2
 
@@ -433,7 +434,7 @@ def test_a_server_that_dies_mid_stage_costs_one_failed_call_then_none(
     try:
         with contextlib.ExitStack() as stack:
             if required:
-                stack.enter_context(pytest.raises(SystemExit, match="failed during the stage"))
+                stack.enter_context(pytest.raises(TrackingError, match="failed during the stage"))
             with stage_run(params, stage="evaluate", iteration="iter_1") as run:
                 run.log_metrics({"before": 1.0})
                 assert run.errors == 0
@@ -492,5 +493,5 @@ def test_the_kind_is_one_the_installed_mlflow_ui_knows():
 
     js = files("mlflow") / "server" / "js" / "build" / "static" / "js"
     sources = "".join(p.read_text(errors="ignore") for p in js.iterdir() if p.name.endswith(".js"))
-    assert f'CUSTOM_MODEL_DEVELOPMENT="{tracking.EXPERIMENT_KIND}"' in sources
-    assert f'"{tracking.EXPERIMENT_KIND_TAG}"' in sources
+    assert f'CUSTOM_MODEL_DEVELOPMENT="{EXPERIMENT_KIND}"' in sources
+    assert f'"{EXPERIMENT_KIND_TAG}"' in sources

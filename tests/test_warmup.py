@@ -55,7 +55,7 @@ QUESTION = Question(
 
 def build(top_k=2, question=QUESTION, **shape):
     retriever = BM25Retriever.build(CORPUS, IndexConfig())
-    shape = {"passage_max_words": 40, "first_search": "hop", **shape}
+    shape = {"passage_max_words": 40, "max_steps": 6, "first_search": "hop", **shape}
     return build_trajectories([question], retriever, CORPUS, WarmupShape(top_k=top_k, **shape))
 
 
@@ -118,7 +118,7 @@ def test_the_gold_paragraph_is_always_among_the_passages():
 def test_questions_without_supporting_facts_are_skipped_and_counted():
     retriever = BM25Retriever.build(CORPUS, IndexConfig())
     bare = Question("x", "Who?", ["Ann"], "nq")
-    trajs, skipped = build_trajectories([bare], retriever, CORPUS, WarmupShape(2, 40))
+    trajs, skipped = build_trajectories([bare], retriever, CORPUS, WarmupShape(2, 40, max_steps=6))
     assert trajs == [] and skipped == 1
 
 
@@ -166,8 +166,14 @@ def test_searches_stop_at_max_steps_and_the_trajectory_still_finishes():
 
 def test_the_warmup_trains_with_its_own_epochs_and_rate_and_no_em_only_setting():
     warm = WarmupConfig(epochs=1.0, learning_rate=5e-4)
-    em = TrainConfig(epochs=3.0, learning_rate=1e-5, min_weight=0.5, start_from="warmup", replay=8)
+    em = TrainConfig(
+        epochs=3.0,
+        learning_rate=1e-5,
+        weighted={"min_weight": 0.5},
+        start_from="warmup",
+        replay=8,
+    )
     got = warmup_train_config(em, warm)
     assert (got.epochs, got.learning_rate) == (1.0, 5e-4)
     assert got == warmup_train_config(TrainConfig(), warm)  # EM-only keys leave it unchanged
-    assert got.min_weight == 0.0  # warm-up examples weigh 1: none may be dropped
+    assert got.weighted.min_weight == 0.0  # warm-up examples weigh 1: none may be dropped

@@ -2,8 +2,8 @@
 
 Three fast stages shaped like the real campaign: `prepare` writes iteration 0's "model", a
 `train` foreach group chains iterations through `prev`, and `evaluate` writes
-runs/iter_k/metrics.json and logs per-iteration metrics. Each stage uses stages/tracking.py
-exactly as the real stages do. A stage named in `fail_at.txt` exits with an error, and every
+runs/iter_k/metrics.json and logs per-iteration metrics. Each stage uses tracking/ (through
+stages/_common.py) exactly as the real stages do. A stage named in `fail_at.txt` exits with an error, and every
 stage that really runs appends its address to `executions.log` (untracked by DVC).
 """
 
@@ -26,7 +26,8 @@ from pathlib import Path
 
 from exsearch.config.params import load_params
 from exsearch.files import write_json, write_text
-from stages.tracking import log_iteration_metrics, stage_run
+from stages._common import stage_run
+from tracking import log_iteration_metrics
 
 stage, *rest = sys.argv[1:]
 iteration = rest[0] if rest else None

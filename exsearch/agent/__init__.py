@@ -5,7 +5,7 @@ warm-up trajectories from supporting facts; `warmup_set.py` picks the warm-up's 
 settings.
 """
 
-from exsearch.agent.loop import Decoding, SearchAgent
+from exsearch.agent.loop import METHODS, Decoding, SearchAgent
 from exsearch.agent.warmup import WarmupShape, build_trajectories
 from exsearch.agent.warmup_set import (
     derived_trajectories,
@@ -17,6 +17,7 @@ from exsearch.agent.warmup_set import (
 )
 
 __all__ = [
+    "METHODS",
     "Decoding",
     "SearchAgent",
     "WarmupShape",

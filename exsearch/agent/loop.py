@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from typing import Literal
 
 from tqdm.auto import tqdm
 
@@ -19,29 +19,20 @@ from exsearch import prompts
 from exsearch.config import AgentConfig, Method
 from exsearch.generation import Generator
 from exsearch.metrics import normalize_answer
-from exsearch.retrieval import format_passage
+from exsearch.retrieval import Retriever, format_passage
 from exsearch.schema import Passage, Question, Step, TokenCounts, Trajectory
 
 log = logging.getLogger(__name__)
 
 FinishReason = Literal["final", "max_steps", "malformed", "length"]
 
+# The ways a trajectory starts (`SearchAgent._start`): searching, reading the question's
+# passages once (RAG), or answering at once. `evaluate.methods` (exsearch.config's `Method`)
+# lists the same names; tests/test_registries.py checks it.
+METHODS: tuple[str, ...] = ("agent", "rag", "direct")
+
 # Below this many words per passage the budget is met by dropping passages instead.
 _MIN_PASSAGE_WORDS = 8
-
-
-class Hit(Protocol):
-    """What the agent needs of a search result."""
-
-    passage: Passage
-
-
-class Retriever(Protocol):
-    """What the agent needs of a retriever: batched top-k search."""
-
-    def search(self, queries: list[str], k: int) -> list[Sequence[Hit]]:
-        """Top-`k` hits per query, best first; an empty query gets none."""
-        ...
 
 
 @dataclass(frozen=True)

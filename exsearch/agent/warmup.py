@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from exsearch import prompts
-from exsearch.agent.loop import Retriever
-from exsearch.retrieval import format_passage
+from exsearch.retrieval import Retriever, format_passage
 from exsearch.schema import Passage, Question, Step, Trajectory
 
 FirstSearch = Literal["question", "hop"]
@@ -41,7 +40,7 @@ class WarmupShape:
 
     top_k: int
     passage_max_words: int
-    max_steps: int = 6
+    max_steps: int
     record_max_words: int = 30
     first_search: FirstSearch = "question"
 

@@ -12,15 +12,13 @@ import logging
 import os
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from exsearch import files
 from exsearch.agent.warmup import WarmupShape, build_trajectories
-from exsearch.config import AgentConfig, TrainConfig, WarmupConfig
+from exsearch.config import LEARNER_SECTIONS, AgentConfig, TrainConfig, WarmupConfig
+from exsearch.retrieval import Retriever
 from exsearch.schema import Question, Trajectory
-
-if TYPE_CHECKING:
-    from exsearch.retrieval import BM25Retriever, DenseRetriever
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,7 +52,7 @@ def warmup_shape(agent: AgentConfig, cfg: WarmupConfig) -> WarmupShape:
 
 def derived_trajectories(
     questions: Sequence[Question],
-    retriever: BM25Retriever | DenseRetriever,
+    retriever: Retriever,
     agent: AgentConfig,
     cfg: WarmupConfig,
     seed: int,
@@ -81,16 +79,22 @@ def warmup_examples(trajectories: Sequence[dict]) -> list[dict]:
     return [{"messages": Trajectory.from_dict(t).messages, "weight": 1.0} for t in trajectories]
 
 
-# `train` keys the warm-up does not take: its epochs and learning rate come from `warmup`, its
-# examples all weigh 1 (no `min_weight` drops any), and it fine-tunes the base model with nothing
-# to replay. dvc.yaml's warmup stage depends on every other `train` key, so changing one of
-# these re-runs the EM iterations only (tests/test_stage_deps.py keeps the two in step).
-EM_ONLY_TRAIN_KEYS = frozenset({"epochs", "learning_rate", "min_weight", "start_from", "replay"})
+# `train` keys the warm-up does not take: its epochs and learning rate come from `warmup`, it
+# is plain SFT whatever the M-step's learner (`method` and every learner's section: its
+# examples all weigh 1, so no `min_weight` drops any), and it fine-tunes the base model with
+# nothing to replay. dvc.yaml's warmup stage depends on every other `train` key, so changing
+# one of these re-runs the EM iterations only (tests/test_stage_deps.py keeps the two in step).
+EM_ONLY_TRAIN_KEYS = frozenset(
+    {"epochs", "learning_rate", "start_from", "replay", "method", *LEARNER_SECTIONS}
+)
 
 
 def warmup_train_config(train: TrainConfig, cfg: WarmupConfig) -> TrainConfig:
     """The `train` settings with the warm-up's epochs and learning rate, and no EM-only ones."""
-    em_only = {k: TrainConfig.model_fields[k].default for k in EM_ONLY_TRAIN_KEYS}
+    em_only = {
+        k: TrainConfig.model_fields[k].get_default(call_default_factory=True)
+        for k in EM_ONLY_TRAIN_KEYS
+    }
     return train.model_copy(
         update={**em_only, "epochs": cfg.epochs, "learning_rate": cfg.learning_rate}
     )

@@ -18,9 +18,15 @@ from exsearch.config.params import (
     load_params,
     parse_params,
 )
-from exsearch.config.training import SampleConfig, TrainConfig, WarmupConfig
+from exsearch.config.training import (
+    LEARNER_SECTIONS,
+    SampleConfig,
+    TrainConfig,
+    WarmupConfig,
+)
 
 __all__ = [
+    "LEARNER_SECTIONS",
     "AgentConfig",
     "ConfigError",
     "CorpusFile",

@@ -46,7 +46,6 @@ class SampleConfig(Section):
     k: int = Field(default=4, ge=1)
     temperature: float = Field(default=0.8, ge=0)
     top_p: float = Field(default=0.95, gt=0, le=1)
-    max_steps: int = Field(default=4, ge=1)
     questions: int | None = Field(
         default=None,
         ge=1,
@@ -91,9 +90,36 @@ Scheduler = Literal[
 ]
 
 
-class TrainConfig(Section):
-    """`train`: the weighted M-step."""
+class WeightedConfig(Section):
+    """`train.weighted`: the weighted-SFT learner, ExSearch's M-step (exsearch.mstep.weighted)."""
 
+    min_weight: float = Field(
+        default=0.0,
+        ge=0,
+        description="Trajectories weighted below this are not trained on: each costs a full "
+        "forward and backward pass for a negligible share of the loss (in the weighting "
+        "scheme's units).",
+    )
+
+
+# The M-step learners, `train.method`: each has its section under `train` (named as the method)
+# and its trainer in exsearch.mstep.LEARNERS (tests/test_registries.py keeps the two in step).
+Learner = Literal["weighted"]
+LEARNER_SECTIONS: tuple[str, ...] = ("weighted",)
+
+
+class TrainConfig(Section):
+    """`train`: the M-step, its learner (`method`) and the trainer settings every learner shares.
+
+    The warm-up trains with the same settings (exsearch.agent.warmup_train_config).
+    """
+
+    method: Learner = Field(
+        default="weighted",
+        description="The M-step learner: 'weighted' (weight-scaled SFT on the E-step's "
+        "trajectories, METHOD.md §2). Its own keys are in the section of the same name.",
+    )
+    weighted: WeightedConfig = Field(default_factory=WeightedConfig)
     lora: bool = True
     lora_r: int = Field(default=16, ge=1)
     lora_alpha: int = Field(default=32, ge=1)
@@ -108,13 +134,6 @@ class TrainConfig(Section):
     )
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     max_length: int = Field(default=1024, ge=64)
-    min_weight: float = Field(
-        default=0.0,
-        ge=0,
-        description="Trajectories weighted below this are not trained on: each costs a full "
-        "forward and backward pass for a negligible share of the loss (in the weighting "
-        "scheme's units).",
-    )
     bf16: bool = False
     padding_free: bool = Field(
         default=False,

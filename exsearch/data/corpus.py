@@ -41,34 +41,36 @@ def read_corpus(spec: CorpusFile) -> Iterator[Passage]:
     Raises:
         ValueError: a record is not JSON or lacks its fields, naming the file and line/record.
     """
-    if spec.format == "title_sentences":
-        data = read_json(spec.path)
-        if not isinstance(data, dict):
-            raise ValueError(
-                f"{spec.path}: title_sentences expects one JSON object title → sentences"
-            )
-        items: Iterable[tuple[str, Any]] = (
-            (f"{spec.path}: title {t!r}", {"title": t, "text": join_sentences(s)})
-            for t, s in data.items()
-        )
-    elif spec.format == "dpr_tsv":
-        items = _dpr_tsv_records(spec.path)
-    else:
-        items = read_records(spec.path)
-    for n, (where, rec) in enumerate(items, 1):
+    records, fields = CORPUS_READERS[spec.format]
+    for n, (where, rec) in enumerate(records(spec.path), 1):
         if spec.limit is not None and n > spec.limit:
             return
         try:
             if isinstance(rec, InvalidRecord):
                 raise rec
-            if spec.format == "flashrag":
-                title, text = _split_contents(require(rec, "contents", str))
-            else:
-                title, text = require(rec, "title", str), require(rec, "text", str)
+            title, text = fields(rec)
         except (InvalidRecord, TypeError) as e:
             raise ValueError(f"{where}{id_note(rec)}: {e}") from None
         pid = rec.get("id", n - 1) if isinstance(rec, dict) else n - 1
         yield Passage(id=str(pid), title=title.strip(), text=text.strip())
+
+
+def _title_sentence_records(path: Path) -> Iterable[tuple[str, Any]]:
+    """One JSON object title → sentences, as `{title, text}` records."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: title_sentences expects one JSON object title → sentences")
+    return (
+        (f"{path}: title {t!r}", {"title": t, "text": join_sentences(s)}) for t, s in data.items()
+    )
+
+
+def _title_text(rec: Any) -> Context:
+    return require(rec, "title", str), require(rec, "text", str)
+
+
+def _flashrag_contents(rec: Any) -> Context:
+    return _split_contents(require(rec, "contents", str))
 
 
 def fetch_corpus_file(spec: CorpusFile) -> Path:
@@ -228,3 +230,15 @@ def _split_contents(contents: str) -> Context:
     if len(title) >= 2 and title[0] == title[-1] == '"':
         title = title[1:-1]
     return title, text
+
+
+Records = Callable[[Path], Iterable[tuple[str, Any]]]
+
+# `CorpusFile.format` → (the file's records with where each is, a record's (title, text)).
+# exsearch.config.data lists the same names (tests/test_registries.py checks it).
+CORPUS_READERS: dict[str, tuple[Records, Callable[[Any], Context]]] = {
+    "flashrag": (read_records, _flashrag_contents),
+    "title_text": (read_records, _title_text),
+    "title_sentences": (_title_sentence_records, _title_text),
+    "dpr_tsv": (_dpr_tsv_records, _title_text),
+}

@@ -48,7 +48,7 @@ def read_dataset(spec: DatasetFile, *, skip_invalid: bool = False) -> QuestionSe
             `skip_invalid` such rows are skipped and listed in `QuestionSet.skipped` instead;
             a JSON list that does not parse at all still raises.
     """
-    parse = _PARSERS[spec.format]
+    parse = DATASET_READERS[spec.format]
     out = QuestionSet([], [])
     seen: set[str] = set()
     to_skip = spec.skip
@@ -183,7 +183,9 @@ def _flashrag(rec: dict, dataset: str, fallback_id: str) -> tuple[Question, list
     return _with_support(_question(qid, rec, "question", answers), dataset, [], {}), []
 
 
-_PARSERS: dict[str, Callable[[dict, str, str], tuple[Question, list[Context]]]] = {
+# `DatasetFile.format` → the parser of one record; exsearch.config.data lists the same names
+# (tests/test_registries.py checks it).
+DATASET_READERS: dict[str, Callable[[dict, str, str], tuple[Question, list[Context]]]] = {
     "hotpotqa": _hotpot_like,
     "2wiki": _hotpot_like,
     "ircot": _ircot,

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -36,9 +36,6 @@ from exsearch.prompts import trajectory_id
 from exsearch.schema import Trajectory
 
 log = logging.getLogger(__name__)
-
-Scheme = Literal["softmax", "exp", "uniform", "f1", "filter"]
-SCHEMES: tuple[str, ...] = ("softmax", "exp", "uniform", "f1", "filter")
 
 
 def score_table(trajectories: Sequence[Trajectory], scores: Sequence[float]) -> pd.DataFrame:
@@ -76,8 +73,53 @@ def _need(df: pd.DataFrame, columns: Sequence[str], scheme: str) -> None:
         )
 
 
+def _softmax(df: pd.DataFrame, tau: float, c: float) -> pd.Series:
+    if tau <= 0:
+        raise ValueError(f"softmax temperature tau must be > 0, got {tau}")
+    z = df["score"].astype(float) / tau
+    shifted = z - z.groupby(df["qid"]).transform("max")
+    e = np.exp(shifted).fillna(0.0)
+    total = e.groupby(df["qid"]).transform("sum")
+    return (e / total.where(total > 0, 1.0)).astype(float)
+
+
+def _exp(df: pd.DataFrame, tau: float, c: float) -> pd.Series:
+    return (c * np.exp(df["score"].astype(float))).fillna(0.0)
+
+
+def _uniform(df: pd.DataFrame, tau: float, c: float) -> float:
+    return 1.0
+
+
+def _f1(df: pd.DataFrame, tau: float, c: float) -> pd.Series:
+    return df["f1"].astype(float)
+
+
+def _filter(df: pd.DataFrame, tau: float, c: float) -> pd.Series:
+    return df["correct"].astype(bool).astype(float)
+
+
+@dataclass(frozen=True)
+class WeightScheme:
+    """One weighting scheme: the columns it reads and the weights it gives (tau, c its knobs)."""
+
+    columns: tuple[str, ...]
+    weigh: Callable[[pd.DataFrame, float, float], pd.Series | float]
+
+
+# `weigh.scheme` → its scheme; exsearch.config.training lists the same names
+# (tests/test_registries.py checks it). A new scheme is a function and its line here.
+SCHEMES: dict[str, WeightScheme] = {
+    "softmax": WeightScheme(("qid", "score"), _softmax),
+    "exp": WeightScheme(("score",), _exp),
+    "uniform": WeightScheme((), _uniform),
+    "f1": WeightScheme(("f1",), _f1),
+    "filter": WeightScheme(("correct",), _filter),
+}
+
+
 def compute_weights(
-    df: pd.DataFrame, scheme: Scheme, tau: float = 1.0, c: float = 4.0
+    df: pd.DataFrame, scheme: str, tau: float = 1.0, c: float = 4.0
 ) -> pd.DataFrame:
     """Return a copy of `df` with a `weight` column and a `scheme` column.
 
@@ -86,27 +128,10 @@ def compute_weights(
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown weighting scheme {scheme!r}; choose one of {list(SCHEMES)}")
+    chosen = SCHEMES[scheme]
+    _need(df, chosen.columns, scheme)
     out = df.copy()
-    if scheme == "softmax":
-        _need(df, ["qid", "score"], scheme)
-        if tau <= 0:
-            raise ValueError(f"softmax temperature tau must be > 0, got {tau}")
-        z = out["score"].astype(float) / tau
-        shifted = z - z.groupby(out["qid"]).transform("max")
-        e = np.exp(shifted).fillna(0.0)
-        total = e.groupby(out["qid"]).transform("sum")
-        out["weight"] = (e / total.where(total > 0, 1.0)).astype(float)
-    elif scheme == "exp":
-        _need(df, ["score"], scheme)
-        out["weight"] = (c * np.exp(out["score"].astype(float))).fillna(0.0)
-    elif scheme == "uniform":
-        out["weight"] = 1.0
-    elif scheme == "f1":
-        _need(df, ["f1"], scheme)
-        out["weight"] = out["f1"].astype(float)
-    else:
-        _need(df, ["correct"], scheme)
-        out["weight"] = out["correct"].astype(bool).astype(float)
+    out["weight"] = chosen.weigh(out, tau, c)
     out["scheme"] = scheme
     return out
 

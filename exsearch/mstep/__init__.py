@@ -1,18 +1,24 @@
-"""The M-step: fine-tune on the E-step's trajectories (METHOD.md §2).
+"""The M-step (METHOD.md §2): train the model on what the E-step wrote, with a pluggable learner.
 
-`examples.py` turns weighted trajectories into chats, `chat_encoding.py` encodes them with
-labels on what the assistant wrote, `weighted_loss.py` is the weight-scaled loss and
-`training.py` the trainer around it.
+`train.method` names the learner (`learners.py`: `LEARNERS`); each gets the E-step's output
+whole (`inputs.py`: `EStepOutput`). The first is `weighted` (`weighted.py`): SFT with the loss
+scaled by the E-step's weights. Its pieces: `examples.py` turns weighted trajectories into chats,
+`chat_encoding.py` encodes them with labels on what the assistant wrote, `weighted_loss.py` is
+the weight-scaled loss and `training.py` the trainer around it, which the warm-up uses too.
 """
 
-from exsearch.mstep.examples import replayed_examples, weighted_examples
+from exsearch.mstep.examples import replay_draw
+from exsearch.mstep.inputs import EStepOutput
+from exsearch.mstep.learners import LEARNERS, learner
 from exsearch.mstep.training import encode_examples, make_trainer, run_stats, train_weighted
 
 __all__ = [
+    "LEARNERS",
+    "EStepOutput",
     "encode_examples",
+    "learner",
     "make_trainer",
-    "replayed_examples",
+    "replay_draw",
     "run_stats",
     "train_weighted",
-    "weighted_examples",
 ]

@@ -5,7 +5,8 @@ Each example is `{"messages": chat, "weight": w}`, what
 A sampled trajectory is trained with its answer replaced by the gold one (METHOD.md §2); a
 replayed warm-up trajectory (`train.replay`) keeps the action format from drifting.
 
-    examples = weighted_examples(trajectories, weights) + replayed_examples(warmup, 8, "iter_1", 0)
+    replay = replay_draw(warmup, 8, "iter_1", seed=0)
+    examples = weighted_examples(trajectories, weights) + replayed_examples(replay)
 """
 
 from __future__ import annotations
@@ -31,10 +32,14 @@ def weighted_examples(trajectories: list[Trajectory], weights: pd.DataFrame) -> 
     return examples
 
 
-def replayed_examples(warmup: list[Trajectory], n: int, iteration: str, seed: int) -> list[dict]:
-    """`n` warm-up trajectories (weight 1), a draw fixed by the seed and the iteration."""
+def replay_draw(warmup: list[Trajectory], n: int, iteration: str, seed: int) -> list[Trajectory]:
+    """`n` warm-up trajectories (`train.replay`), a draw fixed by the seed and the iteration."""
     if n <= 0:
         return []
     rng = random.Random(f"{seed}/replay/{iteration}")
-    picked = rng.sample(warmup, min(n, len(warmup)))
-    return [{"messages": t.messages, "weight": 1.0} for t in picked]
+    return rng.sample(warmup, min(n, len(warmup)))
+
+
+def replayed_examples(replay: list[Trajectory]) -> list[dict]:
+    """Replayed warm-up trajectories as examples of weight 1, their chats as written."""
+    return [{"messages": t.messages, "weight": 1.0} for t in replay]

@@ -1,11 +1,12 @@
-"""M-step: fine-tune the model on weighted chats and save the result (METHOD.md §2).
+"""Fine-tune a model on weighted chats and save it: the trainer of the warm-up and of `weighted`.
 
 Each example is a chat (`messages`) and a weight w. Chats are encoded with labels on the tokens
-the assistant wrote and their passage turns trimmed to fit `max_length`
-(`exsearch.mstep.chat_encoding`); each sequence's loss is w × its mean token cross-entropy
-(`exsearch.mstep.weighted_loss`). Examples of weight 0 are dropped before training (they add
-no gradient; this only saves compute). Softmax weights sum to 1 per question, so a question adds
-as much gradient as one uniform-weighted trajectory. The model is a full model or LoRA adapters on it (`exsearch.checkpoints.adapters`).
+the assistant wrote and their passage turns trimmed to fit `max_length` (`chat_encoding.py`);
+each sequence's loss is w × its mean token cross-entropy (`weighted_loss.py`, METHOD.md §2).
+Examples of weight 0 are dropped before training (they add no gradient; this only saves
+compute). Softmax weights sum to 1 per question, so a question adds as much gradient as one
+uniform-weighted trajectory. The model is a full model or LoRA adapters on it
+(`exsearch.checkpoints`).
 
     result = train_weighted("models/iter_0", [{"messages": [...], "weight": 0.7}, ...],
                             "models/iter_1", params.train)
@@ -50,7 +51,7 @@ class TrainResult:
     loss_history: list[dict[str, float]] = field(default_factory=list)
     n_examples: int = 0
     n_zero_weight_dropped: int = 0
-    n_light_dropped: int = 0  # weight above 0 but below `train.min_weight`
+    n_light_dropped: int = 0  # weight above 0 but below `train.weighted.min_weight`
     n_truncated: int = 0
     n_too_long: int = 0
     n_tokens_trained: int = 0
@@ -195,7 +196,11 @@ def train_weighted(
     start = time.monotonic()
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(model_dir))
     data, result = encode_examples(
-        tokenizer, examples, cfg.max_length, min_weight=cfg.min_weight, progress=progress
+        tokenizer,
+        examples,
+        cfg.max_length,
+        min_weight=cfg.weighted.min_weight,
+        progress=progress,
     )
     _check_encoded(result, len(examples), cfg.max_length)
     set_seed(cfg.seed)
@@ -219,7 +224,7 @@ def _check_encoded(result: TrainResult, n_given: int, max_length: int) -> None:
     if not result.n_examples:
         raise ValueError(
             f"no example to train on: {n_given} given, {result.n_zero_weight_dropped} with "
-            f"weight 0, {result.n_light_dropped} below train.min_weight, "
+            f"weight 0, {result.n_light_dropped} below train.weighted.min_weight, "
             f"{result.n_too_long} longer than max_length={max_length}"
         )
     log.info(

@@ -1,13 +1,19 @@
 """Retrieval: BM25 or dense search over one passage store, opened by the kind an index records.
 
 BM25 (`bm25.py`, bm25s) or dense (`dense.py`, sentence-transformers) over the same passage
-store (`base.py`). `load_retriever(directory)` opens any index exsearch builds, by the
-kind its meta file records; every stage opens its index that way.
+store (`base.py`). `INDEX_KINDS` is the one list of kinds: how each is built and opened
+(`index.kind` in exsearch.config lists the same names; tests/test_registries.py checks it).
+`open_index(directory)` opens any index exsearch builds, by the kind its meta file records;
+every stage opens its index that way. A new kind is one module and its entry here (and its
+name in `index.kind`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from exsearch.retrieval.base import (
     FORMAT_VERSION,
@@ -18,6 +24,7 @@ from exsearch.retrieval.base import (
     CorruptIndex,
     Hit,
     PassageIndex,
+    Retriever,
     format_passage,
     read_index_meta,
 )
@@ -26,6 +33,7 @@ from exsearch.retrieval.dense import DenseIndexStats, DenseRetriever, build_dens
 
 __all__ = [
     "FORMAT_VERSION",
+    "INDEX_KINDS",
     "META_FILE",
     "OFFSETS_FILE",
     "PASSAGES_FILE",
@@ -35,23 +43,58 @@ __all__ = [
     "DenseIndexStats",
     "DenseRetriever",
     "Hit",
+    "IndexKind",
     "IndexStats",
     "PassageIndex",
+    "Retriever",
     "build_dense_index",
     "build_index",
     "format_passage",
     "load_retriever",
     "make_tokenizer",
+    "open_index",
     "read_index_meta",
 ]
 
 
-def load_retriever(directory: str | Path, *, mmap: bool = False) -> BM25Retriever | DenseRetriever:
-    """Open a saved index of any kind (BM25 or dense), as its meta file says; see the loaders."""
+@dataclass(frozen=True)
+class IndexKind:
+    """One kind of index: how it is built from passages and opened from its folder.
+
+    Attributes:
+        build: (passages, IndexConfig, folder, *, show_progress) → the build's stats dataclass.
+        load: (folder, *, mmap) → the retriever.
+        progress_min_bytes: Corpora from this size on show a progress bar while building.
+    """
+
+    build: Callable[..., Any]
+    load: Callable[..., Retriever]
+    progress_min_bytes: int
+
+
+INDEX_KINDS: dict[str, IndexKind] = {
+    # tokenising ~20k passages (16 MiB) takes a few seconds
+    "bm25": IndexKind(build_index, BM25Retriever.load, progress_min_bytes=16 * 2**20),
+    # embedding takes seconds from the first passages on
+    "dense": IndexKind(build_dense_index, DenseRetriever.load, progress_min_bytes=0),
+}
+
+
+def load_retriever(directory: str | Path, *, mmap: bool = False) -> Retriever:
+    """Open a saved index of any kind, as its meta file says; see the kinds' loaders."""
     directory = Path(directory)
     kind = read_index_meta(directory)["kind"]
-    if kind == "bm25":
-        return BM25Retriever.load(directory, mmap=mmap)
-    if kind == "dense":
-        return DenseRetriever.load(directory, mmap=mmap)
-    raise ValueError(f"{directory / META_FILE}: unknown index kind {kind!r}; {REBUILD}")
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"{directory / META_FILE}: unknown index kind {kind!r}; {REBUILD}")
+    return INDEX_KINDS[kind].load(directory, mmap=mmap)
+
+
+def open_index(directory: str | Path) -> Retriever:
+    """Open the index a stage searches; a missing or damaged one raises ValueError saying why.
+
+    Stages call this before loading a model, so a bad index costs seconds, not a model load.
+    """
+    try:
+        return load_retriever(directory)
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from None

@@ -15,7 +15,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -43,6 +43,19 @@ class Hit:
     passage: Passage
     score: float
     rank: int
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """What the agent and the warm-up need of an index, whatever its kind."""
+
+    def search(self, queries: Sequence[str], k: int) -> Sequence[Sequence[Hit]]:
+        """Top-`k` hits per query, best first; an empty query gets none."""
+        ...
+
+    def iter_passages(self) -> Iterator[Passage]:
+        """Every indexed passage in index order."""
+        ...
 
 
 def format_passage(p: Passage, index: int | None = None, max_words: int | None = None) -> str:

@@ -29,11 +29,10 @@ import json
 import logging
 import time
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -53,26 +52,18 @@ from exsearch.retrieval.base import (
     reading_index,
     write_passages,
 )
+from exsearch.retrieval.embedding import Encoder, embed, embed_chunks, load_encoder, passage_text
 from exsearch.schema import Passage
 
 log = logging.getLogger(__name__)
 
 EMBEDDINGS_FILE = "embeddings.npy"
-# Passages per encode() call: one progress step; sentence-transformers sorts each call's texts
-# by length, so larger calls pad less.
-ENCODE_CHUNK = 4096
 # Search reads at most this many rows at a time (converted to float32: 48 MiB at 384 dims) and
 # keeps at most SCORE_BUDGET query × passage scores alive (64 MiB).
 SEARCH_CHUNK_ROWS = 32768
 SCORE_BUDGET = 1 << 24
 # Progress bars only where embedding takes more than a few seconds on a CPU.
 PROGRESS_MIN_ITEMS = 2000
-
-
-class Encoder(Protocol):
-    """What is needed of a sentence-transformers model: batched text → embedding rows."""
-
-    def encode(self, sentences: list[str], **kwargs: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -82,49 +73,6 @@ class DenseIndexStats:
     passages: int
     dim: int
     seconds: float
-
-
-def load_encoder(name_or_path: str) -> Encoder:
-    """Load a sentence-transformers model (local folder or hub name) on the best device."""
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise ImportError(
-            "index.kind 'dense' needs sentence-transformers: pip install -e \".[dense]\""
-        ) from None
-    try:
-        return SentenceTransformer(name_or_path)
-    except OSError as e:
-        raise OSError(
-            f"index.dense_model: cannot load {name_or_path!r}: {e}\n"
-            "Fetch the default with `python scripts/fetch_dense_model.py`, or name a local "
-            "sentence-transformers folder or a hub model."
-        ) from e
-
-
-def passage_text(p: Passage) -> str:
-    """The text embedded for a passage: its title, then its text."""
-    return f"{p.title}: {p.text}" if p.title else p.text
-
-
-def embed(encoder: Encoder, texts: list[str], batch_size: int) -> np.ndarray:
-    """L2-normalised float32 embeddings of `texts`, one row each (zero rows stay zero)."""
-    out = encoder.encode(
-        texts, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True
-    )
-    out = np.asarray(out, dtype=np.float32)
-    if out.ndim != 2 or len(out) != len(texts):
-        raise ValueError(f"the encoder returned shape {out.shape} for {len(texts)} texts")
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-
-def _embed_chunks(
-    encoder: Encoder, texts: Iterable[str], batch_size: int, bar: tqdm
-) -> Iterator[np.ndarray]:
-    it = iter(texts)
-    while chunk := list(islice(it, ENCODE_CHUNK)):
-        yield embed(encoder, chunk, batch_size)
-        bar.update(len(chunk))
 
 
 def _progress(passages: Iterable[Passage], show_progress: bool | None) -> bool:
@@ -214,7 +162,7 @@ def build_dense_index(
     ):
         rows = _NpyRows(ef, np.dtype(cfg.dense_dtype))
         texts = write_passages(passages, pf, offsets, passage_text)
-        for chunk in _embed_chunks(encoder, texts, cfg.dense_batch_size, bar):
+        for chunk in embed_chunks(encoder, texts, cfg.dense_batch_size, bar):
             rows.append(chunk)
         rows.finish()
     if not rows.rows:
@@ -274,7 +222,7 @@ class DenseRetriever(PassageIndex):
         progress = _progress(passages, show_progress)
         with tqdm(total=len(passages), desc="Embed passages", disable=not progress) as bar:
             texts = (passage_text(p) for p in passages)
-            chunks = _embed_chunks(encoder, texts, cfg.dense_batch_size, bar)
+            chunks = embed_chunks(encoder, texts, cfg.dense_batch_size, bar)
             emb = np.concatenate([c.astype(cfg.dense_dtype) for c in chunks])
         log.info("embedded %d passages in %.1fs", len(passages), time.perf_counter() - t0)
         return cls(emb, cfg, passages, encoder)

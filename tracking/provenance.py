@@ -1,7 +1,7 @@
 """Where a stage execution comes from: git commit, launching DVC process, dvc.lock hashes.
 
 Pure reads of the workspace and the process table, kept apart from the MLflow calls in
-`stages.tracking` that tag runs with them.
+`tracking.campaign` and `tracking.stage` that tag runs with them.
 """
 
 from __future__ import annotations
