@@ -18,15 +18,14 @@ import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from exsearch.files import atomic_path, read_jsonl
-from exsearch.retrieval import DenseIndexStats, IndexStats, build_dense_index, build_index
+from exsearch.retrieval import INDEX_KINDS
 from exsearch.schema import Passage
 from stages._common import add_path, fail, parser, setup, stage_run
 
 log = logging.getLogger("stages.index")
-# Progress bars only for corpora that take more than a few seconds (~20k passages).
-PROGRESS_MIN_BYTES = 16 * 2**20
 
 
 def read_passages(path: Path) -> Iterator[Passage]:
@@ -55,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> IndexStats | DenseIndexStats:
+def main(argv: list[str] | None = None) -> Any:
     """CLI entry point."""
     args = build_parser().parse_args(argv)
     params = setup(args)
@@ -69,12 +68,9 @@ def main(argv: list[str] | None = None) -> IndexStats | DenseIndexStats:
         log.info("indexing %s with %s", args.corpus, cfg.model_dump())
         try:
             with atomic_path(args.out, is_dir=True) as tmp:
-                passages = read_passages(args.corpus)
-                if cfg.kind == "dense":
-                    stats = build_dense_index(passages, cfg, tmp, show_progress=True)
-                else:
-                    progress = args.corpus.stat().st_size >= PROGRESS_MIN_BYTES
-                    stats = build_index(passages, cfg, tmp, show_progress=progress)
+                kind = INDEX_KINDS[cfg.kind]
+                progress = args.corpus.stat().st_size >= kind.progress_min_bytes
+                stats = kind.build(read_passages(args.corpus), cfg, tmp, show_progress=progress)
         except (ValueError, ImportError, OSError) as e:
             fail(e)
         metrics = dataclasses.asdict(stats)
