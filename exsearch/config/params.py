@@ -4,9 +4,9 @@ Every stage calls `load_params()` once; a wrong type, a missing required key or 
 raises `ConfigError` naming the file and the dotted key, so a typo never silently falls back to a
 default.
 
-`Params` lists every section. Most are defined here; `prepare`'s are in `config_data`, and the
-training sections (`warmup`, `sample`, `weigh`, `train`) in `config_training`. `config_yaml`
-reads the YAML itself.
+`Params` lists every section. Most are defined here; `prepare`'s are in `data.py`, and the
+training sections (`warmup`, `sample`, `weigh`, `train` with its learners) in `training.py`.
+`strict_yaml.py` reads the YAML itself.
 """
 
 from __future__ import annotations

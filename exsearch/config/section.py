@@ -1,6 +1,6 @@
 """The base of every params.yaml section: unknown keys are errors, values are checked strictly.
 
-A module of its own so that the section modules (`config_data`, `config_training`) and `config`,
+A module of its own so that the section modules (`data.py`, `training.py`) and `params.py`,
 which gathers them into `Params`, build on it without importing one another in a circle.
 """
 
