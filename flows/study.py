@@ -142,20 +142,35 @@ def study_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-EVIDENCE_COLUMNS = (
-    ("sampled EM", "sampled_em", 100.0),
-    ("q with a correct sample", "questions_with_a_correct_sample", 100.0),
-    ("weight entropy", "entropy_mean", 1.0),
-    ("ESS", "ess_mean", 1.0),
+EVIDENCE_COLUMNS = (  # (header, weight_stats.json key, scale, decimals)
+    ("sampled EM", "sampled_em", 100.0, 1),
+    ("q with a correct sample", "questions_with_a_correct_sample", 100.0, 1),
+    ("weight entropy", "entropy_mean", 1.0, 1),
+    ("ESS", "ess_mean", 1.0, 1),
+    ("support recall", "support_recall_mean", 100.0, 1),
+    ("q whose samples differ in support", "evidence_share_differing", 100.0, 1),
+    ("ρ(score, support) within q", "evidence_spearman_within", 1.0, 2),
+    ("ρ pooled", "evidence_spearman_pooled", 1.0, 2),
+    ("AUC score: right vs wrong", "evidence_auc_correct", 1.0, 2),
 )
+
+
+def _number(value: Any, scale: float, decimals: int) -> str:
+    """A stats value for a table cell: '–' where it is missing or not a number (NaN)."""
+    if not isinstance(value, int | float) or value != value:
+        return "–"
+    return f"{value * scale:.{decimals}f}"
 
 
 def evidence_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """One row per setting and EM iteration: what the E-step saw and how the agent then ended.
 
     Sampled EM and the share of questions with at least one correct sample (%), the mean
-    per-question weight entropy and effective sample size (out of K), and the finish reasons of
-    that iteration's checkpoint on the dev sets (when it was evaluated).
+    per-question weight entropy and effective sample size (out of K); what the samples found
+    and whether the score follows it (exsearch.estep.evidence: mean support recall, the share of
+    questions whose samples differ in it, the score's rank correlation with it within questions
+    and pooled, the score's AUC for right answers); and the finish reasons of that iteration's
+    checkpoint on the dev sets (when it was evaluated).
     """
     head = ["setting", "iteration", *[c[0] for c in EVIDENCE_COLUMNS], "dev finish reasons"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -168,8 +183,8 @@ def evidence_table(rows: Sequence[Mapping[str, Any]]) -> str:
         for it in iterations:
             stats = files[f"runs/{it}/weight_stats.json"]
             cells = [
-                f"{stats[key] * scale:.1f}" if isinstance(stats.get(key), int | float) else "–"
-                for _, key, scale in EVIDENCE_COLUMNS
+                _number(stats.get(key), scale, decimals)
+                for _, key, scale, decimals in EVIDENCE_COLUMNS
             ]
             reasons = (files.get(f"runs/{it}/metrics.json") or {}).get("overall", {})
             finish = reasons.get("finish_reasons") or {}

@@ -7,9 +7,12 @@
 Reads the iteration's sampled trajectories, which the sample stage scored with the model that
 sampled them (`gold_score`); trajectories without a score (written by another tool) are scored
 here with that model (models/<prev>, `prev` from params.yaml em.iters by default). Writes the
-weights (qid, sample, score, prediction, gold, f1, correct, weight, scheme) and their stats (mean
-per-question entropy, effective sample size, …). The scheme and its temperature come from the
-`weigh` params.
+weights (qid, sample, score, prediction, gold, f1, correct, support_recall, searches,
+distinct_queries, weight, scheme) and their stats: mean per-question entropy, effective sample
+size, …, and whether the score follows what the samples found (`evidence_*`: the share of
+questions whose samples differ in support recall, the rank correlation of score and support
+recall within questions and pooled, the score's AUC for right answers; exsearch.estep.evidence).
+The scheme and its temperature come from the `weigh` params.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from functools import partial
 
 from exsearch import files
 from exsearch.data import read_trajectories
-from exsearch.estep import compute_weights, score_table, weight_stats
+from exsearch.estep import compute_weights, evidence_stats, score_table, weight_stats
 from exsearch.generation import make_generator
 from stages import _common
 
@@ -73,6 +76,10 @@ def main(argv: list[str] | None = None) -> None:
             "sampled_em": float(table["correct"].mean()),
             "sampled_f1": float(table["f1"].mean()),
             "questions_with_a_correct_sample": float(table.groupby("qid")["correct"].any().mean()),
+            "support_recall_mean": float(table["support_recall"].mean()),
+            "searches_mean": float(table["searches"].mean()),
+            "distinct_queries_mean": float(table["distinct_queries"].mean()),
+            **{f"evidence_{k}": v for k, v in evidence_stats(table).items()},
             "seconds": round(time.perf_counter() - started, 1),
         }
         with files.atomic_path(out) as tmp:

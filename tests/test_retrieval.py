@@ -3,7 +3,7 @@ import json
 import pytest
 
 from exsearch.config.params import IndexConfig
-from exsearch.retrieval import BM25Retriever, Hit, build_index, format_passage
+from exsearch.retrieval import BM25Retriever, Hit, build_index, format_passage, shown_titles
 from exsearch.schema import Passage
 
 PASSAGES = [
@@ -198,3 +198,11 @@ def test_index_stage_names_the_bad_record(tmp_path):
     with pytest.raises(SystemExit, match="corpus.jsonl: record 2"):
         stage.main(["--params", str(params), "--corpus", str(corpus), "--out", str(tmp_path / "i")])
     assert not (tmp_path / "i").exists()
+
+
+def test_shown_titles_reads_back_what_format_passage_rendered():
+    a = Passage(id="1", title="Paris: a city", text="Content: of the Seine. It is big.")
+    b = Passage(id="2", title="Seine", text="A river.")
+    turn = "<documents>\n" + "\n".join([format_passage(a, 1), format_passage(b, 2, max_words=1)])
+    assert shown_titles(turn + "\n</documents>") == ["Paris: a city", "Seine"]
+    assert shown_titles("Question: what is [1] Title: x?") == []

@@ -25,6 +25,11 @@ def shown():
         "sampled_em": 0.125,
         "questions_with_a_correct_sample": 0.25,
         "ess_mean": 3.5,
+        "support_recall_mean": 0.55,
+        "evidence_share_differing": 0.25,
+        "evidence_spearman_within": 0.5,
+        "evidence_spearman_pooled": float("nan"),
+        "evidence_auc_correct": 0.731,
         "entropy_mean": 1.3,
     }
     finished = {
@@ -60,8 +65,12 @@ def test_the_table_gives_f1_per_checkpoint_and_the_last_gains_with_intervals():
 
 def test_the_evidence_shows_each_iterations_e_step_and_finish_reasons():
     table = evidence_table(parse_experiments(shown()))
-    assert "| filter | iter_1 | 12.5 | 25.0 | 1.3 | 3.5 | – |" in table
-    assert "| filter | iter_2 | 20.0 | 25.0 | 1.3 | 3.5 | final 400, length 120 |" in table
+    evidence = "55.0 | 25.0 | 0.50 | – | 0.73"  # no pooled correlation (NaN) shows as –
+    assert f"| filter | iter_1 | 12.5 | 25.0 | 1.3 | 3.5 | {evidence} | – |" in table
+    assert (
+        f"| filter | iter_2 | 20.0 | 25.0 | 1.3 | 3.5 | {evidence} | final 400, length 120 |"
+        in table
+    )
 
 
 def test_every_setting_is_queued_with_the_study_overrides_and_its_own():

@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -7,10 +8,16 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from exsearch import prompts as P
-from exsearch.estep.weighting import SCHEMES, compute_weights, score_table, weight_stats
+from exsearch.estep.weighting import (
+    SCHEMES,
+    compute_weights,
+    score_table,
+    support_found,
+    weight_stats,
+)
 from exsearch.generation.hf import HFGenerator
 from exsearch.prompts import gold_answer_tokens, with_gold_answer
-from exsearch.schema import Trajectory
+from exsearch.schema import Step, Trajectory
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +182,24 @@ def test_score_table_judges_the_sampled_answer_against_every_alias():
     assert df[["qid", "sample", "score"]].values.tolist() == [["q1", 0, -1.0], ["q1", 1, -2.0]]
     assert df["correct"].tolist() == [True, False]
     assert df["f1"].iloc[0] == 1.0 and 0 < df["f1"].iloc[1] < 1
+
+
+def test_support_recall_counts_the_gold_titles_among_the_passages_the_chat_showed():
+    found = replace(
+        trajectory(), supporting_titles=["City", "River"], steps=[Step("city founder", ["p1"])]
+    )
+    # the record may quote a passage; only what the environment showed (user turns) counts
+    quoted = P.action_turn(record="[1] Title: River Content: a river", think="done")
+    assert support_found(found) == 0.5
+    assert (
+        support_found(
+            replace(found, messages=[*found.messages, {"role": "assistant", "content": quoted}])
+        )
+        == 0.5
+    )
+    assert support_found(replace(found, supporting_titles=[])) is None
+    row = score_table([found], [-1.0]).iloc[0]
+    assert (row["support_recall"], row["searches"], row["distinct_queries"]) == (0.5, 1, 1)
 
 
 # ---- schemes -----------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """The E-step (METHOD.md §2): K trajectories per training question, and their weights.
 
-`sampling.py` explores in resumable shards; `weighting.py` turns scores into weights.
+`sampling.py` explores in resumable shards; `weighting.py` turns scores into weights;
+`evidence.py` says whether the weights follow what the samples found.
 """
 
+from exsearch.estep.evidence import evidence_stats
 from exsearch.estep.sampling import (
     Draw,
     iteration_questions,
@@ -16,6 +18,7 @@ from exsearch.estep.weighting import compute_weights, score_table, weight_stats
 __all__ = [
     "Draw",
     "compute_weights",
+    "evidence_stats",
     "iteration_questions",
     "sample_in_shards",
     "sample_stats",

@@ -31,17 +31,31 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from exsearch.metrics import exact_match, f1_score
+from exsearch.metrics import exact_match, f1_score, supporting_recall
 from exsearch.prompts import trajectory_id
+from exsearch.retrieval import shown_titles
 from exsearch.schema import Trajectory
 
 log = logging.getLogger(__name__)
 
 
-def score_table(trajectories: Sequence[Trajectory], scores: Sequence[float]) -> pd.DataFrame:
-    """One row per trajectory: `qid`, `sample`, `score`, `prediction`, `gold`, `f1`, `correct`.
+def support_found(traj: Trajectory) -> float | None:
+    """Share of the question's gold supporting titles among the passages the chat showed.
 
-    `f1` and `correct` (exact match) compare the model's own prediction with every gold alias.
+    None for a question without supporting titles.
+    """
+    shown = [
+        title for m in traj.messages if m["role"] == "user" for title in shown_titles(m["content"])
+    ]
+    return supporting_recall([shown], [traj.supporting_titles]).per_sample[0]
+
+
+def score_table(trajectories: Sequence[Trajectory], scores: Sequence[float]) -> pd.DataFrame:
+    """One row per trajectory: what it scored, answered and found.
+
+    `qid`, `sample`, `score`, `prediction`, `gold`; `f1` and `correct` (exact match) compare the
+    model's own prediction with every gold alias; `support_recall` (`support_found`),
+    `searches` and `distinct_queries` say what its searches found (exsearch.estep.evidence).
     """
     if len(trajectories) != len(scores):
         raise ValueError(f"{len(trajectories)} trajectories but {len(scores)} scores")
@@ -60,6 +74,9 @@ def score_table(trajectories: Sequence[Trajectory], scores: Sequence[float]) -> 
                 "gold": golds[0] if golds else "",
                 "f1": float(f1_score(pred, golds)),
                 "correct": bool(exact_match(pred, golds)),
+                "support_recall": support_found(traj),
+                "searches": traj.n_searches,
+                "distinct_queries": len({s.query.strip().casefold() for s in traj.steps}),
             }
         )
     return pd.DataFrame(rows)

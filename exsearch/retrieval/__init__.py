@@ -27,6 +27,7 @@ from exsearch.retrieval.base import (
     Retriever,
     format_passage,
     read_index_meta,
+    shown_titles,
 )
 from exsearch.retrieval.bm25 import BM25Retriever, IndexStats, build_index, make_tokenizer
 from exsearch.retrieval.dense import DenseIndexStats, DenseRetriever, build_dense_index
@@ -54,6 +55,7 @@ __all__ = [
     "make_tokenizer",
     "open_index",
     "read_index_meta",
+    "shown_titles",
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import mmap as mmap_module
+import re
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,19 @@ class Hit:
     passage: Passage
     score: float
     rank: int
+
+
+# `format_passage`'s rendering, read back: "[n] Title: <title> Content: ".
+_SHOWN_TITLE = re.compile(r"^\[\d+\] Title: (.*?) Content: ", re.MULTILINE)
+
+
+def shown_titles(text: str) -> list[str]:
+    """The titles of the numbered passages `format_passage` rendered into `text`, in order.
+
+    What a trajectory was shown, read from its chat: the prompt may have dropped passages the
+    search returned (the context budget), so the chat, not the search, says what was seen.
+    """
+    return _SHOWN_TITLE.findall(text)
 
 
 @runtime_checkable
