@@ -264,7 +264,8 @@ def _cmd_study(args: argparse.Namespace, root: Path) -> int:
     if not rows:
         print("no finished study experiment yet")
         return 0
-    print(study.study_table(rows) + "\n" + study.evidence_table(rows), end="")
+    tables = (study.study_table(rows), study.evidence_table(rows), study.hops_table(rows))
+    print("\n".join(tables), end="")
     return 0
 
 

@@ -191,3 +191,31 @@ def evidence_table(rows: Sequence[Mapping[str, Any]]) -> str:
             shown = ", ".join(f"{k} {v}" for k, v in sorted(finish.items(), key=lambda kv: -kv[1]))
             lines.append(f"| {r['name']} | {it} | " + " | ".join(cells) + f" | {shown or '–'} |")
     return "\n".join(lines) + "\n"
+
+
+def hops_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One row per setting, checkpoint and hop count: how that checkpoint's agent searched.
+
+    Searches per question, supporting-passage recall (%) and the share of later searches that
+    brought a supporting passage not seen before (exsearch.evaluation.behaviour), read from each
+    evaluated checkpoint's metrics.json.
+    """
+    head = ["setting", "checkpoint", "hops", "n", "searches", "support recall", "new support"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        files = r.get("files") or {}
+        evaluated = sorted(
+            (p.split("/")[1] for p in files if p.endswith("/metrics.json") and p.count("/") == 2),
+            key=checkpoint_step,
+        )
+        for ckpt in evaluated:
+            by_hops = (files[f"runs/{ckpt}/metrics.json"].get("behaviour") or {}).get("by_hops", {})
+            for hops, g in by_hops.items():
+                cells = [
+                    str(g["n"]),
+                    _number(g.get("searches_per_question"), 1.0, 2),
+                    _number(g.get("support_recall"), 1.0, 1),
+                    _number(g.get("new_support_share"), 100.0, 1),
+                ]
+                lines.append(f"| {r['name']} | {ckpt} | {hops} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -89,7 +89,13 @@ def main(argv: list[str] | None = None) -> None:
         table = metrics_markdown(doc)
         files.write_text(table_file, f"# Evaluation of {args.iteration}\n\n{table}")
         log.info("results\n%s", table)
-        scores = {"overall": doc["overall"], **doc["by_dataset"], **doc["comparisons"]}
+        behaviour = doc["behaviour"]
+        scores = {
+            "overall": doc["overall"],
+            **doc["by_dataset"],
+            **doc["comparisons"],
+            **{f"hops_{h}": agg for h, agg in behaviour["by_hops"].items()},
+        }
         log_iteration_metrics(params, args.iteration, scores)
         for path in (metrics_file, table_file, predictions_file):
             run.log_artifact(path)

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
             records.seconds,
             comparisons=comparisons,
             plot=os.path.relpath(out["plot"], out["summary"].parent),
+            behaviour={c: m.get("behaviour") for c, m in records.metrics.items()},
         )
         files.write_text(out["summary"], summary)
         log.info("report written to %s", ", ".join(str(p) for p in out.values()))

@@ -232,7 +232,15 @@ def test_the_first_method_heads_the_document_and_is_compared_with_each_other_one
     )
     assert records == [*by_method["agent"], *by_method["rag"], *by_method["direct"]]
     assert {(d.temperature, d.seed) for d in agent.decodings} == {(0.0, 3)}
-    assert list(doc) == ["primary", "overall", "by_dataset", "comparisons", "seconds", "methods"]
+    assert list(doc) == [
+        "primary",
+        "overall",
+        "by_dataset",
+        "comparisons",
+        "seconds",
+        "methods",
+        "behaviour",
+    ]
     assert doc["primary"] == "agent" and doc["overall"]["em"] == 50.0
     assert list(doc["comparisons"]) == ["agent_vs_rag", "agent_vs_direct"]
     assert doc["comparisons"]["agent_vs_direct"]["em"] == {

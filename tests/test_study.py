@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from flows.study import evidence_table, parse_experiments, queue_commands, study_table
+from flows.study import (
+    evidence_table,
+    hops_table,
+    parse_experiments,
+    queue_commands,
+    study_table,
+)
 
 
 def interval(diff, lo, hi):
@@ -40,7 +46,24 @@ def shown():
                 "runs/iter_1/weight_stats.json": {"data": weights},
                 "runs/iter_2/weight_stats.json": {"data": {**weights, "sampled_em": 0.2}},
                 "runs/iter_2/metrics.json": {
-                    "data": {"overall": {"finish_reasons": {"final": 400, "length": 120}}}
+                    "data": {
+                        "overall": {"finish_reasons": {"final": 400, "length": 120}},
+                        "behaviour": {
+                            "by_hops": {
+                                "2": {
+                                    "n": 400,
+                                    "searches_per_question": 1.25,
+                                    "support_recall": 61.5,
+                                    "new_support_share": 0.125,
+                                },
+                                "3": {
+                                    "n": 120,
+                                    "searches_per_question": 1.0,
+                                    "support_recall": 40.0,
+                                },
+                            }
+                        },
+                    }
                 },
             }
         },
@@ -77,3 +100,9 @@ def test_every_setting_is_queued_with_the_study_overrides_and_its_own():
     (cmd,) = queue_commands(["filter"])
     assert cmd[:5] == ["dvc", "exp", "run", "--queue", "--name"] and cmd[5] == "study-filter"
     assert "weigh.scheme=filter" in cmd and "evaluate.datasets=[hotpotqa,2wiki,musique]" in cmd
+
+
+def test_the_hops_table_shows_how_each_checkpoint_searched_per_hop_count():
+    table = hops_table(parse_experiments(shown()))
+    assert "| filter | iter_2 | 2 | 400 | 1.25 | 61.5 | 12.5 |" in table
+    assert "| filter | iter_2 | 3 | 120 | 1.00 | 40.0 | – |" in table  # no later search

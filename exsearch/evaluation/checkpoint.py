@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from exsearch.config import Method
+from exsearch.evaluation.behaviour import search_behaviour
 from exsearch.evaluation.summary import metrics_document, summarize
 from exsearch.schema import Passage, Question, Trajectory
 
@@ -46,4 +47,7 @@ def evaluate_methods(
         records.extend(recs)
         by_method[method] = recs
         summaries[method] = summarize(recs, agent.seen_passages)
-    return records, metrics_document(summaries, by_method, seconds)
+    doc = metrics_document(summaries, by_method, seconds)
+    # how the first (primary) method searched, per kind of question and hop count
+    doc["behaviour"] = search_behaviour(by_method[methods[0]], agent.seen_passages, questions)
+    return records, doc

@@ -248,9 +248,33 @@ def comparisons_table(comparisons: Mapping[str, Mapping[str, dict]]) -> str:
     return markdown_table(rows, ["comparison", "n", "ΔF1 [95% CI]", "ΔEM [95% CI]"])
 
 
+BEHAVIOUR_COLUMNS = (
+    "n",
+    "f1",
+    "support_recall",
+    "searches_per_question",
+    "later_searches",
+    "new_support_share",
+)
+
+
+def behaviour_table(behaviour: Mapping[str, Mapping[str, dict]]) -> str:
+    """One row per hop count, then per question kind, of `search_behaviour`'s summary."""
+    rows = [
+        {"group": f"{hops} hops", **agg} for hops, agg in behaviour.get("by_hops", {}).items()
+    ] + [{"group": kind, **agg} for kind, agg in behaviour.get("by_type", {}).items()]
+    return markdown_table(rows, ["group", *BEHAVIOUR_COLUMNS], floats="g", missing="–")
+
+
 def metrics_markdown(doc: Mapping[str, dict]) -> str:
-    """The tables of a metrics document: every method's scores, then its comparisons if any."""
+    """The tables of a metrics document: scores, comparisons, and search behaviour per hop.
+
+    Every method's scores, then its comparisons if any, then how the primary method searched
+    per hop count and question kind (`behaviour.search_behaviour`).
+    """
     table = scores_table(doc["methods"])
     if doc["comparisons"]:
         table += "\n" + comparisons_table(doc["comparisons"])
+    if doc.get("behaviour"):
+        table += "\n" + behaviour_table(doc["behaviour"])
     return table

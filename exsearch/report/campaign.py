@@ -18,7 +18,7 @@ import pandas as pd
 from exsearch import files
 from exsearch.config import checkpoint_step  # the x position: base is -1, iter_k is k
 from exsearch.data import read_trajectories
-from exsearch.evaluation import compare_records, format_interval, markdown_table
+from exsearch.evaluation import BEHAVIOUR_COLUMNS, compare_records, format_interval, markdown_table
 from exsearch.schema import Trajectory
 
 CURVE_METRICS = ("em", "f1", "acc", "recall", "support_recall")
@@ -235,10 +235,12 @@ def render_markdown(
     stage_seconds: Mapping[str, float] | None = None,
     comparisons: Mapping[str, Mapping[str, dict]] | None = None,
     plot: str = "em_curve.png",
+    behaviour: Mapping[str, dict] | None = None,
 ) -> str:
-    """The summary: metrics, paired comparisons, weight statistics, example trajectories.
+    """The summary: metrics, paired comparisons, search behaviour, weights, example trajectories.
 
-    `plot` is the curve's image, relative to the summary's folder.
+    `plot` is the curve's image, relative to the summary's folder; `behaviour` maps a checkpoint
+    to its metrics.json's `behaviour` (how its agent searched per hop count).
     """
     parts = ["# ExSearch campaign report", "", "## Dev metrics per checkpoint", ""]
     # Each table ends in a newline: the blank line after it.
@@ -253,6 +255,22 @@ def render_markdown(
             "## Paired differences (agent F1/EM, points; bootstrap 95% intervals over questions)",
             "",
             comparisons_markdown(comparisons),
+        ]
+    hop_rows = [
+        {"checkpoint": c, "hops": h, **agg}
+        for c, b in (behaviour or {}).items()
+        for h, agg in (b or {}).get("by_hops", {}).items()
+    ]
+    if hop_rows:
+        parts += [
+            "## Search behaviour per hop count (agent)",
+            "",
+            "`new_support_share`: of the searches after the first, those that showed a supporting "
+            "passage no earlier search had shown.",
+            "",
+            markdown_table(
+                hop_rows, ["checkpoint", "hops", *BEHAVIOUR_COLUMNS], floats="g", missing="–"
+            ),
         ]
     if weight_stats:
         parts += ["## E-step weights", ""]
