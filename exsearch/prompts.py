@@ -57,6 +57,14 @@ as a few words, inside {ANSWER_OPEN}{ANSWER_CLOSE}."""
 RAG_SYSTEM_PROMPT = f"""You answer questions using the passages you are given. Give only the \
 answer, as a few words, inside {ANSWER_OPEN}{ANSWER_CLOSE}."""
 
+ITER_RAG_SYSTEM_PROMPT = f"""You answer questions using the passages you are given. First \
+write one search query for a fact the passages do not give yet, inside \
+{SEARCH_OPEN}{SEARCH_CLOSE}; you will get more passages, then be asked for the answer: give only \
+the answer, as a few words, inside {ANSWER_OPEN}{ANSWER_CLOSE}."""
+
+FOLLOW_UP_REQUEST = f"Write one search query for what these passages do not say yet, inside \
+{SEARCH_OPEN}{SEARCH_CLOSE}."
+
 ANSWER_REQUEST = (
     f"Search finished. Using your records, give the final answer to the question "
     f'"{{question}}" inside {ANSWER_OPEN}{ANSWER_CLOSE}: only the answer, a few words.'
@@ -87,6 +95,11 @@ def rag_turn(question: str, rendered_passages: list[str]) -> str:
     return f"{documents_turn(rendered_passages)}\n{question_turn(question)}\n" + answer_request(
         question
     )
+
+
+def follow_up_turn(question: str, rendered_passages: list[str]) -> str:
+    """The first user turn of the `iter_rag` baseline: passages, the question, a query asked for."""
+    return f"{documents_turn(rendered_passages)}\n{question_turn(question)}\n{FOLLOW_UP_REQUEST}"
 
 
 def answer_turn(answer: str) -> str:

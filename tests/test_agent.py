@@ -248,3 +248,55 @@ def test_real_model_never_hangs_and_always_answers(tiny_model_dir, retriever):
         [QUESTION] * 3, samples=2, decoding=Decoding(temperature=1.0, seed=7), progress=False
     )
     assert [r.messages for r in again] == [r.messages for r in recs]  # seeded: reproducible
+
+
+def follow_up_reader(prompt: str) -> str:
+    """iter_rag's model: asks for the actress after reading the question's passages."""
+    if prompt.endswith(prompts.ANSWER_OPEN):
+        return "Chief of Protocol</answer>"
+    return "Shirley Temple position</search>"
+
+
+def test_iter_rag_reads_writes_one_follow_up_query_reads_again_and_answers(retriever):
+    rec, gen = run(follow_up_reader, method="iter_rag", retriever=retriever)
+    assert rec.method == "iter_rag" and rec.finish_reason == "final"
+    assert [s.query for s in rec.steps] == [QUESTION.question, "Shirley Temple position"]
+    assert all(s.passage_ids for s in rec.steps)
+    roles = [m["role"] for m in rec.messages]
+    assert roles == ["system", "user", "assistant", "user", "user", "assistant"]
+    assert rec.messages[1]["content"].endswith(prompts.FOLLOW_UP_REQUEST)
+    assert rec.messages[2]["content"] == "<search>Shirley Temple position</search>"
+    assert rec.messages[3]["content"].startswith(prompts.DOCS_OPEN)
+    assert rec.prediction == "Chief of Protocol"
+    # the query turn is prefilled with the search tag, the answer turn with the answer tag
+    assert gen.calls[0][0].endswith(prompts.SEARCH_OPEN)
+    assert gen.calls[1][0].endswith(prompts.ANSWER_OPEN)
+
+
+def test_iter_rag_without_a_query_answers_from_what_it_read_and_says_so(retriever):
+    def no_query(prompt):
+        return "Chief of Protocol</answer>" if prompt.endswith(prompts.ANSWER_OPEN) else "hmm"
+
+    rec, _ = run(no_query, method="iter_rag", retriever=retriever)
+    assert rec.finish_reason == "malformed" and len(rec.steps) == 1
+    assert rec.prediction == "Chief of Protocol"
+
+
+def test_the_oracle_reads_the_gold_supporting_paragraphs_without_a_retriever():
+    from dataclasses import replace
+
+    from exsearch.agent.loop import ORACLE_QUERY
+    from exsearch.data import passage_id
+
+    support = [
+        {"title": p.title, "paragraph": p.text} for p in CORPUS[:2] for _ in range(2)
+    ]  # each hop twice: shown once
+    q = replace(QUESTION, extra={"support": support})
+    gen = ScriptedGenerator(lambda p: "Chief of Protocol</answer>")
+    agent = SearchAgent(gen, None, AgentConfig(max_context_tokens=600))
+    (rec,) = agent.run([q], method="oracle", progress=False)
+    assert rec.steps[0].query == ORACLE_QUERY
+    assert rec.steps[0].passage_ids == [passage_id(p.title, p.text) for p in CORPUS[:2]]
+    assert "Shirley Temple Black was an actress" in rec.messages[1]["content"]
+    assert set(agent.seen_passages) == set(rec.steps[0].passage_ids)
+    assert rec.finish_reason == "final" and rec.prediction == "Chief of Protocol"

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from exsearch import prompts
 from exsearch.config import AgentConfig, Method
+from exsearch.data import passage_id
 from exsearch.generation import Generator
 from exsearch.metrics import normalize_answer
 from exsearch.retrieval import Retriever, format_passage
@@ -26,10 +27,13 @@ log = logging.getLogger(__name__)
 
 FinishReason = Literal["final", "max_steps", "malformed", "length"]
 
-# The ways a trajectory starts (`SearchAgent._start`): searching, reading the question's
-# passages once (RAG), or answering at once. `evaluate.methods` (exsearch.config's `Method`)
-# lists the same names; tests/test_registries.py checks it.
-METHODS: tuple[str, ...] = ("agent", "rag", "direct")
+# The ways a trajectory starts (`SearchAgent._start`): searching (`agent`); reading the
+# question's passages once (`rag`); reading them, writing one follow-up query and reading its
+# passages too, with no learned policy (`iter_rag`, after IRCoT and Iter-RetGen); reading the
+# gold supporting paragraphs (`oracle`, the reading ceiling); or answering at once (`direct`).
+# `evaluate.methods` (exsearch.config's `Method`) lists the same names;
+# tests/test_registries.py checks it.
+METHODS: tuple[str, ...] = ("agent", "rag", "iter_rag", "oracle", "direct")
 
 # Below this many words per passage the budget is met by dropping passages instead.
 _MIN_PASSAGE_WORDS = 8
@@ -51,12 +55,13 @@ class _Rollout:
     question: Question
     sample: int
     messages: list[dict]
-    phase: Literal["act", "answer", "done"] = "act"
+    phase: Literal["act", "query", "answer", "done"] = "act"
     steps: list[Step] = field(default_factory=list)
     # Message index → passages shown there, so documents can be re-rendered shorter.
     shown: dict[int, list[Passage]] = field(default_factory=dict)
     passage_words: int = 0
     rag: bool = False  # the rag baseline's one user turn holds passages and question together
+    follow_up: bool = False  # iter_rag: that turn asks for a query, whose passages come next
     finish_reason: FinishReason | None = None
     prediction: str = ""
     tokens_generated: int = 0
@@ -67,6 +72,8 @@ class _Rollout:
         """Opening tag written for the model, to keep a small model inside the format."""
         if self.phase == "answer":
             return prompts.ANSWER_OPEN
+        if self.phase == "query":
+            return prompts.SEARCH_OPEN
         last = self.messages[-1]["content"]
         return prompts.RECORD_OPEN if last.startswith(prompts.DOCS_OPEN) else prompts.THINK_OPEN
 
@@ -100,7 +107,7 @@ class SearchAgent:
     ) -> list[Trajectory]:
         """Run `samples` trajectories per question; return one record per trajectory."""
         decoding = decoding or Decoding()
-        if method != "direct" and self.retriever is None:
+        if method not in ("direct", "oracle") and self.retriever is None:
             raise ValueError(f"method '{method}' needs a retriever")
         rollouts = [self._start(q, j, method) for q in questions for j in range(samples)]
         started = time.perf_counter()
@@ -134,21 +141,27 @@ class SearchAgent:
                 {"role": "user", "content": prompts.question_turn(q.question)},
             ]
             return _Rollout(q, sample, msgs, phase="answer", finish_reason="final")
-        hits = self.retriever.search([q.question], self.cfg.top_k)[0]
-        passages = [h.passage for h in hits]
+        if method == "oracle":
+            passages, query = gold_passages(q), ORACLE_QUERY
+        else:
+            hits = self.retriever.search([q.question], self.cfg.top_k)[0]
+            passages, query = [h.passage for h in hits], q.question
         self.seen_passages.update((p.id, p) for p in passages)
+        follow_up = method == "iter_rag"
+        system = prompts.ITER_RAG_SYSTEM_PROMPT if follow_up else prompts.RAG_SYSTEM_PROMPT
         r = _Rollout(
             q,
             sample,
-            [{"role": "system", "content": prompts.RAG_SYSTEM_PROMPT}],
-            phase="answer",
-            finish_reason="final",
+            [{"role": "system", "content": system}],
+            phase="query" if follow_up else "answer",
+            finish_reason=None if follow_up else "final",
             passage_words=self.cfg.passage_max_words,
             rag=True,
+            follow_up=follow_up,
         )
         r.messages.append({"role": "user", "content": ""})
         r.shown[1] = passages
-        r.steps.append(Step(query=q.question, passage_ids=[p.id for p in passages]))
+        r.steps.append(Step(query=query, passage_ids=[p.id for p in passages]))
         self._render_documents(r)
         return r
 
@@ -156,7 +169,7 @@ class SearchAgent:
         ready, prompt_texts = [], []
         for r in live:
             text = self._fit_prompt(r)
-            if text is None and r.phase == "act":  # over budget even with the passages dropped
+            if text is None and r.phase in ("act", "query"):  # over budget, passages dropped
                 r.to_answer_phase("length")
                 text = self._fit_prompt(r)
             if text is None:  # not even the answer request fits: no answer
@@ -167,7 +180,7 @@ class SearchAgent:
             prompt_texts.append(text)
         if not ready:
             return
-        acting = any(r.phase == "act" for r in ready)
+        acting = any(r.phase in ("act", "query") for r in ready)
         completions = self.gen.generate(
             prompt_texts,
             max_new_tokens=self.cfg.max_new_tokens if acting else self.cfg.answer_max_new_tokens,
@@ -183,6 +196,9 @@ class SearchAgent:
             text = r.prefill() + c.text
             if r.phase == "answer":
                 self._take_answer(r, text)
+            elif r.phase == "query":
+                if (query := self._take_query(r, text)) is not None:
+                    searching.append((r, query))
             elif (query := self._take_action(r, text, c.finish)) is not None:
                 searching.append((r, query))
         if searching:
@@ -196,6 +212,16 @@ class SearchAgent:
         r.prediction = answer
         r.messages.append({"role": "assistant", "content": prompts.answer_turn(answer)})
         r.phase = "done"
+
+    def _take_query(self, r: _Rollout, text: str) -> str | None:
+        """iter_rag's follow-up query turn; no query is a malformed turn, answered at once."""
+        r.messages.append({"role": "assistant", "content": text})
+        query = prompts.parse_turn(text).query
+        if not query:
+            r.to_answer_phase("malformed")
+            return None
+        r.steps.append(Step(query=query))
+        return query
 
     def _take_action(self, r: _Rollout, text: str, finish: str) -> str | None:
         """Apply one action turn; return the query to search, if any."""
@@ -233,6 +259,8 @@ class SearchAgent:
             r.messages.append({"role": "user", "content": ""})
             r.shown[len(r.messages) - 1] = passages
             self._render_documents(r)
+            if r.phase == "query":  # iter_rag reads its one follow-up's passages, then answers
+                r.to_answer_phase("final")
 
     # ---------------------------------------------------------------- budget
     def _render_documents(self, r: _Rollout) -> None:
@@ -245,18 +273,19 @@ class SearchAgent:
                 ]
             else:
                 rendered = ["(passages omitted to fit the context budget)"]
-            r.messages[idx]["content"] = (
-                prompts.rag_turn(r.question.question, rendered)
-                if r.rag
-                else prompts.documents_turn(rendered)
-            )
+            if r.rag and idx == 1:  # the baselines' first turn: passages and question
+                turn = prompts.follow_up_turn if r.follow_up else prompts.rag_turn
+                r.messages[idx]["content"] = turn(r.question.question, rendered)
+            else:
+                r.messages[idx]["content"] = prompts.documents_turn(rendered)
 
     def _fit_prompt(self, r: _Rollout) -> str | None:
         """The prompt for `r`'s next turn within the context budget, shortening passages first.
 
         Passages are cut, never the question; returns None when even no passages do not fit.
         """
-        max_new = self.cfg.max_new_tokens if r.phase == "act" else self.cfg.answer_max_new_tokens
+        acting = r.phase in ("act", "query")
+        max_new = self.cfg.max_new_tokens if acting else self.cfg.answer_max_new_tokens
         budget = self.cfg.max_context_tokens - max_new
         while True:
             text = self.gen.chat_prompt(r.messages) + r.prefill()
@@ -283,6 +312,21 @@ class SearchAgent:
             tokens=TokenCounts(generated=r.tokens_generated, last_prompt=r.prompt_tokens),
             logprob=r.logprob,
         )
+
+
+ORACLE_QUERY = "(the gold supporting paragraphs)"
+
+
+def gold_passages(q: Question) -> list[Passage]:
+    """The question's gold supporting paragraphs as passages, in hop order, without repeats.
+
+    Their ids are the corpus's (`passage_id`), so a gold paragraph is the corpus passage.
+    """
+    found: dict[str, Passage] = {}
+    for hop in q.extra.get("support") or []:
+        pid = passage_id(hop["title"], hop["paragraph"])
+        found.setdefault(pid, Passage(pid, hop["title"], hop["paragraph"]))
+    return list(found.values())
 
 
 def _same_query(a: str, b: str) -> bool:

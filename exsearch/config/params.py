@@ -149,7 +149,7 @@ class AgentConfig(Section):
 
 
 # How the agent answers (exsearch.agent.loop).
-Method = Literal["agent", "rag", "direct"]
+Method = Literal["agent", "rag", "iter_rag", "oracle", "direct"]
 
 
 class EvaluateConfig(Section):

@@ -6,11 +6,13 @@
 `source_records.py` keeps each raw record's file and line for error messages.
 """
 
+from exsearch.data.corpus import passage_id
 from exsearch.data.preparation import prepare
 from exsearch.data.questions import read_questions, write_questions
 from exsearch.data.trajectories import read_trajectories, write_trajectories
 
 __all__ = [
+    "passage_id",
     "prepare",
     "read_questions",
     "read_trajectories",
