@@ -69,3 +69,10 @@ def test_unscored_samples_and_questions_without_support_are_left_out():
 def test_missing_columns_are_named():
     with pytest.raises(ValueError, match=r"\['support_recall'\]"):
         evidence_stats(KNOWN.drop(columns="support_recall"))
+
+
+def test_statistics_with_nothing_to_measure_are_none_not_nan():
+    same = table([("q", -1.0, 0.5, True), ("q", -2.0, 0.5, True)])
+    stats = evidence_stats(same)
+    assert stats["spearman_within"] is None and stats["auc_correct"] is None
+    assert stats["share_differing"] == 0.0

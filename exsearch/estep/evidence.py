@@ -41,11 +41,13 @@ def auc(scores: pd.Series, positive: pd.Series) -> float:
     return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
 
 
-def evidence_stats(table: pd.DataFrame) -> dict[str, float]:
+def evidence_stats(table: pd.DataFrame) -> dict[str, float | None]:
     """The weight–evidence statistics of one iteration's samples (see the module docstring).
 
     Rows with a NaN score or no support recall (a question without supporting titles) are left
-    out; `n_trajectories` and `n_questions` count the rows used.
+    out; `n_trajectories` and `n_questions` count the rows used. A statistic with nothing to
+    measure (no question whose samples both differ and are scored) is None, so the stats file
+    stays plain JSON.
     """
     missing = [c for c in EVIDENCE_COLUMNS if c not in table.columns]
     if missing:
@@ -57,7 +59,7 @@ def evidence_stats(table: pd.DataFrame) -> dict[str, float]:
     differing = [g["support_recall"].nunique() > 1 for g in groups]
     within = [spearman(g["score"], g["support_recall"]) for g in groups]
     within = [r for r in within if not math.isnan(r)]
-    return {
+    stats = {
         "n_trajectories": len(used),
         "n_questions": int(used["qid"].nunique()),
         "share_differing": sum(differing) / len(differing) if differing else math.nan,
@@ -66,3 +68,4 @@ def evidence_stats(table: pd.DataFrame) -> dict[str, float]:
         "spearman_pooled": spearman(used["score"], used["support_recall"]),
         "auc_correct": auc(used["score"], used["correct"]),
     }
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in stats.items()}
