@@ -8,7 +8,14 @@ import torch
 from tiny_model import build_model, build_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from exsearch.checkpoints.loading import SOURCE_FILE, base_source, load_model, materialize_base
+import exsearch.checkpoints.loading as loading
+from exsearch.checkpoints.loading import (
+    SOURCE_FILE,
+    base_source,
+    cpu_has_bf16,
+    load_model,
+    materialize_base,
+)
 from exsearch.config.params import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,3 +205,25 @@ def test_a_hub_id_is_not_downloaded_without_allow_download(tmp_path, monkeypatch
 def test_an_existing_directory_and_the_default_need_no_download(tiny_model_dir):
     assert base_source(ModelConfig(base=str(tiny_model_dir))) == "local"
     assert base_source(ModelConfig()) == "gguf"
+
+
+def test_the_cpu_flags_say_whether_bf16_is_native(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
+    assert cpu_has_bf16(info) is False
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_has_bf16(info) is True
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16 amx_tile\n")
+    assert cpu_has_bf16(info) is True
+    info.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")  # aarch64: not told here
+    assert cpu_has_bf16(info) is None
+    assert cpu_has_bf16(tmp_path / "missing") is None
+
+
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_about(monkeypatch, caplog):
+    monkeypatch.setattr(loading, "cpu_has_bf16", lambda: False)
+    assert loading.warn_if_bf16_is_slow("bfloat16", "cpu")
+    assert "model.dtype: float32" in caplog.text
+    assert not loading.warn_if_bf16_is_slow("float32", "cpu")
+    monkeypatch.setattr(loading, "cpu_has_bf16", lambda: True)
+    assert not loading.warn_if_bf16_is_slow("bfloat16", "cpu")

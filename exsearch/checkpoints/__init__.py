@@ -16,6 +16,7 @@ from exsearch.checkpoints.loading import (
     load_model,
     materialize_base,
     prepare_tokenizer,
+    warn_if_bf16_is_slow,
 )
 
 __all__ = [
@@ -27,5 +28,6 @@ __all__ = [
     "materialize_base",
     "prepare_tokenizer",
     "save_model",
+    "warn_if_bf16_is_slow",
     "with_lora",
 ]

@@ -29,7 +29,14 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, set_seed
 from trl import SFTConfig
 
-from exsearch.checkpoints import base_of, ensure_pad_token, load_for_training, save_model, with_lora
+from exsearch.checkpoints import (
+    base_of,
+    ensure_pad_token,
+    load_for_training,
+    save_model,
+    warn_if_bf16_is_slow,
+    with_lora,
+)
 from exsearch.config import TrainConfig
 from exsearch.mstep.chat_encoding import (
     IGNORE_INDEX,
@@ -247,6 +254,8 @@ def _model_to_train(model_dir: str | Path, cfg: TrainConfig) -> Any:
     mantissa. Autocast alone gives the speed (bf16 matmuls, on GPUs and on CPUs with bf16
     instructions alike).
     """
+    if cfg.bf16 and not torch.cuda.is_available():
+        warn_if_bf16_is_slow(torch.bfloat16, "cpu")
     model = load_for_training(model_dir, torch.float32, trainable=cfg.lora)
     if cfg.lora:
         model = with_lora(model, cfg)
