@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from exsearch.metrics import exact_match, f1_score, supporting_recall
+from exsearch.metrics import exact_match, f1_score, normalize_answer, supporting_recall
 from exsearch.prompts import trajectory_id
 from exsearch.retrieval import shown_titles
 from exsearch.schema import Trajectory
@@ -76,7 +76,8 @@ def score_table(trajectories: Sequence[Trajectory], scores: Sequence[float]) -> 
                 "correct": bool(exact_match(pred, golds)),
                 "support_recall": support_found(traj),
                 "searches": traj.n_searches,
-                "distinct_queries": len({s.query.strip().casefold() for s in traj.steps}),
+                # the sameness the agent's repeated-query notice uses
+                "distinct_queries": len({normalize_answer(s.query) for s in traj.steps}),
             }
         )
     return pd.DataFrame(rows)
