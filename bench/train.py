@@ -102,6 +102,7 @@ def run_plain(model_dir: str, data: list[dict], queue) -> None:
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
+    from exsearch.checkpoints import autocast_bf16
     from exsearch.config import load_params
 
     cfg = load_params(ROOT / "params.yaml").train
@@ -115,7 +116,7 @@ def run_plain(model_dir: str, data: list[dict], queue) -> None:
             learning_rate=cfg.learning_rate,
             num_train_epochs=1.0,
             lr_scheduler_type=cfg.lr_scheduler,
-            bf16=cfg.bf16,
+            bf16=autocast_bf16(cfg.bf16),
             seed=cfg.seed,
             save_strategy="no",
             report_to="none",

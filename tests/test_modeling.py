@@ -223,7 +223,32 @@ def test_the_cpu_flags_say_whether_bf16_is_native(tmp_path):
 def test_bf16_on_a_cpu_that_emulates_it_is_warned_about(monkeypatch, caplog):
     monkeypatch.setattr(loading, "cpu_has_bf16", lambda: False)
     assert loading.warn_if_bf16_is_slow("bfloat16", "cpu")
-    assert "model.dtype: float32" in caplog.text
+    assert "model.dtype and train.bf16 to 'auto'" in caplog.text
     assert not loading.warn_if_bf16_is_slow("float32", "cpu")
     monkeypatch.setattr(loading, "cpu_has_bf16", lambda: True)
     assert not loading.warn_if_bf16_is_slow("bfloat16", "cpu")
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_is_bf16_only_where_the_cpu_multiplies_it_natively(monkeypatch, native, expected):
+    monkeypatch.setattr(loading, "cpu_has_bf16", lambda: native)
+    assert loading.resolve_dtype("auto", "cpu") == expected
+    assert loading.autocast_bf16("auto", "cpu") is native
+    # An explicit choice is kept whatever the CPU.
+    assert loading.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert loading.autocast_bf16(True, "cpu") is True
+    assert loading.autocast_bf16(False, "cpu") is False
+
+
+def test_an_unknown_cpu_runs_auto_in_float32(monkeypatch):
+    monkeypatch.setattr(loading, "cpu_has_bf16", lambda: None)
+    assert loading.resolve_dtype("auto", "cpu") == torch.float32
+
+
+def test_the_params_accept_auto_for_both_switches():
+    from exsearch.config import TrainConfig
+
+    assert ModelConfig(dtype="auto").dtype == "auto"
+    assert TrainConfig(bf16="auto").bf16 == "auto"
+    with pytest.raises(ValueError):
+        TrainConfig(bf16="sometimes")

@@ -12,21 +12,25 @@ from exsearch.checkpoints.adapters import (
     with_lora,
 )
 from exsearch.checkpoints.loading import (
+    autocast_bf16,
     ensure_pad_token,
     load_model,
     materialize_base,
     prepare_tokenizer,
+    resolve_dtype,
     warn_if_bf16_is_slow,
 )
 
 __all__ = [
     "LORA_TARGETS",
+    "autocast_bf16",
     "base_of",
     "ensure_pad_token",
     "load_for_training",
     "load_model",
     "materialize_base",
     "prepare_tokenizer",
+    "resolve_dtype",
     "save_model",
     "warn_if_bf16_is_slow",
     "with_lora",

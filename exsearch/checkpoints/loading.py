@@ -30,10 +30,16 @@ SOURCE_FILE = "exsearch_model.json"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """'float32' | 'bfloat16' | 'float16' (or a torch.dtype) → torch.dtype."""
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "auto") -> torch.dtype:
+    """'auto' | 'float32' | 'bfloat16' | 'float16' (or a torch.dtype) → torch.dtype.
+
+    'auto' is bfloat16 where `device` multiplies it natively (`bf16_is_native`), else float32:
+    the same params run at full speed on a CPU with AVX512-BF16/AMX, a GPU, and a CPU without.
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if bf16_is_native(device) else torch.float32
     try:
         return _DTYPES[dtype]
     except KeyError:
@@ -61,6 +67,24 @@ def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
     return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", text))
 
 
+def bf16_is_native(device: str | torch.device = "auto") -> bool:
+    """Whether `device` multiplies bf16 at hardware speed (a GPU; AVX512-BF16 or AMX).
+
+    An unknown CPU counts as not: float32 is never the slow choice.
+    """
+    device = resolve_device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_bf16() is True
+
+
+def autocast_bf16(setting: bool | str, device: str | torch.device = "auto") -> bool:
+    """`train.bf16` → whether to autocast to bf16: 'auto' where it is native (`bf16_is_native`)."""
+    if setting == "auto":
+        return bf16_is_native(device)
+    return bool(setting)
+
+
 def warn_if_bf16_is_slow(dtype: str | torch.dtype, device: str | torch.device) -> bool:
     """Warn (and return True) when bf16 would run on a CPU that emulates it.
 
@@ -75,8 +99,8 @@ def warn_if_bf16_is_slow(dtype: str | torch.dtype, device: str | torch.device) -
     if slow:
         log.warning(
             "bfloat16 on this CPU (no AVX512-BF16 or AMX) runs about 100x slower than float32: "
-            "set model.dtype: float32 and train.bf16: false (README, 'A CPU without bf16 "
-            "instructions')"
+            "set model.dtype and train.bf16 to 'auto' (float32 here) or float32/false (README, "
+            "'A CPU without bf16 instructions')"
         )
     return slow
 
@@ -108,8 +132,9 @@ def load_model(
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a saved model directory (no config.json)")
     tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path))
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
     device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     warn_if_bf16_is_slow(dtype, device)
     model.to(device).eval()
     if model.generation_config.pad_token_id is None:
@@ -208,11 +233,12 @@ def materialize_base(cfg: ModelConfig, out_dir: str | Path) -> Path:
 
     `cfg.base` is 'default' (the GGUF file `cfg.gguf_file`, dequantised), a local directory or a
     hub id (see `base_source`; downloaded only with `cfg.allow_download`). Weights are saved in
-    `cfg.dtype` as safetensors, with the tokenizer (pad token set, chat template kept) and
-    `exsearch_model.json` recording the source. The directory appears whole or not at all.
+    `cfg.dtype` ('auto' resolved on `cfg.device`) as safetensors, with the tokenizer (pad token
+    set, chat template kept) and `exsearch_model.json` recording the source and the dtype. The
+    directory appears whole or not at all.
     """
     out_dir = Path(out_dir)
-    dtype = resolve_dtype(cfg.dtype)
+    dtype = resolve_dtype(cfg.dtype, cfg.device)
     start = time.perf_counter()
     kind = base_source(cfg)
     if kind == "gguf":
@@ -255,7 +281,7 @@ def materialize_base(cfg: ModelConfig, out_dir: str | Path) -> Path:
             {
                 "base": cfg.base,
                 **source,
-                "dtype": cfg.dtype,
+                "dtype": str(dtype).removeprefix("torch."),
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "transformers_version": transformers.__version__,
             },

@@ -79,7 +79,12 @@ class ModelConfig(Section):
         default="models/SmolLM2-135M-Instruct.Q4_1.gguf",
         description="The GGUF file used when base is 'default'.",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="float32",
+        description="The model's dtype in generation and in init_model's saved weights. 'auto': "
+        "bfloat16 where the device multiplies it natively (a GPU; a CPU with AVX512-BF16 or "
+        "AMX), else float32 — emulated bf16 is ~100x slower than float32.",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

@@ -134,7 +134,11 @@ class TrainConfig(Section):
     )
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     max_length: int = Field(default=1024, ge=64)
-    bf16: bool = False
+    bf16: bool | Literal["auto"] = Field(
+        default=False,
+        description="Autocast the M-step to bf16 (weights stay float32). 'auto': where bf16 is "
+        "native (a GPU; a CPU with AVX512-BF16 or AMX).",
+    )
     padding_free: bool = Field(
         default=False,
         description="Lay each micro-batch's sequences end to end in one row (no padding; "

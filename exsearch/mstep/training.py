@@ -30,6 +30,7 @@ from transformers import AutoTokenizer, set_seed
 from trl import SFTConfig
 
 from exsearch.checkpoints import (
+    autocast_bf16,
     base_of,
     ensure_pad_token,
     load_for_training,
@@ -142,7 +143,7 @@ def training_args(
         # as a fraction of the optimiser steps (TrainingArguments.get_warmup_steps), and
         # `train.warmup_ratio` is validated to lie in [0, 1).
         warmup_steps=cfg.warmup_ratio,
-        bf16=cfg.bf16,
+        bf16=autocast_bf16(cfg.bf16),
         seed=cfg.seed,
         logging_steps=1,
         save_strategy="no",
@@ -254,7 +255,7 @@ def _model_to_train(model_dir: str | Path, cfg: TrainConfig) -> Any:
     mantissa. Autocast alone gives the speed (bf16 matmuls, on GPUs and on CPUs with bf16
     instructions alike).
     """
-    if cfg.bf16 and not torch.cuda.is_available():
+    if cfg.bf16 is True and not torch.cuda.is_available():
         warn_if_bf16_is_slow(torch.bfloat16, "cpu")
     model = load_for_training(model_dir, torch.float32, trainable=cfg.lora)
     if cfg.lora:
