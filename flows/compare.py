@@ -61,7 +61,13 @@ def compare_rows(experiment: str, prefix: str = "overall/") -> list[dict[str, An
 
 
 # Paired comparisons the report and evaluate stages log (key prefix → column label).
-COMPARISONS = {"vs_iter_0": "vs iter_0", "vs_prev": "vs previous", "agent_vs_rag": "agent − RAG"}
+COMPARISONS = {
+    "vs_iter_0": "vs iter_0",
+    "vs_prev": "vs previous",
+    "agent_vs_rag": "agent − RAG",
+    "agent_vs_iter_rag": "agent − iter-RAG",
+    "agent_vs_rag_sft": "agent − RAG-SFT",
+}
 
 
 def iteration_step_of(iteration: str) -> int:

@@ -119,14 +119,14 @@ def _cell(c: Mapping[str, Any] | None) -> str:
 def study_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """One row per setting: agent F1 per checkpoint, and n.
 
-    Also the last iteration's gain over iter_0 and over the RAG baseline, with 95% intervals.
+    Also the last iteration's gain over iter_0 and over each baseline, with 95% intervals.
     """
     checkpoints = sorted({c for r in rows for c in r["metrics"]}, key=checkpoint_step)
     head = [
         "setting",
         *[f"F1 {c}" for c in checkpoints],
         "last − iter_0 ΔF1",
-        "last − RAG ΔF1",
+        *[f"last − {label} ΔF1" for label in BASELINE_LABELS.values()],
         "n",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -134,13 +134,17 @@ def study_table(rows: Sequence[Mapping[str, Any]]) -> str:
         m = r["metrics"]
         last = max((c for c in m if c != "base"), key=checkpoint_step)
         f1s = [f"{m[c]['f1']:.1f}" if c in m else "–" for c in checkpoints]
-        gain = _cell(m[last].get("vs_iter_0", {}).get("f1"))
-        rag = _cell(m[last].get("agent_vs_rag", {}).get("f1"))
-        lines.append(
-            f"| {r['name']} | " + " | ".join(f1s) + f" | {gain} | {rag} | {m[last]['n']} |"
-        )
+        gains = [_cell(m[last].get(k, {}).get("f1")) for k in ("vs_iter_0", *BASELINE_LABELS)]
+        lines.append(f"| {r['name']} | " + " | ".join([*f1s, *gains, str(m[last]["n"])]) + " |")
     return "\n".join(lines) + "\n"
 
+
+# The report's comparisons of the agent with each baseline (exsearch.report.BASELINES).
+BASELINE_LABELS = {
+    "agent_vs_rag": "RAG",
+    "agent_vs_iter_rag": "iter-RAG",
+    "agent_vs_rag_sft": "RAG-SFT",
+}
 
 EVIDENCE_COLUMNS = (  # (header, weight_stats.json key, scale, decimals)
     ("sampled EM", "sampled_em", 100.0, 1),

@@ -22,9 +22,9 @@ from functools import partial
 from pathlib import Path
 
 from exsearch import files
-from exsearch.agent import Decoding, SearchAgent
+from exsearch.agent import METHODS, Decoding, SearchAgent
 from exsearch.data import read_questions, write_trajectories
-from exsearch.evaluation import evaluate_methods, metrics_markdown, select_questions
+from exsearch.evaluation import evaluate_methods, metrics_markdown, relabel, select_questions
 from exsearch.generation import make_generator
 from exsearch.retrieval import open_index
 from stages import _common
@@ -37,6 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     """The stage's command line."""
     p = _common.parser(__doc__)
     p.add_argument("--iteration", default="iter_0", help="checkpoint to evaluate (default: iter_0)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        help="run these methods instead of evaluate.methods (e.g. rag, for a baseline's model)",
+    )
+    p.add_argument(
+        "--label",
+        help="record the results under this name instead of the methods' own (e.g. rag_sft: "
+        "the rag method read by the rag_sft model), in the files and in MLflow; one method only",
+    )
     add = partial(_common.add_path, p)
     add("--model", None, "model folder (default: models/<iteration>)")
     add("--index", Path("data/index"), "index folder (BM25 or dense)")
@@ -58,10 +69,13 @@ def main(argv: list[str] | None = None) -> None:
         args.table or out / "metrics.md",
     )
     model_dir = str(args.model or _common.checkpoint_dir(args.iteration))
+    if args.label and len(args.methods or []) != 1:
+        _common.fail("--label names the results of one method: give it with --methods M")
     params = _common.setup(args)
-    methods = params.methods_at(args.iteration)
+    methods = args.methods or params.methods_at(args.iteration)
+    stage = f"evaluate_{args.label}" if args.label else "evaluate"  # dvc.yaml's stage name
     with _common.stage_run(
-        params, "evaluate", args.iteration, ["evaluate", "agent", "generation"]
+        params, stage, args.iteration, ["evaluate", "agent", "generation"]
     ) as run:
         try:
             questions = select_questions(
@@ -82,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         # greedy whatever `generation` says, so evaluation is deterministic
         greedy = Decoding(temperature=0.0, seed=params.seed)
         records, doc = evaluate_methods(questions, agent, methods, greedy)
+        if args.label:
+            records, doc = relabel(records, doc, methods[0], args.label)
         doc = {"iteration": args.iteration, "model": model_dir, **doc}
 
         write_trajectories(predictions_file, records)
@@ -96,7 +112,9 @@ def main(argv: list[str] | None = None) -> None:
             **doc["comparisons"],
             **{f"hops_{h}": agg for h, agg in behaviour["by_hops"].items()},
         }
-        log_iteration_metrics(params, args.iteration, scores)
+        log_iteration_metrics(
+            params, args.iteration, {args.label: scores} if args.label else scores
+        )
         for path in (metrics_file, table_file, predictions_file):
             run.log_artifact(path)
 

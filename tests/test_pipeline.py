@@ -101,6 +101,22 @@ def test_dvc_repro_runs_warmup_and_two_iterations(tiny_campaign):
 
 
 @pytest.mark.slow
+def test_rag_sft_trains_as_many_steps_as_each_stage_of_the_chain_and_is_compared(tiny_campaign):
+    project, _ = tiny_campaign
+    runs = project / "runs"
+    for matched, stage in (("warmup", "iter_0"), ("iter_1", "iter_1"), ("iter_2", "iter_2")):
+        theirs = json.loads((runs / matched / "train_stats.json").read_text())["steps"]
+        mine = json.loads((runs / "rag_sft" / stage / "train_stats.json").read_text())
+        assert mine["steps"] == mine["matched_steps"] == theirs >= 1
+    for it in ("iter_1", "iter_2"):
+        doc = json.loads((runs / "rag_sft" / it / "metrics.json").read_text())
+        assert doc["primary"] == "rag_sft" and doc["overall"]["n"] == 4
+        assert (project / "models" / "rag_sft" / it / "config.json").is_file()
+    report = json.loads((project / "reports" / "metrics.json").read_text())
+    assert {"agent_vs_rag", "agent_vs_rag_sft"} <= set(report["iter_2"])
+
+
+@pytest.mark.slow
 def test_a_second_dvc_repro_does_nothing(tiny_campaign):
     project, _ = tiny_campaign
     again = dvc(project, "repro")
@@ -136,13 +152,16 @@ def test_adding_an_iteration_runs_only_the_new_one(tiny_campaign):
     run = dvc(project, "repro")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     ran = {line.split("'")[1] for line in run.stdout.splitlines() if "Running stage" in line}
-    assert ran == {"sample@iter_3", "weigh@iter_3", "train@iter_3", "evaluate@iter_3", "report"}
+    new = {"sample", "weigh", "train", "evaluate", "rag_sft", "evaluate_rag_sft"}
+    assert ran == {f"{stage}@iter_3" for stage in new} | {"report"}
 
 
 STAGE_RUNS = {
     "prepare", "index", "init_model", "warmup", "report",
     *(f"{c}/evaluate" for c in ("base", "iter_0", "iter_1", "iter_2")),
     *(f"{i}/{s}" for i in ("iter_1", "iter_2") for s in ("sample", "weigh", "train")),
+    *(f"{i}/rag_sft" for i in ("iter_0", "iter_1", "iter_2")),
+    *(f"{i}/evaluate_rag_sft" for i in ("iter_1", "iter_2")),
 }  # fmt: skip
 
 

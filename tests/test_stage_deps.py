@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tests.import_graph import transitive_imports
+from tests.stage_deps_sync import synced
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,10 @@ def test_a_stage_depends_on_every_module_it_imports(name):
     stage = stages()[name]
     deps = declared(stage)
     missing = sorted(p for p in code_needed(stage) if not covered(p, deps))
-    assert not missing, f"dvc.yaml stage '{name}' runs code it does not depend on; add {missing}"
+    assert not missing, (
+        f"dvc.yaml stage '{name}' runs code it does not depend on; add {missing} "
+        "(python -m tests.stage_deps_sync rewrites every stage's module deps)"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(stages()))
@@ -56,6 +60,21 @@ def test_a_stage_lists_no_module_it_does_not_run(name):
     assert not (extra := sorted(code - code_needed(stage))), (
         f"dvc.yaml stage '{name}' depends on {extra}, which it does not import"
     )
+
+
+def test_the_module_deps_are_written_as_the_sync_writes_them():
+    text = (ROOT / "dvc.yaml").read_text()
+    assert synced(text) == text, "run python -m tests.stage_deps_sync"
+
+
+def test_the_sync_adds_a_missing_module_and_drops_a_stale_one():
+    text = (ROOT / "dvc.yaml").read_text()
+    broken = text.replace("      - exsearch/agent/rag_sft.py\n", "", 1)
+    broken = broken.replace(
+        "      - stages/warmup.py\n", "      - stages/warmup.py\n      - flows/cli.py\n", 1
+    )
+    assert broken != text
+    assert synced(broken) == text
 
 
 def test_the_walk_follows_imports_inside_functions_and_through_packages():

@@ -2,10 +2,11 @@
 
 `loop.py` runs the agent over many trajectories at once (`SearchAgent`); `warmup.py` writes
 warm-up trajectories from supporting facts; `warmup_set.py` picks the warm-up's questions and
-settings.
+settings; `rag_sft.py` writes the one-shot RAG chats of the `rag_sft` baseline.
 """
 
 from exsearch.agent.loop import METHODS, Decoding, SearchAgent
+from exsearch.agent.rag_sft import questions_trained_on, rag_sft_examples
 from exsearch.agent.warmup import WarmupShape, build_trajectories
 from exsearch.agent.warmup_set import (
     derived_trajectories,
@@ -23,6 +24,8 @@ __all__ = [
     "WarmupShape",
     "build_trajectories",
     "derived_trajectories",
+    "questions_trained_on",
+    "rag_sft_examples",
     "seeded_draw",
     "teacher_trajectories",
     "warmup_examples",

@@ -6,7 +6,7 @@ core); `behaviour.py` says how the agent searched per hop count and question kin
 writes every markdown table the project publishes.
 """
 
-from exsearch.evaluation.checkpoint import evaluate_methods
+from exsearch.evaluation.checkpoint import evaluate_methods, relabel
 from exsearch.evaluation.summary import (
     BEHAVIOUR_COLUMNS,
     behaviour_table,
@@ -24,5 +24,6 @@ __all__ = [
     "format_interval",
     "markdown_table",
     "metrics_markdown",
+    "relabel",
     "select_questions",
 ]

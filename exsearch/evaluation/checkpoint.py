@@ -6,6 +6,7 @@ import the agent: the report, which only scores records, depends on no model cod
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -51,3 +52,26 @@ def evaluate_methods(
     # how the first (primary) method searched, per kind of question and hop count
     doc["behaviour"] = search_behaviour(by_method[methods[0]], agent.seen_passages, questions)
     return records, doc
+
+
+def relabel(
+    records: Sequence[Trajectory], doc: Mapping[str, Any], method: str, label: str
+) -> tuple[list[Trajectory], dict]:
+    """`evaluate_methods`' output for one `method`, its name replaced by `label` throughout.
+
+    For a method read by another model than the checkpoint's own (the `rag_sft` baseline is
+    `rag` read by the rag_sft model): the records and metrics then say which it was, and can sit
+    beside the agent's own `rag` records without being taken for them.
+    """
+    if set(doc["methods"]) != {method}:
+        raise ValueError(
+            f"relabel takes the results of one method ({method}), not {doc['methods']}"
+        )
+    relabelled = [dataclasses.replace(r, method=label) for r in records]
+    renamed = {
+        **doc,
+        "primary": label,
+        "seconds": {label: doc["seconds"][method]},
+        "methods": {label: doc["methods"][method]},
+    }
+    return relabelled, renamed

@@ -1,9 +1,10 @@
 """The campaign report: metrics per checkpoint as a curve, a plot and a markdown summary.
 
 Every checkpoint's agent is compared, question by question, with iter_0 (the warm-up, what EM
-must beat) and with the checkpoint it was trained from, and with its own RAG baseline; each
-difference carries a paired bootstrap 95% interval (`checkpoint_comparisons`). The records come
-from the campaign's run folder, runs/<checkpoint>/ (`read_records`).
+must beat) and with the checkpoint it was trained from, and with each retrieve-then-read baseline
+scored beside it (`BASELINES`); each difference carries a paired bootstrap 95% interval
+(`checkpoint_comparisons`). The records come from the campaign's run folder, runs/<checkpoint>/,
+and the rag_sft baseline's from runs/rag_sft/<checkpoint>/ (`read_records`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from exsearch.evaluation import BEHAVIOUR_COLUMNS, compare_records, format_inter
 from exsearch.schema import Trajectory
 
 CURVE_METRICS = ("em", "f1", "acc", "recall", "support_recall")
+
+# What a searcher must beat: one retrieval read by the same model, an iterative retrieval with
+# no learned policy, and one retrieval read by a model trained for it as long (`rag_sft`, whose
+# records live in runs/rag_sft/). Each is compared with the agent where it was scored.
+BASELINES = ("rag", "iter_rag", "rag_sft")
+BASELINE_RUNS = {"rag_sft": "rag_sft"}  # baseline → its folder under runs/
 
 
 Examples = tuple[list[tuple[Trajectory, float]], list[tuple[Trajectory, float]]]
@@ -45,11 +52,20 @@ def read_records(
     runs = Path(runs)
     return CampaignRecords(
         metrics={c: files.read_json(runs / c / "metrics.json") for c in checkpoints},
-        predictions={c: read_trajectories(runs / c / "predictions.jsonl") for c in checkpoints},
+        predictions={c: checkpoint_predictions(runs, c) for c in checkpoints},
         weight_stats={it: files.read_json(runs / it / "weight_stats.json") for it in iterations},
         examples={it: extreme_trajectories(runs / it) for it in iterations},
         seconds=stage_seconds(runs, iterations, checkpoints),
     )
+
+
+def checkpoint_predictions(runs: Path, checkpoint: str) -> list[Trajectory]:
+    """A checkpoint's prediction records, with those of the baselines kept in their own folders."""
+    records = read_trajectories(runs / checkpoint / "predictions.jsonl")
+    for folder in BASELINE_RUNS.values():
+        if (theirs := runs / folder / checkpoint / "predictions.jsonl").is_file():
+            records.extend(read_trajectories(theirs))
+    return records
 
 
 def extreme_trajectories(it_dir: Path, n: int = 2) -> Examples:
@@ -116,12 +132,12 @@ def checkpoint_comparisons(
     previous: Mapping[str, str],
     reference: str = "iter_0",
     primary: str = "agent",
-    baseline: str = "rag",
+    baselines: Sequence[str] = BASELINES,
 ) -> dict[str, dict[str, dict]]:
     """Paired comparisons of every checkpoint's `primary` method, where the other side exists.
 
-    Against `reference`, against its previous checkpoint (`previous[name]`), and against its
-    own `baseline` method.
+    Against `reference`, against its previous checkpoint (`previous[name]`), and against each
+    of `baselines` scored at the same checkpoint.
 
     `predictions` maps a checkpoint to its prediction records (every method). Each entry is
     {"f1": Interval dict, "em": Interval dict}, keyed `vs_<reference>`, `vs_prev` and
@@ -144,8 +160,9 @@ def checkpoint_comparisons(
         prev = previous.get(name)
         if prev in predictions and prev != reference:
             entry["vs_prev"] = as_dicts(mine, method(prev, primary))
-        if mine and (other := method(name, baseline)):
-            entry[f"{primary}_vs_{baseline}"] = as_dicts(mine, other)
+        for baseline in baselines:
+            if mine and (other := method(name, baseline)):
+                entry[f"{primary}_vs_{baseline}"] = as_dicts(mine, other)
         out[name] = entry
     return out
 
