@@ -1,11 +1,12 @@
 """The search agent: think → search → record → answer, and the LLM-free warm-up trajectories.
 
-`loop.py` runs the agent over many trajectories at once (`SearchAgent`); `warmup.py` writes
-warm-up trajectories from supporting facts; `warmup_set.py` picks the warm-up's questions and
-settings.
+`loop.py` runs the agent over many trajectories at once (`SearchAgent`); `selection.py` reads
+its optional document-selection turn; `warmup.py` writes warm-up trajectories from supporting
+facts; `warmup_set.py` picks the warm-up's questions and settings.
 """
 
 from exsearch.agent.loop import METHODS, Decoding, SearchAgent
+from exsearch.agent.selection import Selection, parse_selection
 from exsearch.agent.warmup import WarmupShape, build_trajectories
 from exsearch.agent.warmup_set import (
     derived_trajectories,
@@ -20,9 +21,11 @@ __all__ = [
     "METHODS",
     "Decoding",
     "SearchAgent",
+    "Selection",
     "WarmupShape",
     "build_trajectories",
     "derived_trajectories",
+    "parse_selection",
     "seeded_draw",
     "teacher_trajectories",
     "warmup_examples",
