@@ -16,6 +16,18 @@ search with a user turn holding the passages, and asks for the final answer in a
 As in the authors' released code, the record of step i and the query of step i+1 share one
 assistant turn, and the final answer has a turn of its own. Generation stops at `</search>` and
 `<finish>` (control passes to the environment) and at `</answer>`.
+
+With document selection on (`agent.select_from > 0`, ExSearch-Zoo), a search is answered with a
+numbered candidate list first, the model picks and orders the useful ones, and only those are
+then shown as the usual documents turn:
+
+    assistant  <think>…</think><search>sub-query</search>
+    user       <candidates>[1] Title: … Content: …</candidates>
+    assistant  <select>[2] > [1] > [5]</select>
+    user       <documents>[1] (candidate 2) … [2] (candidate 1) … [3] (candidate 5) …</documents>
+    assistant  <record>evidence</record>…
+
+Generation then also stops at `</select>`; without selection nothing here changes.
 """
 
 from __future__ import annotations
@@ -36,10 +48,15 @@ DOCS_OPEN, DOCS_CLOSE = "<documents>", "</documents>"
 RECORD_OPEN, RECORD_CLOSE = "<record>", "</record>"
 FINISH = "<finish>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+CANDIDATES_OPEN, CANDIDATES_CLOSE = "<candidates>", "</candidates>"
+SELECT_OPEN, SELECT_CLOSE = "<select>", "</select>"
+SELECT_SEPARATOR = " > "
 
 # Strings at which generation hands control back to the environment.
 ACTION_STOPS = [SEARCH_CLOSE, FINISH]
 ANSWER_STOPS = [ANSWER_CLOSE]
+# Only where selection is on: in ACTION_STOPS it would change what a default run generates.
+SELECT_STOPS = [SELECT_CLOSE]
 
 SYSTEM_PROMPT = f"""You answer questions by searching a Wikipedia passage collection step by step.
 In each turn:
@@ -50,6 +67,16 @@ In each turn:
 or write {FINISH} once your records are enough to answer.
 After {FINISH} you will be asked for the final answer: give it inside \
 {ANSWER_OPEN}{ANSWER_CLOSE}, as a few words, with no explanation."""
+
+_TASK_LINE, _TURN_RULES = SYSTEM_PROMPT.split("\n", 1)
+# SYSTEM_PROMPT with the selection action explained; `{top_k}` is filled by
+# `select_system_prompt`.
+SELECT_SYSTEM_PROMPT = f"""{_TASK_LINE}
+After each search you first see numbered candidate passages inside \
+{CANDIDATES_OPEN}{CANDIDATES_CLOSE}: pick the ones useful for your query, most useful first, \
+at most {{top_k}}, as {SELECT_OPEN}[2] > [1]{SELECT_CLOSE}. Only those passages are then \
+shown to you.
+{_TURN_RULES}"""
 
 DIRECT_SYSTEM_PROMPT = f"""You answer questions from your own knowledge. Give only the answer, \
 as a few words, inside {ANSWER_OPEN}{ANSWER_CLOSE}."""
@@ -79,10 +106,29 @@ def question_turn(question: str) -> str:
     return f"Question: {question}"
 
 
+def _listing(open_tag: str, rendered_passages: list[str], close_tag: str) -> str:
+    body = "\n".join(rendered_passages) if rendered_passages else "(no passages found)"
+    return f"{open_tag}\n{body}\n{close_tag}"
+
+
 def documents_turn(rendered_passages: list[str]) -> str:
     """The environment's reply to a search: numbered passages (1-based, as the model sees them)."""
-    body = "\n".join(rendered_passages) if rendered_passages else "(no passages found)"
-    return f"{DOCS_OPEN}\n{body}\n{DOCS_CLOSE}"
+    return _listing(DOCS_OPEN, rendered_passages, DOCS_CLOSE)
+
+
+def select_system_prompt(top_k: int) -> str:
+    """The agent's system prompt when it selects at most `top_k` passages after each search."""
+    return SELECT_SYSTEM_PROMPT.format(top_k=top_k)
+
+
+def candidates_turn(rendered_passages: list[str]) -> str:
+    """The environment's reply to a search when the model selects: the numbered candidates."""
+    return _listing(CANDIDATES_OPEN, rendered_passages, CANDIDATES_CLOSE)
+
+
+def select_turn(numbers: Sequence[int]) -> str:
+    """The assistant's selection: candidate numbers (1-based, as shown), most useful first."""
+    return SELECT_OPEN + SELECT_SEPARATOR.join(f"[{n}]" for n in numbers) + SELECT_CLOSE
 
 
 def answer_request(question: str) -> str:

@@ -54,15 +54,26 @@ class Passage:
 
 @dataclass(frozen=True)
 class Step:
-    """One search step of a trajectory: the query, what came back, what the model kept."""
+    """One search step of a trajectory: the query, what came back, what the model kept.
+
+    `passage_ids` are the passages shown to the model. With document selection on they are the
+    ones it selected, in its order, from `candidate_ids` (the retrieval order); a selection that
+    named no valid candidate kept the retrieval order and sets `selection_fallback`. Without
+    selection `candidate_ids` is empty and neither key is written, so records read as before.
+    """
 
     query: str
     passage_ids: list[str] = field(default_factory=list)
     record: str | None = None
     think: str | None = None
+    candidate_ids: list[str] = field(default_factory=list)
+    selection_fallback: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.candidate_ids:
+            del d["candidate_ids"], d["selection_fallback"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Step:
@@ -71,6 +82,8 @@ class Step:
             passage_ids=list(d.get("passage_ids") or []),
             record=d.get("record"),
             think=d.get("think"),
+            candidate_ids=list(d.get("candidate_ids") or []),
+            selection_fallback=bool(d.get("selection_fallback", False)),
         )
 
 

@@ -2,7 +2,9 @@
 
 Each round makes one batched generation over every live trajectory and one batched BM25 search
 over every query issued in it; trajectories that finish leave the batch. The same loop runs the
-`direct` and `rag` baselines, which start at the answer turn.
+`direct` and `rag` baselines, which start at the answer turn. With `agent.select_from > 0` the
+agent's searches list candidates and a selection turn (exsearch.agent.selection) picks the
+passages shown.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Literal
 from tqdm.auto import tqdm
 
 from exsearch import prompts
+from exsearch.agent.selection import parse_selection, selected
 from exsearch.config import AgentConfig, Method
 from exsearch.data import passage_id
 from exsearch.generation import Generator
@@ -37,6 +40,8 @@ METHODS: tuple[str, ...] = ("agent", "rag", "iter_rag", "oracle", "direct")
 
 # Below this many words per passage the budget is met by dropping passages instead.
 _MIN_PASSAGE_WORDS = 8
+# The phases whose turn the model writes with `max_new_tokens` (the answer has its own limit).
+_ACTING = ("act", "query", "select")
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,13 @@ class _Rollout:
     question: Question
     sample: int
     messages: list[dict]
-    phase: Literal["act", "query", "answer", "done"] = "act"
+    phase: Literal["act", "query", "select", "answer", "done"] = "act"
     steps: list[Step] = field(default_factory=list)
     # Message index → passages shown there, so documents can be re-rendered shorter.
     shown: dict[int, list[Passage]] = field(default_factory=dict)
+    # The same for candidate lists (selection on); the last one is what the model selects from.
+    listed: dict[int, list[Passage]] = field(default_factory=dict)
+    select: bool = False  # the agent selects from `select_from` candidates after each search
     passage_words: int = 0
     rag: bool = False  # the rag baseline's one user turn holds passages and question together
     follow_up: bool = False  # iter_rag: that turn asks for a query, whose passages come next
@@ -74,6 +82,8 @@ class _Rollout:
             return prompts.ANSWER_OPEN
         if self.phase == "query":
             return prompts.SEARCH_OPEN
+        if self.phase == "select":
+            return prompts.SELECT_OPEN
         last = self.messages[-1]["content"]
         return prompts.RECORD_OPEN if last.startswith(prompts.DOCS_OPEN) else prompts.THINK_OPEN
 
@@ -130,11 +140,17 @@ class SearchAgent:
     # ---------------------------------------------------------------- rounds
     def _start(self, q: Question, sample: int, method: Method) -> _Rollout:
         if method == "agent":
+            select = self.cfg.select_from > 0
+            system = (
+                prompts.select_system_prompt(self.cfg.top_k) if select else prompts.SYSTEM_PROMPT
+            )
             msgs = [
-                {"role": "system", "content": prompts.SYSTEM_PROMPT},
+                {"role": "system", "content": system},
                 {"role": "user", "content": prompts.question_turn(q.question)},
             ]
-            return _Rollout(q, sample, msgs, passage_words=self.cfg.passage_max_words)
+            return _Rollout(
+                q, sample, msgs, passage_words=self.cfg.passage_max_words, select=select
+            )
         if method == "direct":
             msgs = [
                 {"role": "system", "content": prompts.DIRECT_SYSTEM_PROMPT},
@@ -169,7 +185,7 @@ class SearchAgent:
         ready, prompt_texts = [], []
         for r in live:
             text = self._fit_prompt(r)
-            if text is None and r.phase in ("act", "query"):  # over budget, passages dropped
+            if text is None and r.phase in _ACTING:  # over budget, passages dropped
                 r.to_answer_phase("length")
                 text = self._fit_prompt(r)
             if text is None:  # not even the answer request fits: no answer
@@ -180,11 +196,14 @@ class SearchAgent:
             prompt_texts.append(text)
         if not ready:
             return
-        acting = any(r.phase in ("act", "query") for r in ready)
+        acting = any(r.phase in _ACTING for r in ready)
+        stops = prompts.ACTION_STOPS + prompts.ANSWER_STOPS
+        if any(r.select for r in ready):  # one method per run: the same stops every round
+            stops = stops + prompts.SELECT_STOPS
         completions = self.gen.generate(
             prompt_texts,
             max_new_tokens=self.cfg.max_new_tokens if acting else self.cfg.answer_max_new_tokens,
-            stop=prompts.ACTION_STOPS + prompts.ANSWER_STOPS,
+            stop=stops,
             temperature=decoding.temperature,
             top_p=decoding.top_p,
             seed=seed,
@@ -199,6 +218,8 @@ class SearchAgent:
             elif r.phase == "query":
                 if (query := self._take_query(r, text)) is not None:
                     searching.append((r, query))
+            elif r.phase == "select":
+                self._take_selection(r, text)
             elif (query := self._take_action(r, text, c.finish)) is not None:
                 searching.append((r, query))
         if searching:
@@ -250,41 +271,65 @@ class SearchAgent:
                 return turn.query
         return None
 
+    def _take_selection(self, r: _Rollout, text: str) -> None:
+        """Show the candidates the selection turn names; a malformed one keeps retrieval order."""
+        r.messages.append({"role": "assistant", "content": text})
+        candidates = r.listed[max(r.listed)]
+        selection = parse_selection(text, len(candidates), self.cfg.top_k)
+        r.steps[-1] = replace(r.steps[-1], selection_fallback=selection.fallback)
+        self._show(r, selected(candidates, selection))
+        r.phase = "act"
+
     def _search(self, searching: list[tuple[_Rollout, str]]) -> None:
-        results = self.retriever.search([q for _, q in searching], self.cfg.top_k)
-        for (r, _), hits in zip(searching, results, strict=True):
-            passages = [h.passage for h in hits]
-            self.seen_passages.update((p.id, p) for p in passages)
-            r.steps[-1] = replace(r.steps[-1], passage_ids=[p.id for p in passages])
-            r.messages.append({"role": "user", "content": ""})
-            r.shown[len(r.messages) - 1] = passages
-            self._render_documents(r)
+        wanted = [self.cfg.select_from if r.select else self.cfg.top_k for r, _ in searching]
+        results = self.retriever.search([q for _, q in searching], max(wanted))
+        for (r, _), hits, k in zip(searching, results, wanted, strict=True):
+            passages = [h.passage for h in hits[:k]]
+            if r.select and passages:  # list the candidates; the selection turn comes next
+                r.steps[-1] = replace(r.steps[-1], candidate_ids=[p.id for p in passages])
+                r.messages.append({"role": "user", "content": ""})
+                r.listed[len(r.messages) - 1] = passages
+                self._render_documents(r)
+                r.phase = "select"
+                continue
+            self._show(r, passages)
             if r.phase == "query":  # iter_rag reads its one follow-up's passages, then answers
                 r.to_answer_phase("final")
 
+    def _show(self, r: _Rollout, passages: list[Passage]) -> None:
+        """Show `passages` as a documents turn; they are the step's passages, the ones seen."""
+        self.seen_passages.update((p.id, p) for p in passages)
+        r.steps[-1] = replace(r.steps[-1], passage_ids=[p.id for p in passages])
+        r.messages.append({"role": "user", "content": ""})
+        r.shown[len(r.messages) - 1] = passages
+        self._render_documents(r)
+
     # ---------------------------------------------------------------- budget
     def _render_documents(self, r: _Rollout) -> None:
-        """(Re-)render every documents turn of `r` at its current passage length."""
+        """(Re-)render every documents and candidates turn of `r` at its current passage length."""
+        for idx, passages in r.listed.items():
+            r.messages[idx]["content"] = prompts.candidates_turn(self._rendered(r, passages))
         for idx, passages in r.shown.items():
-            if r.passage_words >= _MIN_PASSAGE_WORDS:
-                rendered = [
-                    format_passage(p, i, max_words=r.passage_words)
-                    for i, p in enumerate(passages, 1)
-                ]
-            else:
-                rendered = ["(passages omitted to fit the context budget)"]
+            rendered = self._rendered(r, passages)
             if r.rag and idx == 1:  # the baselines' first turn: passages and question
                 turn = prompts.follow_up_turn if r.follow_up else prompts.rag_turn
                 r.messages[idx]["content"] = turn(r.question.question, rendered)
             else:
                 r.messages[idx]["content"] = prompts.documents_turn(rendered)
 
+    @staticmethod
+    def _rendered(r: _Rollout, passages: list[Passage]) -> list[str]:
+        """`passages` numbered from 1 at `r`'s passage length, or a note that they were dropped."""
+        if r.passage_words < _MIN_PASSAGE_WORDS:
+            return ["(passages omitted to fit the context budget)"]
+        return [format_passage(p, i, max_words=r.passage_words) for i, p in enumerate(passages, 1)]
+
     def _fit_prompt(self, r: _Rollout) -> str | None:
         """The prompt for `r`'s next turn within the context budget, shortening passages first.
 
         Passages are cut, never the question; returns None when even no passages do not fit.
         """
-        acting = r.phase in ("act", "query")
+        acting = r.phase in _ACTING
         max_new = self.cfg.max_new_tokens if acting else self.cfg.answer_max_new_tokens
         budget = self.cfg.max_context_tokens - max_new
         while True:
@@ -292,7 +337,7 @@ class SearchAgent:
             r.prompt_tokens = self.gen.count_tokens([text])[0]
             if r.prompt_tokens <= budget:
                 return text
-            if not r.shown or r.passage_words < _MIN_PASSAGE_WORDS:
+            if not (r.shown or r.listed) or r.passage_words < _MIN_PASSAGE_WORDS:
                 return None
             r.passage_words //= 2
             self._render_documents(r)

@@ -15,6 +15,10 @@ cut to what the model could read (passages are shown cut to `passage_max_words`)
 and a turn stays within the agent's token limit. `first_search="hop"` skips step 1 (one search
 per supporting paragraph, the earlier design). The result is in exactly the agent's chat
 format (exsearch.prompts), so it trains the same turns the agent later samples.
+
+With document selection on (`select_from > 0`), each search lists `select_from` candidates and
+the teacher's selection turn names the gold paragraphs among them first, then the others in
+retrieval order, `top_k` in all: the model is taught the format and to put evidence first.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class WarmupShape:
     max_steps: int
     record_max_words: int = 30
     first_search: FirstSearch = "question"
+    select_from: int = 0  # candidates listed per search for a selection turn; 0: no selection
 
 
 def _visible(p: Passage, max_words: int) -> str:
@@ -115,15 +120,51 @@ def _search(
     retriever: Retriever,
     query: str,
     inject: Passage | None,
-    shape: WarmupShape,
+    k: int,
     rng: random.Random,
 ) -> list[Passage]:
-    """What the search returns, with `inject` put in a random slot if the retriever missed it."""
-    passages = [h.passage for h in retriever.search([query], shape.top_k)[0]]
+    """The top `k`, with `inject` put in a random slot if the retriever missed it."""
+    passages = [h.passage for h in retriever.search([query], k)[0]]
     if inject is not None and all(p.id != inject.id for p in passages):
-        slot = rng.randrange(len(passages)) if len(passages) >= shape.top_k else len(passages)
+        slot = rng.randrange(len(passages)) if len(passages) >= k else len(passages)
         passages[slot : slot + 1] = [inject]
     return passages
+
+
+def _rendered(passages: list[Passage], shape: WarmupShape) -> list[str]:
+    return [
+        format_passage(p, j, max_words=shape.passage_max_words) for j, p in enumerate(passages, 1)
+    ]
+
+
+def _gold_first(candidates: list[Passage], golds: list[Passage | None], keep: int) -> list[int]:
+    """The teacher's selection: 1-based numbers of the gold candidates, then the rest, `keep`."""
+    gold_ids = {g.id for g in golds if g is not None}
+    numbered = list(enumerate(candidates, 1))
+    order = [n for n, p in numbered if p.id in gold_ids]
+    order += [n for n, p in numbered if p.id not in gold_ids]
+    return order[:keep]
+
+
+def _search_turns(
+    candidates: list[Passage], golds: list[Passage | None], shape: WarmupShape
+) -> tuple[list[dict[str, str]], list[Passage]]:
+    """The turns after a search, and the passages they show.
+
+    Without selection: the documents turn of the candidates (the top `top_k`). With it: the
+    candidate list, the teacher's selection (`_gold_first`) and the documents turn it shows.
+    """
+    if not shape.select_from or not candidates:
+        docs = prompts.documents_turn(_rendered(candidates, shape))
+        return [{"role": "user", "content": docs}], candidates
+    numbers = _gold_first(candidates, golds, shape.top_k)
+    shown = [candidates[n - 1] for n in numbers]
+    turns = [
+        {"role": "user", "content": prompts.candidates_turn(_rendered(candidates, shape))},
+        {"role": "assistant", "content": prompts.select_turn(numbers)},
+        {"role": "user", "content": prompts.documents_turn(_rendered(shown, shape))},
+    ]
+    return turns, shown
 
 
 def _record_of_search(
@@ -171,8 +212,11 @@ def build_trajectory(
         return None
     golds = [_gold_passage(item, by_title) for item in support]
     answer = q.answers[0]
+    system = (
+        prompts.select_system_prompt(shape.top_k) if shape.select_from else prompts.SYSTEM_PROMPT
+    )
     messages = [
-        {"role": "system", "content": prompts.SYSTEM_PROMPT},
+        {"role": "system", "content": system},
         {"role": "user", "content": prompts.question_turn(q.question)},
     ]
     steps: list[Step] = []
@@ -182,21 +226,19 @@ def build_trajectory(
         search := _next_search(q, support, golds, shown, not steps, shape)
     ):
         query, think, inject = search
-        passages = _search(retriever, query, inject, shape, rng)
-        rendered = [
-            format_passage(p, j, max_words=shape.passage_max_words)
-            for j, p in enumerate(passages, 1)
-        ]
+        candidates = _search(retriever, query, inject, shape.select_from or shape.top_k, rng)
+        turns, passages = _search_turns(candidates, golds, shape)
         messages += [
             {
                 "role": "assistant",
                 "content": prompts.action_turn(record=record, think=think, query=query),
             },
-            {"role": "user", "content": prompts.documents_turn(rendered)},
+            *turns,
         ]
         record, found = _record_of_search(support, golds, passages, shown, shape, answer)
         shown |= found
-        steps.append(Step(query, [p.id for p in passages], record, think))
+        listed = [p.id for p in candidates] if shape.select_from else []
+        steps.append(Step(query, [p.id for p in passages], record, think, candidate_ids=listed))
     return Trajectory.of_question(
         q,
         sample=0,

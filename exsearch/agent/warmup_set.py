@@ -47,6 +47,7 @@ def warmup_shape(agent: AgentConfig, cfg: WarmupConfig) -> WarmupShape:
         max_steps=agent.max_steps,
         record_max_words=cfg.record_max_words,
         first_search=cfg.first_search,
+        select_from=agent.select_from,
     )
 
 

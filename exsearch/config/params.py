@@ -151,6 +151,23 @@ class AgentConfig(Section):
         default=2048, ge=256, description="Prompt budget; passages are truncated to fit it."
     )
     passage_max_words: int = Field(default=80, ge=1, description="Words kept of each passage.")
+    select_from: int = Field(
+        default=0,
+        ge=0,
+        description="Document selection (ExSearch-Zoo, METHOD.md §5): each search lists this "
+        "many candidates and the model picks and orders at most top_k of them before recording; "
+        "only those are shown. 0: no selection, the top_k passages are shown.",
+    )
+
+    @model_validator(mode="after")
+    def _selects_from_at_least_top_k(self) -> AgentConfig:
+        if 0 < self.select_from < self.top_k:
+            raise ValueError(
+                f"select_from ({self.select_from}) is fewer candidates than top_k "
+                f"({self.top_k}) passages to keep: set select_from to 0 (no selection) or to "
+                f"at least {self.top_k}"
+            )
+        return self
 
 
 # How the agent answers (exsearch.agent.loop).
