@@ -100,6 +100,12 @@ class WeightedConfig(Section):
         "forward and backward pass for a negligible share of the loss (in the weighting "
         "scheme's units).",
     )
+    well_formed_only: bool = Field(
+        default=False,
+        description="Train only on trajectories whose every turn parsed (finish reason final or "
+        "max_steps), not on malformed ones or ones cut by a token limit: such samples are "
+        "otherwise trained on with the gold answer appended, which teaches the broken format.",
+    )
 
 
 # The M-step learners, `train.method`: each has its section under `train` (named as the method)
