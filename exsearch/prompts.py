@@ -148,6 +148,20 @@ def follow_up_turn(question: str, rendered_passages: list[str]) -> str:
     return f"{documents_turn(rendered_passages)}\n{question_turn(question)}\n{FOLLOW_UP_REQUEST}"
 
 
+def records_chat(question: str, records: Sequence[str], answer: str) -> list[dict[str, str]]:
+    """The question and a trajectory's records, read as `rag` reads passages, then `answer`.
+
+    What `sample.score: records` scores the gold answer after: the evidence the trajectory kept,
+    without its queries, thoughts or the passages it was shown.
+    """
+    listed = [f"[{i}] {r}" for i, r in enumerate(records, 1)] or ["(nothing recorded)"]
+    return [
+        {"role": "system", "content": RAG_SYSTEM_PROMPT},
+        {"role": "user", "content": rag_turn(question, listed)},
+        {"role": "assistant", "content": answer_turn(answer)},
+    ]
+
+
 def answer_turn(answer: str) -> str:
     """The assistant's final turn holding `answer`."""
     return f"{ANSWER_OPEN}{answer}{ANSWER_CLOSE}"

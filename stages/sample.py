@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
             seed=seed,
             shard_size=cfg.shard_size,
             shard_dir=out.parent / ".sample_shards" / key,
+            score=cfg.score,
         )
         write_trajectories(out, records)
         stats = sample_stats(records, draw, cfg.k, time.perf_counter() - started)

@@ -9,10 +9,10 @@ import pytest
 from exsearch.agent.loop import Decoding, SearchAgent
 from exsearch.config.params import AgentConfig, GenerationConfig, IndexConfig, ModelConfig
 from exsearch.data.trajectories import write_trajectories
-from exsearch.estep.sampling import iteration_questions, sample_in_shards, shard_seed
+from exsearch.estep.sampling import iteration_questions, sample_in_shards, scored, shard_seed
 from exsearch.generation.hf import HFGenerator
 from exsearch.retrieval import BM25Retriever
-from exsearch.schema import Passage, Question
+from exsearch.schema import Passage, Question, Step, Trajectory
 
 PASSAGES = [
     Passage(f"p{i}", f"Title {i}", f"city river album number {i} founded") for i in range(20)
@@ -175,3 +175,41 @@ def test_a_used_up_pool_starts_a_new_pass_and_says_so():
 def test_no_question_left_after_the_warmup_is_a_clear_error():
     with pytest.raises(ValueError, match="no training question left"):
         iteration_questions(POOL, 1, 5, seed=0, exclude={q.id for q in POOL})
+
+
+class ScoringProbe:
+    """A generator stand-in that scores a chat by its length and remembers what it scored."""
+
+    def __init__(self):
+        self.chats: list[list[dict]] = []
+
+    def gold_answer_scores(self, trajectories, *, progress=True):
+        self.chats.extend(t.messages for t in trajectories)
+        return [-float(len(t.messages[1]["content"])) for t in trajectories]
+
+
+def recorded(*records: str | None) -> Trajectory:
+    steps = [Step(query=f"q{i}", record=r) for i, r in enumerate(records)]
+    chat = [{"role": "user", "content": "the whole sampled chat"}] * 2
+    return Trajectory(qid="q", question="Who?", answers=["Ann"], steps=steps, messages=chat)
+
+
+def test_the_records_score_reads_only_the_question_and_what_was_recorded():
+    probe = ScoringProbe()
+    (out,) = scored([recorded("Ann wrote it.", None, "It was 1999.")], probe, "records")
+    (chat,) = probe.chats
+    user = chat[1]["content"]
+    assert "[1] Ann wrote it." in user and "[2] It was 1999." in user and "Who?" in user
+    assert "the whole sampled chat" not in user and "[3]" not in user
+    assert out.gold_score == -float(len(user))
+    assert out.messages == recorded().messages  # the record keeps its own chat
+
+
+def test_the_trajectory_score_reads_the_whole_chat_and_nothing_recorded_is_said():
+    probe = ScoringProbe()
+    scored([recorded("kept")], probe, "trajectory")
+    assert probe.chats[0][1]["content"] == "the whole sampled chat"
+    scored([recorded()], probe, "records")
+    assert "(nothing recorded)" in probe.chats[1][1]["content"]
+    with pytest.raises(ValueError, match="sample.score"):
+        scored([recorded()], probe, "answers")

@@ -62,6 +62,12 @@ class SampleConfig(Section):
         description="Added to the top-level seed for the questions each iteration draws and the "
         "samples' random streams: a second seed of the EM iterations on the same warm-up.",
     )
+    score: Literal["trajectory", "records"] = Field(
+        default="trajectory",
+        description="What the E-step's score reads before the gold answer: the whole sampled "
+        "chat (METHOD.md §2), or only the question and the evidence the trajectory recorded, "
+        "read as the rag baseline reads passages — a score that depends on what was found.",
+    )
 
 
 class WeighConfig(Section):

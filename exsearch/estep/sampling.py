@@ -33,6 +33,8 @@ from statistics import fmean
 from exsearch.agent import Decoding, SearchAgent
 from exsearch.config import AgentConfig, GenerationConfig, ModelConfig, SampleConfig
 from exsearch.data import read_trajectories, write_trajectories
+from exsearch.generation import Generator
+from exsearch.prompts import records_chat
 from exsearch.schema import Question, Trajectory
 
 log = logging.getLogger(__name__)
@@ -155,8 +157,12 @@ def sample_in_shards(
     seed: int,
     shard_size: int,
     shard_dir: Path,
+    score: str = "trajectory",
 ) -> list[Trajectory]:
-    """Sample `k` trajectories per question, reusing shards already in `shard_dir`."""
+    """Sample `k` trajectories per question, reusing shards already in `shard_dir`.
+
+    Each is scored (`gold_score`) as `score` says (`scored`).
+    """
     shard_dir.mkdir(parents=True, exist_ok=True)
     n_shards = (len(questions) + shard_size - 1) // shard_size
     records: list[Trajectory] = []
@@ -175,8 +181,28 @@ def sample_in_shards(
                 decoding=Decoding(temperature=temperature, top_p=top_p, seed=shard_seed(seed, s)),
             )
             # Scored now, while the model and the trajectories' keys/values are at hand.
-            scores = agent.gen.gold_answer_scores(recs, progress=False)
-            recs = [replace(r, gold_score=x) for r, x in zip(recs, scores, strict=True)]
-            write_trajectories(path, recs)
+            write_trajectories(path, scored(recs, agent.gen, score))
         records.extend(read_trajectories(path))
     return records
+
+
+def scored(records: Sequence[Trajectory], gen: Generator, score: str) -> list[Trajectory]:
+    """`records` with their E-step score: the gold answer's mean log-prob under `gen`'s model.
+
+    `trajectory` (METHOD.md §2) scores it after the whole sampled chat. `records` scores it
+    after the question and the evidence the trajectory recorded only (`prompts.records_chat`),
+    so a sample that found and kept the evidence scores higher than one that guessed right.
+    """
+    if score == "records":
+        readers = [
+            replace(
+                r, messages=records_chat(r.question, [s.record for s in r.steps if s.record], "")
+            )
+            for r in records
+        ]
+        scores = gen.gold_answer_scores(readers, progress=False)
+    elif score == "trajectory":
+        scores = gen.gold_answer_scores(records, progress=False)
+    else:
+        raise ValueError(f"sample.score: unknown {score!r}; expected trajectory or records")
+    return [replace(r, gold_score=x) for r, x in zip(records, scores, strict=True)]
