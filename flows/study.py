@@ -6,8 +6,9 @@
 
 Every setting runs the same campaign as params.yaml with a few overrides (`SETTINGS`), all of
 them scored on every dev set of `prepare.dev` (HotpotQA, 2Wiki and MuSiQue; `STUDY_OVERRIDES`)
-with the agent and the RAG baseline. Settings that do not touch the warm-up's inputs share
-iter_0 and its evaluation through DVC's run cache, so each costs only its EM iterations.
+with the agent and the RAG and iter-RAG baselines (and rag_sft, which dvc.yaml always runs).
+Settings that do not touch the warm-up's inputs share iter_0 and its evaluation through DVC's
+run cache, so each costs only its EM iterations.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ PREFIX = "study-"
 STUDY_OVERRIDES = (
     "em.evaluate=[iter_0,iter_2]",
     "evaluate.datasets=[hotpotqa,2wiki,musique]",
-    "evaluate.methods=[agent,rag]",
+    "evaluate.methods=[agent,rag,iter_rag]",
 )
 
 # Setting name → its overrides of params.yaml (`dvc exp run -S` syntax), in the order they are
@@ -41,6 +42,15 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     # the samples (so the M-steps' data). iter_0 and its scores are shared with `exp`, which
     # `train.seed` would undo: the warm-up trains with the `train` settings.
     "exp-seed1": ("weigh.scheme=exp", "sample.seed=1"),
+    "exp-seed2": ("weigh.scheme=exp", "sample.seed=2"),
+    # Levers that could make searching pay (does it learn to search? docs/study.md): samples
+    # that differ in what they find, a score that depends on it, the format kept, a setting
+    # where one search cannot suffice, and the selection action.
+    "records-score": ("sample.score=records",),
+    "well-formed": ("train.weighted.well_formed_only=true",),
+    "first-hop": ("warmup.first_search=hop",),
+    "select10": ("agent.select_from=10",),
+    "top2": ("agent.top_k=2",),
     "softmax": ("weigh.scheme=softmax",),
     "filter": ("weigh.scheme=filter",),
     "uniform": ("weigh.scheme=uniform",),

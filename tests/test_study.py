@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exsearch.config.params import parse_params
 from flows.study import (
+    SETTINGS,
+    STUDY_OVERRIDES,
     evidence_table,
     hops_table,
     parse_experiments,
     queue_commands,
     study_table,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def interval(diff, lo, hi):
@@ -110,3 +120,17 @@ def test_the_hops_table_shows_how_each_checkpoint_searched_per_hop_count():
     table = hops_table(parse_experiments(shown()))
     assert "| filter | iter_2 | 2 | 400 | 1.25 | 61.5 | 12.5 |" in table
     assert "| filter | iter_2 | 3 | 120 | 1.00 | 40.0 | – |" in table  # no later search
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_every_setting_overrides_real_keys_with_valid_values(name):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for override in (*STUDY_OVERRIDES, *SETTINGS[name]):
+        key, value = override.split("=", 1)
+        *path, last = key.split(".")
+        section = raw
+        for part in path:
+            section = section[part]
+        assert last in section, f"{name}: {key} is not in params.yaml"
+        section[last] = yaml.safe_load(value)
+    parse_params(raw)  # raises on a wrong type or an out-of-range value
