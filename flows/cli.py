@@ -4,6 +4,7 @@ exsearch run                          # every stage DVC finds out of date, in or
 exsearch run -S train.epochs=2 --name ep2    # a named DVC experiment
 exsearch serve --cron "0 3 * * *" --extend   # a scheduled deployment, +1 iteration per run
 exsearch compare                      # campaigns × iterations from MLflow → reports/compare.*
+exsearch export --format flashrag --predictions runs/iter_2/predictions.jsonl --out F.jsonl
 exsearch study queue                  # queue the study's grid of DVC experiments
 exsearch study table                  # their F1 per iteration with intervals (markdown)
 exsearch ui                           # the MLflow UI on http://127.0.0.1:5000
@@ -113,6 +114,30 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--out-dir", default="reports", help="where to write (default reports)")
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    export = _subcommand(
+        sub,
+        "export",
+        "write one method's predictions in another toolkit's schema (FlashRAG)",
+        "Write the records of one method of an evaluate stage's predictions file in\n"
+        "FlashRAG's dataset schema (id, question, golden_answers, output: pred,\n"
+        "retrieval_result, prompt; metadata), to score with FlashRAG's evaluator or set beside\n"
+        "its baselines. OUT ending .jsonl is what FlashRAG's Dataset loads; .json is one list,\n"
+        "as its Dataset.save writes. Without --corpus each retrieved passage is its id only.",
+    )
+    export.add_argument("--format", required=True, choices=["flashrag"], help="target schema")
+    export.add_argument(
+        "--predictions",
+        required=True,
+        help="an evaluate stage's records, e.g. runs/iter_2/predictions.jsonl",
+    )
+    export.add_argument("--method", default="agent", help="which method's records (default agent)")
+    export.add_argument(
+        "--corpus", help="passages for the retrieved texts, e.g. data/prepared/corpus.jsonl"
+    )
+    export.add_argument("--out", required=True, help="file to write (.jsonl or .json)")
+
+
 def _add_ui(sub: argparse._SubParsersAction) -> None:
     ui = _subcommand(
         sub,
@@ -152,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser: one subcommand per action, each with its own --help."""
     parser = argparse.ArgumentParser(prog="exsearch", description=__doc__, formatter_class=FORMAT)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_serve, _add_compare, _add_ui, _add_study, _add_repro):
+    adders = (_add_run, _add_serve, _add_compare, _add_export, _add_ui, _add_study, _add_repro)
+    for add in adders:
         add(sub)
     return parser
 
@@ -201,6 +227,14 @@ def _cmd_compare(args: argparse.Namespace, root: Path) -> int:
         writer.writerows(rows)
     write_text(out / "compare.md", f"# Campaigns in MLflow experiment {experiment}\n\n{table}")
     print(f"wrote {out / 'compare.csv'} and {out / 'compare.md'}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace, root: Path) -> int:
+    from exsearch.evaluation import export_flashrag
+
+    n = export_flashrag(args.predictions, args.out, method=args.method, corpus=args.corpus)
+    print(f"wrote {n} {args.method} item(s) in FlashRAG's schema to {args.out}")
     return 0
 
 
@@ -273,6 +307,7 @@ COMMANDS = {
     "run": _cmd_run,
     "serve": _cmd_serve,
     "compare": _cmd_compare,
+    "export": _cmd_export,
     "ui": _cmd_ui,
     "repro": _cmd_repro,
     "study": _cmd_study,

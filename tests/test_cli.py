@@ -13,7 +13,7 @@ from toy_project import OUTER_VARS, make_toy_project, mlflow_store, offline_env
 import tracking
 from flows import cli
 
-COMMANDS = ["run", "serve", "compare", "ui", "repro"]
+COMMANDS = ["run", "serve", "compare", "export", "ui", "repro"]
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from exsearch.evaluation import export_flashrag, to_flashrag
 from exsearch.files import read_json, read_jsonl, write_jsonl
 from exsearch.metrics import qa_scores
 from exsearch.schema import Passage, Step, Trajectory
+from flows import cli
 
 PASSAGES = [
     Passage(id="p1", title="Paris", text="Paris is the capital of France."),
@@ -212,3 +213,37 @@ def test_flashrag_normalised_em_and_f1_of_the_export_match_ours_to_a_tenth(tmp_p
     # The project reports percentages (summary: 100 × the mean of exsearch.metrics' scores).
     assert theirs_em / len(items) == pytest.approx(100 * ours["em"].value, abs=0.1)
     assert theirs_f1 / len(items) == pytest.approx(100 * ours["f1"].value, abs=0.1)
+
+
+# --------------------------------------------------------------------------- the command line
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_exsearch_export_writes_the_file(project, files, capsys):
+    predictions, corpus = files
+    argv = ["export", "--format", "flashrag", "--predictions", str(predictions)]
+    assert cli.main([*argv, "--corpus", str(corpus), "--out", "reports/agent.jsonl"]) == 0
+    (item,) = read_jsonl(project / "reports" / "agent.jsonl")
+    assert item["output"]["pred"] == "Paris"
+    assert "wrote 1 agent item" in capsys.readouterr().out
+
+
+def test_exsearch_export_of_an_unknown_method_fails_with_one_clear_line(project, files, capsys):
+    predictions, _ = files
+    argv = ["export", "--format", "flashrag", "--predictions", str(predictions), "--out", "x.json"]
+    assert cli.main([*argv, "--method", "direct"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("exsearch export: error: ValueError: ")
+    assert "no 'direct' records; the file holds agent, rag" in err
+    assert err.count("\n") == 1
+    assert not (project / "x.json").exists()
+
+
+def test_exsearch_export_of_a_missing_file_says_what_writes_it(project, capsys):
+    argv = ["export", "--format", "flashrag", "--predictions", "runs/iter_9/predictions.jsonl"]
+    assert cli.main([*argv, "--out", "x.jsonl"]) == 1
+    assert "evaluate stage writes runs/<checkpoint>/predictions.jsonl" in capsys.readouterr().err
