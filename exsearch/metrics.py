@@ -32,6 +32,7 @@ from __future__ import annotations
 import re
 import string
 import unicodedata
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -264,12 +265,23 @@ def supporting_recall(
 
 
 # --------------------------------------------------------------------------- uncertainty
+# 30,000, not the 10,000 that usually suffices: at n = 250 the BCa bounds still moved up to 0.37
+# points across 10 seeds at 10,000 (paired_bootstrap's docstring has the figures).
+BOOTSTRAP_RESAMPLES = 30_000
+# Resampled scores held at once (resamples × questions): scipy's resampling and BCa's jackknife
+# (n × (n − 1) values, 800 MB at n = 10,000 unbatched) go in batches of this many, so a call
+# peaks at ~64 MiB whatever n is.
+_BOOTSTRAP_CELLS = 2_000_000
+
+
 @dataclass(frozen=True)
 class Interval:
     """A paired difference of means, in percentage points, with its bootstrap interval.
 
     `diff` = mean(a) − mean(b) over the `n` questions both were scored on; [`lo`, `hi`] is the
-    percentile interval at `level` from `n_boot` resamples of the questions (with replacement).
+    interval at `level` from `n_boot` resamples of the questions (with replacement). `method`
+    says how the bounds were read off the resamples: "BCa", "percentile" (where BCa is
+    undefined) or "point" (every question differs by the same amount: no resampling, n_boot 0).
     """
 
     diff: float
@@ -277,14 +289,23 @@ class Interval:
     hi: float
     n: int
     level: float = 0.95
+    method: str = "BCa"
+    n_boot: int = BOOTSTRAP_RESAMPLES
 
     @property
     def excludes_zero(self) -> bool:
         """Whether the interval lies wholly above or below 0 (a difference the data can tell)."""
         return self.lo > 0 or self.hi < 0
 
-    def to_dict(self) -> dict[str, float | int]:
-        return {"diff": self.diff, "lo": self.lo, "hi": self.hi, "n": self.n}
+    def to_dict(self) -> dict[str, float | int | str]:
+        return {
+            "diff": self.diff,
+            "lo": self.lo,
+            "hi": self.hi,
+            "n": self.n,
+            "method": self.method,
+            "n_boot": self.n_boot,
+        }
 
     def __str__(self) -> str:
         return f"{self.diff:+.1f} [{self.lo:+.1f}, {self.hi:+.1f}] (n={self.n})"
@@ -294,32 +315,70 @@ def paired_bootstrap(
     a: Sequence[float],
     b: Sequence[float],
     *,
-    n_boot: int = 2000,
+    n_boot: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
     level: float = 0.95,
+    method: str = "BCa",
 ) -> Interval:
     """Paired bootstrap of mean(a) − mean(b), scores in [0, 1] reported ×100 (points).
 
     `a[i]` and `b[i]` are the scores of two systems on question i. Resampling whole questions
     keeps the pairing, so the interval reflects how much the difference depends on which
-    questions were drawn (Efron & Tibshirani 1993, ch. 16; Koehn 2004 for its use in NLP).
-    Seeded: the same inputs give the same interval.
+    questions were drawn (Efron & Tibshirani 1993, ch. 14 and 16; Koehn 2004 for its use in
+    NLP). It runs `scipy.stats.bootstrap` as a one-sample bootstrap of the per-question
+    differences d = a − b: for a mean, mean(a*) − mean(b*) over resampled pairs is mean(d*),
+    draw for draw, and the jackknife behind BCa's acceleration is the same too, so this is the
+    paired bootstrap at half the indexing. BCa (bias-corrected and accelerated) by default:
+    per-question differences are lumpy (mostly 0, some ±100), and BCa corrects the percentile
+    interval's coverage for the skew that leaves. Where BCa is undefined (with a handful of
+    resamples, all on one side of the mean) the percentile interval of the same resamples is
+    returned; when every difference is the same, the point interval (d, d, d): never NaN.
+
+    Seeded: the same inputs and seed give the same interval, bit for bit on one machine. The
+    Monte-Carlo error of the bounds (`python bench/bootstrap.py`: standard deviation of `lo` and
+    `hi` over 60 seeds on campaign-like differences, ~72% zeros, ~14% ±100, ~14% partial F1) is
+    0.03–0.04 points at n = 520 and 0.04–0.065 at n = 250 with 30,000 resamples, so a bound
+    moves < 0.3 points between seeds; at 10,000 it is 0.05–0.07 and 0.06–0.10, and the
+    percentile interval of 2,000 resamples used before #25 moved 0.10–0.18.
 
     Raises:
-        ValueError: the lists differ in length or are empty, or `level` is not in (0, 1).
+        ValueError: the lists differ in length or are empty, `level` is not in (0, 1) or
+            `method` is neither "BCa" nor "percentile".
     """
     if len(a) != len(b):
         raise ValueError(f"paired scores must align: {len(a)} against {len(b)}")
-    if not a:
+    if len(a) == 0:
         raise ValueError("nothing to compare: no question was scored by both")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
+    if method not in ("BCa", "percentile"):
+        raise ValueError(f'method must be "BCa" or "percentile", got {method!r}')
     d = 100.0 * (np.asarray(a, dtype=float) - np.asarray(b, dtype=float))
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
-    for start in range(0, n_boot, 256):  # bounded memory for large n
-        stop = min(n_boot, start + 256)
-        means[start:stop] = d[rng.integers(0, len(d), (stop - start, len(d)))].mean(1)
-    tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(means, [tail, 100 - tail])
-    return Interval(float(d.mean()), float(lo), float(hi), len(d), level)
+    if np.all(d == d[0]):  # no spread to resample; BCa would divide 0 by 0
+        same = float(d[0])
+        return Interval(same, same, same, len(d), level, "point", 0)
+    # Imported here: scipy.stats takes ~1 s to import, and most users of this module never
+    # bootstrap.
+    from scipy.stats import DegenerateDataWarning, bootstrap
+
+    settings = dict(
+        batch=max(1, _BOOTSTRAP_CELLS // len(d)), confidence_level=level, vectorized=True
+    )
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", DegenerateDataWarning)  # a NaN bound is handled below
+        res = bootstrap(
+            (d,),
+            np.mean,
+            n_resamples=n_boot,
+            method=method,
+            rng=np.random.default_rng(seed),
+            **settings,
+        )
+    lo, hi = res.confidence_interval
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # BCa undefined: percentile, same resamples
+        method = "percentile"
+        again = bootstrap(
+            (d,), np.mean, n_resamples=0, bootstrap_result=res, method=method, **settings
+        )
+        lo, hi = again.confidence_interval
+    return Interval(float(d.mean()), float(lo), float(hi), len(d), level, method, n_boot)

@@ -199,7 +199,14 @@ def test_each_checkpoint_is_compared_with_iter_0_its_previous_one_and_its_rag_ba
     assert set(got["iter_1"]) == {"vs_iter_0", "agent_vs_rag"}  # its previous one is iter_0
     assert set(got["iter_2"]) == {"vs_iter_0", "vs_prev"}
     assert got["iter_1"]["vs_iter_0"]["em"]["diff"] == 100.0
-    assert got["iter_2"]["vs_prev"]["em"] == {"diff": 0.0, "lo": 0.0, "hi": 0.0, "n": 1}
+    assert got["iter_2"]["vs_prev"]["em"] == {
+        "diff": 0.0,
+        "lo": 0.0,
+        "hi": 0.0,
+        "n": 1,
+        "method": "point",  # one question: nothing to resample
+        "n_boot": 0,
+    }
     table = comparisons_markdown(got)
     assert "| iter_1 | iter_0 | 1 | +100.0 [+100.0, +100.0] |" in table
 
@@ -248,6 +255,8 @@ def test_the_first_method_heads_the_document_and_is_compared_with_each_other_one
         "lo": -100.0,
         "hi": -100.0,
         "n": 1,
+        "method": "point",
+        "n_boot": 0,
     }
     assert all("per_sample" not in m for m in doc["methods"].values())
     assert set(doc["seconds"]) == {"agent", "rag", "direct"}

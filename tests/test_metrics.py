@@ -1,3 +1,6 @@
+import tracemalloc
+
+import numpy as np
 import pytest
 
 from exsearch.metrics import (
@@ -197,10 +200,31 @@ def test_supporting_recall():
 
 
 # --------------------------------------------------------------------------- bootstrap
+def campaign_like_scores(n: int, seed: int = 0) -> tuple[list[float], list[float]]:
+    """Two systems' F1 (0–1) on n questions, mixed as in the campaign's comparisons.
+
+    ~72% score the same for both, ~8% gain and ~6% lose a whole answer (±100 points), ~14%
+    differ partially: at n = 520 a 95% interval ~7 points wide, as in the study's.
+    """
+    rng = np.random.default_rng(seed)
+    kind = rng.choice(4, size=n, p=[0.72, 0.08, 0.06, 0.14])
+    a, b = np.zeros(n), np.zeros(n)
+    a[kind == 1] = 1.0
+    b[kind == 2] = 1.0
+    part = kind == 3
+    a[part], b[part] = rng.uniform(0, 1, part.sum()), rng.uniform(0, 1, part.sum())
+    return a.tolist(), b.tolist()
+
+
 def test_paired_bootstrap_of_identical_shifts_has_no_spread():
     got = paired_bootstrap([1.0] * 50, [0.0] * 50)
     assert (got.diff, got.lo, got.hi, got.n) == (100.0, 100.0, 100.0, 50)
+    assert (got.method, got.n_boot) == ("point", 0)  # nothing resampled, and no NaN
     assert got.excludes_zero
+    uneven = paired_bootstrap([0.3] * 20, [0.1] * 20)  # 100 · (0.3 − 0.1) is not exactly 20
+    assert uneven.lo == uneven.diff == uneven.hi == pytest.approx(20.0)
+    one = paired_bootstrap([0.75], [0.25])
+    assert (one.lo, one.diff, one.hi, one.n, one.method) == (50.0, 50.0, 50.0, 1, "point")
 
 
 def test_paired_bootstrap_matches_the_normal_approximation_on_a_known_case():
@@ -230,6 +254,73 @@ def test_paired_bootstrap_is_seeded_and_checks_its_input():
         paired_bootstrap(a, b[:3])
     with pytest.raises(ValueError, match="nothing to compare"):
         paired_bootstrap([], [])
+    with pytest.raises(ValueError, match="method"):
+        paired_bootstrap(a, b, method="basic")
+
+
+def test_bounds_move_less_than_a_third_of_a_point_across_seeds_at_the_campaigns_size():
+    a, b = campaign_like_scores(520)
+    runs = [paired_bootstrap(a, b, seed=seed) for seed in range(10)]
+    los, his = [r.lo for r in runs], [r.hi for r in runs]
+    assert max(los) - min(los) < 0.3
+    assert max(his) - min(his) < 0.3
+    assert 6 < runs[0].hi - runs[0].lo < 8  # the study's width: the spread is not a narrow case
+
+
+def test_the_same_seed_gives_the_same_bounds_and_another_seed_others():
+    a, b = campaign_like_scores(250)
+    assert paired_bootstrap(a, b, seed=7) == paired_bootstrap(a, b, seed=7)
+    assert paired_bootstrap(a, b, seed=7) != paired_bootstrap(a, b, seed=8)
+    assert paired_bootstrap(np.array(a), np.array(b), seed=7) == paired_bootstrap(a, b, seed=7)
+
+
+def test_the_interval_contains_the_mean_and_is_symmetric_for_symmetric_differences():
+    # 60 questions gain a whole answer, 60 lose one, 40 tie: differences symmetric about 0.
+    a = [1.0] * 60 + [0.0] * 60 + [0.5] * 40
+    b = [0.0] * 60 + [1.0] * 60 + [0.5] * 40
+    got = paired_bootstrap(a, b)
+    assert got.lo < got.diff == 0.0 < got.hi
+    assert got.lo + got.hi == pytest.approx(0.0, abs=0.3)
+
+
+def test_bca_moves_the_interval_toward_the_long_tail_of_skewed_differences():
+    # Gains only (10 whole answers, 20 partial, 90 ties): the mean's sampling distribution is
+    # right-skewed, and BCa shifts the percentile interval of the same resamples upward.
+    gains = np.random.default_rng(0).uniform(0.1, 0.6, 20).tolist()
+    a, b = [1.0] * 10 + gains + [0.0] * 90, [0.0] * 120
+    bca = paired_bootstrap(a, b, seed=0)
+    percentile = paired_bootstrap(a, b, seed=0, method="percentile")
+    assert (bca.method, bca.n_boot, percentile.method) == ("BCa", 30_000, "percentile")
+    assert bca.lo < bca.diff < bca.hi
+    assert bca.lo > percentile.lo and bca.hi > percentile.hi + 0.3
+
+
+def test_where_bca_is_undefined_the_percentile_interval_of_the_same_resamples_stands_in():
+    # Two resamples of four questions, both above the mean: BCa's bias correction is infinite.
+    a, b = [1.0, 0.0, 0.0, 0.5], [0.0] * 4
+    got = paired_bootstrap(a, b, n_boot=2, seed=3)
+    percentile = paired_bootstrap(a, b, n_boot=2, seed=3, method="percentile")
+    assert got.method == "percentile"
+    assert (got.lo, got.hi) == (percentile.lo, percentile.hi)
+    assert np.isfinite([got.lo, got.hi]).all()
+
+
+def test_the_record_says_how_its_interval_was_computed():
+    got = paired_bootstrap(*campaign_like_scores(50), n_boot=500).to_dict()
+    assert got["method"] == "BCa" and got["n_boot"] == 500
+    assert set(got) == {"diff", "lo", "hi", "n", "method", "n_boot"}
+
+
+def test_memory_stays_bounded_for_thousands_of_questions():
+    # Unbatched, BCa's jackknife alone would hold 5,000 × 4,999 indices and values (~400 MB).
+    a, b = campaign_like_scores(5000)
+    tracemalloc.start()
+    try:
+        paired_bootstrap(a, b, n_boot=500)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 2**20
 
 
 def test_supporting_titles_match_casefolded_and_whitespace_folded():

@@ -15,6 +15,7 @@ from statistics import fmean
 
 from exsearch.evaluation.tables import format_interval, markdown_table
 from exsearch.metrics import (
+    BOOTSTRAP_RESAMPLES,
     Interval,
     MetricResult,
     exact_match,
@@ -181,9 +182,15 @@ def answer_scores(records: Sequence[Trajectory]) -> dict[str, dict[str, float]]:
 
 
 def compare_records(
-    a: Sequence[Trajectory], b: Sequence[Trajectory], *, seed: int = 0, n_boot: int = 2000
+    a: Sequence[Trajectory],
+    b: Sequence[Trajectory],
+    *,
+    seed: int = 0,
+    n_boot: int = BOOTSTRAP_RESAMPLES,
 ) -> dict[str, Interval]:
     """F1 and EM of `a` minus those of `b` on the questions both answered, with 95% intervals.
+
+    The intervals are `paired_bootstrap`'s (BCa, `n_boot` resamples of the questions).
 
     Raises:
         ValueError: the two share no question.
