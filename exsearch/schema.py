@@ -131,6 +131,10 @@ class Trajectory:
     # The E-step's score (weighting.py): mean log-prob of the gold answer's tokens after this
     # chat, under the model that sampled it; set where it was sampled, None elsewhere.
     gold_score: float | None = None
+    # Share of the question's gold supporting titles among the passages it was shown (0–1), set
+    # by evaluation (`evaluate_methods`), so a report can pair it question by question; None
+    # elsewhere, or for a question without supporting titles.
+    support_recall: float | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -167,6 +171,8 @@ class Trajectory:
             d |= {"tokens": self.tokens.to_dict(), "logprob": self.logprob}
         if self.gold_score is not None:
             d["gold_score"] = self.gold_score
+        if self.support_recall is not None:
+            d["support_recall"] = self.support_recall
         return d
 
     @classmethod
@@ -206,4 +212,5 @@ class Trajectory:
             tokens=None if tokens is None else TokenCounts.from_dict(tokens),
             logprob=d.get("logprob"),
             gold_score=d.get("gold_score"),
+            support_recall=d.get("support_recall"),
         )

@@ -129,7 +129,8 @@ def _cell(c: Mapping[str, Any] | None) -> str:
 def study_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """One row per setting: agent F1 per checkpoint, and n.
 
-    Also the last iteration's gain over iter_0 and over each baseline, with 95% intervals.
+    Also the last iteration's F1 gain over iter_0 and over each baseline, and its support-recall
+    gain over iter_0 (does it search better?), with 95% intervals.
     """
     checkpoints = sorted({c for r in rows for c in r["metrics"]}, key=checkpoint_step)
     head = [
@@ -137,6 +138,7 @@ def study_table(rows: Sequence[Mapping[str, Any]]) -> str:
         *[f"F1 {c}" for c in checkpoints],
         "last − iter_0 ΔF1",
         *[f"last − {label} ΔF1" for label in BASELINE_LABELS.values()],
+        "last − iter_0 Δsupport recall",
         "n",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -145,6 +147,7 @@ def study_table(rows: Sequence[Mapping[str, Any]]) -> str:
         last = max((c for c in m if c != "base"), key=checkpoint_step)
         f1s = [f"{m[c]['f1']:.1f}" if c in m else "–" for c in checkpoints]
         gains = [_cell(m[last].get(k, {}).get("f1")) for k in ("vs_iter_0", *BASELINE_LABELS)]
+        gains.append(_cell(m[last].get("vs_iter_0", {}).get("support_recall")))
         lines.append(f"| {r['name']} | " + " | ".join([*f1s, *gains, str(m[last]["n"])]) + " |")
     return "\n".join(lines) + "\n"
 

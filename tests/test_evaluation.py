@@ -2,6 +2,8 @@
 and overall; which dev questions a campaign scores; comparisons with their intervals; the
 metrics document and its tables."""
 
+import dataclasses
+
 import pytest
 
 from exsearch.agent import Decoding
@@ -185,6 +187,17 @@ def test_records_are_compared_question_by_question():
     assert compare_records(better, better)["f1"].diff == 0.0
 
 
+def test_support_recall_is_compared_on_the_questions_both_sides_measured():
+    def found(qid, recall):
+        return dataclasses.replace(answered(qid, "x"), support_recall=recall)
+
+    searcher = [found("q1", 1.0), found("q2", 0.5), found("q3", None)]
+    reader = [found("q1", 0.5), found("q2", 0.5), found("q3", 1.0)]
+    got = compare_records(searcher, reader)["support_recall"]
+    assert got.n == 2 and got.diff == pytest.approx(25.0)  # q3 has no recall on one side
+    assert "support_recall" not in compare_records([answered("q1", "x")], [answered("q1", "y")])
+
+
 def test_each_checkpoint_is_compared_with_iter_0_its_previous_one_and_its_rag_baseline():
     preds = {
         "base": [answered("q1", "no")],
@@ -237,7 +250,10 @@ def test_the_first_method_heads_the_document_and_is_compared_with_each_other_one
     records, doc = evaluate_methods(
         QUESTIONS, agent, ["agent", "rag", "direct"], Decoding(temperature=0.0, seed=3)
     )
-    assert records == [*by_method["agent"], *by_method["rag"], *by_method["direct"]]
+    plain = [dataclasses.replace(r, support_recall=None) for r in records]
+    assert plain == [*by_method["agent"], *by_method["rag"], *by_method["direct"]]
+    # each record carries its own support recall; direct never retrieves, so it has none
+    assert [r.support_recall for r in records] == [1.0, 0.0, 0.0, 0.0, None]
     assert {(d.temperature, d.seed) for d in agent.decodings} == {(0.0, 3)}
     assert list(doc) == [
         "primary",
@@ -275,9 +291,10 @@ def test_metrics_markdown_tabulates_every_method_then_the_comparisons():
         "| direct | all | 1 | 100 | 100 | 100 | – | – | – | 0 |\n"
         "| direct | toy | 1 | 100 | 100 | 100 | – | – | – | 0 |\n"
         "\n"
-        "| comparison | n | ΔF1 [95% CI] | ΔEM [95% CI] |\n"
-        "|---|---|---|---|\n"
-        "| agent_vs_direct | 1 | +0.0 [+0.0, +0.0] | +0.0 [+0.0, +0.0] |\n"
+        "| comparison | n | ΔF1 [95% CI] | ΔEM [95% CI] | Δsupport recall [95% CI] |\n"
+        "|---|---|---|---|---|\n"
+        # direct never retrieves: no support recall to compare
+        "| agent_vs_direct | 1 | +0.0 [+0.0, +0.0] | +0.0 [+0.0, +0.0] | – |\n"
     )
 
 

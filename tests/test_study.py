@@ -33,7 +33,7 @@ def shown():
             "n": 520,
             "f1": 28.5,
             "em": 21.0,
-            "vs_iter_0": {"f1": interval(4.5, 1.2, 7.8)},
+            "vs_iter_0": {"f1": interval(4.5, 1.2, 7.8), "support_recall": interval(0.5, -1, 2)},
             "agent_vs_rag": {"f1": interval(3.0, 0.4, 5.6)},
             "agent_vs_rag_sft": {"f1": interval(-1.0, -3.5, 1.5)},
         },
@@ -94,9 +94,11 @@ def test_only_finished_study_experiments_are_read():
 
 def test_the_table_gives_f1_per_checkpoint_and_the_last_gains_with_intervals():
     table = study_table(parse_experiments(shown()))
-    assert "| last − RAG ΔF1 | last − iter-RAG ΔF1 | last − RAG-SFT ΔF1 | n |" in table
+    assert (
+        "| last − iter-RAG ΔF1 | last − RAG-SFT ΔF1 | last − iter_0 Δsupport recall | n |" in table
+    )
     # iter_rag was not scored in this experiment: its cell says so instead of a number
-    gains = "+4.5 [+1.2, +7.8] | +3.0 [+0.4, +5.6] | – | -1.0 [-3.5, +1.5]"
+    gains = "+4.5 [+1.2, +7.8] | +3.0 [+0.4, +5.6] | – | -1.0 [-3.5, +1.5] | +0.5 [-1.0, +2.0]"
     assert f"| filter | 24.0 | 28.5 | {gains} | 520 |" in table
 
 

@@ -11,8 +11,10 @@ from exsearch.evaluation.checkpoint import evaluate_methods, relabel
 from exsearch.evaluation.flashrag import FlashragItem, export_flashrag, to_flashrag
 from exsearch.evaluation.summary import (
     BEHAVIOUR_COLUMNS,
+    DIFFERENCE_COLUMNS,
     behaviour_table,
     compare_records,
+    difference_cells,
     metrics_markdown,
     select_questions,
 )
@@ -20,9 +22,11 @@ from exsearch.evaluation.tables import format_interval, markdown_table
 
 __all__ = [
     "BEHAVIOUR_COLUMNS",
+    "DIFFERENCE_COLUMNS",
     "FlashragItem",
     "behaviour_table",
     "compare_records",
+    "difference_cells",
     "evaluate_methods",
     "export_flashrag",
     "format_interval",

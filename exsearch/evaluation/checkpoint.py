@@ -35,7 +35,8 @@ def evaluate_methods(
     """Run each method with the `greedy` decoding; return all records and the metrics document.
 
     Each method is scored right after its run, against the passages the agent has seen so far;
-    the first method is the primary one (`metrics_document`).
+    the first method is the primary one (`metrics_document`). Each record carries its own
+    supporting-passage recall, so comparisons can pair it question by question.
     """
     records: list[Trajectory] = []
     summaries: dict[str, dict] = {}
@@ -45,9 +46,13 @@ def evaluate_methods(
         started = time.perf_counter()
         recs = agent.run(questions, method=method, decoding=greedy)
         seconds[method] = round(time.perf_counter() - started, 1)
+        summaries[method] = summarize(recs, agent.seen_passages)
+        recs = [
+            dataclasses.replace(r, support_recall=scores["support_recall"])
+            for r, scores in zip(recs, summaries[method]["per_sample"], strict=True)
+        ]
         records.extend(recs)
         by_method[method] = recs
-        summaries[method] = summarize(recs, agent.seen_passages)
     doc = metrics_document(summaries, by_method, seconds)
     # how the first (primary) method searched, per kind of question and hop count
     doc["behaviour"] = search_behaviour(by_method[methods[0]], agent.seen_passages, questions)

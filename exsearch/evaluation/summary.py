@@ -167,15 +167,20 @@ def select_questions(
     return out
 
 
-COMPARED_METRICS = ("f1", "em")
+COMPARED_METRICS = ("f1", "em", "support_recall")
 
 
-def answer_scores(records: Sequence[Trajectory]) -> dict[str, dict[str, float]]:
-    """Question id → its EM and F1 (0–1), one record per question."""
+def answer_scores(records: Sequence[Trajectory]) -> dict[str, dict[str, float | None]]:
+    """Question id → its EM, F1 and supporting-passage recall (0–1), one record per question.
+
+    Support recall is the record's own (`Trajectory.support_recall`, set by evaluation): None
+    where it was not measured or the question has no supporting titles.
+    """
     return {
         r.qid: {
             "em": exact_match(r.prediction, r.answers),
             "f1": f1_score(r.prediction, r.answers),
+            "support_recall": r.support_recall,
         }
         for r in records
     }
@@ -188,21 +193,26 @@ def compare_records(
     seed: int = 0,
     n_boot: int = BOOTSTRAP_RESAMPLES,
 ) -> dict[str, Interval]:
-    """F1 and EM of `a` minus those of `b` on the questions both answered, with 95% intervals.
+    """F1, EM and support recall of `a` minus `b` on the questions both have, with 95% intervals.
 
-    The intervals are `paired_bootstrap`'s (BCa, `n_boot` resamples of the questions).
+    The intervals are `paired_bootstrap`'s (BCa, `n_boot` resamples of the questions). Support
+    recall is compared on the questions where both records measured it, and left out where
+    there is none (records written before evaluation kept it, or `direct`, which never
+    retrieves).
 
     Raises:
         ValueError: the two share no question.
     """
     sa, sb = answer_scores(a), answer_scores(b)
     common = [q for q in sa if q in sb]
-    return {
-        m: paired_bootstrap(
-            [sa[q][m] for q in common], [sb[q][m] for q in common], seed=seed, n_boot=n_boot
-        )
-        for m in COMPARED_METRICS
-    }
+    out = {}
+    for m in COMPARED_METRICS:
+        both = [q for q in common if sa[q][m] is not None and sb[q][m] is not None]
+        if both or m != "support_recall":
+            out[m] = paired_bootstrap(
+                [sa[q][m] for q in both], [sb[q][m] for q in both], seed=seed, n_boot=n_boot
+            )
+    return out
 
 
 def metrics_document(
@@ -241,18 +251,26 @@ def metrics_document(
     }
 
 
+# A comparison's columns: metric key → header. Support recall is missing where it was not measured.
+DIFFERENCE_COLUMNS = {
+    "f1": "ΔF1 [95% CI]",
+    "em": "ΔEM [95% CI]",
+    "support_recall": "Δsupport recall [95% CI]",
+}
+
+
+def difference_cells(comparison: Mapping[str, dict]) -> dict[str, str]:
+    """A comparison's n and its differences with intervals, as table cells ('–' where missing)."""
+    cells = {"n": comparison["f1"]["n"]}
+    for key, header in DIFFERENCE_COLUMNS.items():
+        cells[header] = format_interval(comparison[key]) if key in comparison else "–"
+    return cells
+
+
 def comparisons_table(comparisons: Mapping[str, Mapping[str, dict]]) -> str:
-    """One row per comparison of a metrics document: F1 and EM differences with intervals."""
-    rows = [
-        {
-            "comparison": name,
-            "n": c["f1"]["n"],
-            "ΔF1 [95% CI]": format_interval(c["f1"]),
-            "ΔEM [95% CI]": format_interval(c["em"]),
-        }
-        for name, c in comparisons.items()
-    ]
-    return markdown_table(rows, ["comparison", "n", "ΔF1 [95% CI]", "ΔEM [95% CI]"])
+    """One row per comparison of a metrics document: F1, EM, support recall differences."""
+    rows = [{"comparison": name, **difference_cells(c)} for name, c in comparisons.items()]
+    return markdown_table(rows, ["comparison", "n", *DIFFERENCE_COLUMNS.values()])
 
 
 BEHAVIOUR_COLUMNS = (

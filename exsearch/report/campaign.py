@@ -19,7 +19,13 @@ import pandas as pd
 from exsearch import files
 from exsearch.config import checkpoint_step  # the x position: base is -1, iter_k is k
 from exsearch.data import read_trajectories
-from exsearch.evaluation import BEHAVIOUR_COLUMNS, compare_records, format_interval, markdown_table
+from exsearch.evaluation import (
+    BEHAVIOUR_COLUMNS,
+    DIFFERENCE_COLUMNS,
+    compare_records,
+    difference_cells,
+    markdown_table,
+)
 from exsearch.schema import Trajectory
 
 CURVE_METRICS = ("em", "f1", "acc", "recall", "support_recall")
@@ -226,23 +232,19 @@ def _trajectory_md(t: Trajectory, weight: float) -> str:
 
 
 def comparisons_markdown(comparisons: Mapping[str, Mapping[str, dict]]) -> str:
-    """One row per checkpoint and comparison: ΔF1 and ΔEM with 95% intervals, and n."""
+    """One row per checkpoint and comparison: ΔF1, ΔEM, Δsupport recall with 95% intervals, n."""
     rows = [
         {
             "checkpoint": name,
             "compared with": (
                 what.removeprefix("vs_") if what.startswith("vs_") else what.replace("_vs_", " vs ")
             ),
-            "n": c["f1"]["n"],
-            "ΔF1 [95% CI]": format_interval(c["f1"]),
-            "ΔEM [95% CI]": format_interval(c["em"]),
+            **difference_cells(c),
         }
         for name, entry in comparisons.items()
         for what, c in entry.items()
     ]
-    return markdown_table(
-        rows, ["checkpoint", "compared with", "n", "ΔF1 [95% CI]", "ΔEM [95% CI]"]
-    )
+    return markdown_table(rows, ["checkpoint", "compared with", "n", *DIFFERENCE_COLUMNS.values()])
 
 
 def render_markdown(
@@ -269,7 +271,8 @@ def render_markdown(
     parts += [f"![metrics per iteration]({plot})", ""]
     if comparisons and any(comparisons.values()):
         parts += [
-            "## Paired differences (agent F1/EM, points; bootstrap 95% intervals over questions)",
+            "## Paired differences (agent F1/EM/support recall, points; bootstrap 95% intervals "
+            "over questions)",
             "",
             comparisons_markdown(comparisons),
         ]
