@@ -129,3 +129,25 @@ def test_the_warmup_depends_on_exactly_the_train_keys_it_trains_with():
     for path in ("params.yaml", "configs/params.paper.yaml", "tests/testdata/params.tiny.yaml"):
         shipped = yaml.safe_load((ROOT / path).read_text())["train"]
         assert listed <= set(shipped), f"{path} lacks train.{sorted(listed - set(shipped))}"
+
+
+SHIPPED_PARAMS = ("params.yaml", "configs/params.paper.yaml", "tests/testdata/params.tiny.yaml")
+
+
+@pytest.mark.parametrize("path", SHIPPED_PARAMS)
+def test_every_single_key_a_stage_depends_on_is_in_each_shipped_params_file(path):
+    # DVC refuses to run a stage whose param key is missing from the file (a whole section
+    # may lack keys: its defaults are the code's).
+    shipped = yaml.safe_load((ROOT / path).read_text())
+    missing = set()
+    for name, stage in stages().items():
+        for key in stage.get("params", []):
+            if not isinstance(key, str) or "." not in key:
+                continue
+            node = shipped
+            for part in key.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    missing.add(f"{name}: {key}")
+                    break
+                node = node[part]
+    assert not missing, f"{path} lacks {sorted(missing)}"
