@@ -3,6 +3,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from bench.bootstrap import campaign_like
 from exsearch.metrics import (
     MetricResult,
     cover_em,
@@ -206,13 +207,7 @@ def campaign_like_scores(n: int, seed: int = 0) -> tuple[list[float], list[float
     ~72% score the same for both, ~8% gain and ~6% lose a whole answer (±100 points), ~14%
     differ partially: at n = 520 a 95% interval ~7 points wide, as in the study's.
     """
-    rng = np.random.default_rng(seed)
-    kind = rng.choice(4, size=n, p=[0.72, 0.08, 0.06, 0.14])
-    a, b = np.zeros(n), np.zeros(n)
-    a[kind == 1] = 1.0
-    b[kind == 2] = 1.0
-    part = kind == 3
-    a[part], b[part] = rng.uniform(0, 1, part.sum()), rng.uniform(0, 1, part.sum())
+    a, b = campaign_like(n, seed)  # the benchmark's data, so both measure the same thing
     return a.tolist(), b.tolist()
 
 
