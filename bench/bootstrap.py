@@ -11,7 +11,8 @@ The data are campaign-like per-question scores, the mix seen on the campaign's F
 
 Spread: the standard deviation of `lo` and `hi` over `--seeds` bootstrap seeds, and the widest
 range (max − min) of either bound over any 10 consecutive seeds, which `tests/test_metrics.py`
-holds under 0.3 points (tests/test_metrics.py, on this module's `campaign_like` data). Time: best and median of 5 calls, one thread.
+holds under 0.3 points on this module's `campaign_like` data. Time: best and median of 5
+calls, one thread.
 
 The last line is `new_vs_old_seconds: <ratio>` at n = 520.
 """
