@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         result = train_weighted(start, examples, args.out, cfg, max_steps=steps)
         stats = {"matched_steps": steps, "questions": len(examples), **run_stats(result)}
         files.write_json(args.stats, stats)
-        run.log_metrics({k: v for k, v in stats.items() if k != "loss_history"})
+        run.log_metrics(stats)  # the loss history, a list, is left out by log_metrics itself
         run.log_history(result.loss_history)
 
 
