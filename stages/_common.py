@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import tracking
-from exsearch.config import ConfigError, Params, load_params
+from exsearch.config import ConfigError, Params, checkpoint_step, load_params
 
 T = TypeVar("T")
 
@@ -50,6 +50,19 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
+
+
+def checkpoint_name(value: str) -> str:
+    """The type of `--iteration`: a checkpoint name (base, iter_<n>) and nothing else.
+
+    The name becomes a folder under runs/ and models/, so `--iteration ../../x` must be refused
+    before it writes outside them, with the message the params' checkpoint names get.
+    """
+    try:
+        checkpoint_step(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
 
 
 def add_path(p: argparse.ArgumentParser, flag: str, default: Path | None, help: str) -> None:

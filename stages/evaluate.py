@@ -36,7 +36,12 @@ log = logging.getLogger("stages.evaluate")
 def build_parser() -> argparse.ArgumentParser:
     """The stage's command line."""
     p = _common.parser(__doc__)
-    p.add_argument("--iteration", default="iter_0", help="checkpoint to evaluate (default: iter_0)")
+    p.add_argument(
+        "--iteration",
+        type=_common.checkpoint_name,
+        default="iter_0",
+        help="checkpoint to evaluate (default: iter_0)",
+    )
     p.add_argument(
         "--methods",
         nargs="+",

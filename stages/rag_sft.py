@@ -36,7 +36,12 @@ log = logging.getLogger("stages.rag_sft")
 def build_parser() -> argparse.ArgumentParser:
     """The stage's command line."""
     p = _common.parser(__doc__)
-    p.add_argument("--iteration", required=True, help="the EM stage matched, e.g. iter_1")
+    p.add_argument(
+        "--iteration",
+        type=_common.checkpoint_name,
+        required=True,
+        help="the EM stage matched, e.g. iter_1",
+    )
     add = partial(_common.add_path, p)
     add("--model", None, "the rag_sft model to continue from (required)")
     add("--warmup-model", None, "the one to continue from with train.start_from: warmup")

@@ -45,7 +45,12 @@ log = logging.getLogger("stages.sample")
 def build_parser() -> argparse.ArgumentParser:
     """The stage's command line."""
     p = _common.parser(__doc__)
-    p.add_argument("--iteration", required=True, help="the EM iteration being built, e.g. iter_1")
+    p.add_argument(
+        "--iteration",
+        type=_common.checkpoint_name,
+        required=True,
+        help="the EM iteration being built, e.g. iter_1",
+    )
     p.add_argument("--prev", help="the iteration whose model samples (default: from em.iters)")
     add = partial(_common.add_path, p)
     add("--model", None, "model that samples (default: models/<prev>)")

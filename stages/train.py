@@ -36,7 +36,12 @@ log = logging.getLogger("stages.train")
 def build_parser() -> argparse.ArgumentParser:
     """The stage's command line."""
     p = _common.parser(__doc__)
-    p.add_argument("--iteration", required=True, help="the EM iteration being built, e.g. iter_1")
+    p.add_argument(
+        "--iteration",
+        type=_common.checkpoint_name,
+        required=True,
+        help="the EM iteration being built, e.g. iter_1",
+    )
     p.add_argument("--prev", help="the iteration to continue from (default: from em.iters)")
     add, runs = partial(_common.add_path, p), "runs/<iteration>"
     add("--model", None, "model to continue from (default: models/<prev>)")

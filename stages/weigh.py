@@ -34,7 +34,12 @@ log = logging.getLogger("stages.weigh")
 def build_parser() -> argparse.ArgumentParser:
     """The stage's command line."""
     p = _common.parser(__doc__)
-    p.add_argument("--iteration", required=True, help="the EM iteration being built, e.g. iter_1")
+    p.add_argument(
+        "--iteration",
+        type=_common.checkpoint_name,
+        required=True,
+        help="the EM iteration being built, e.g. iter_1",
+    )
     p.add_argument("--prev", help="the iteration whose model scores (default: from em.iters)")
     add = partial(_common.add_path, p)
     add("--model", None, "model that sampled the trajectories (default: models/<prev>)")

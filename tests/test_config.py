@@ -1,4 +1,5 @@
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,23 @@ def test_every_bad_key_is_reported_at_once(raw):
     with pytest.raises(ConfigError) as err:
         parse_params(raw)
     assert "index.k1" in str(err.value) and "sample.k" in str(err.value)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_a_float_param_must_be_finite(raw, value):
+    raw["warmup"]["learning_rate"] = value
+    with pytest.raises(ConfigError, match=r"warmup\.learning_rate: .*finite"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("seed", -1), ("seed", 2**31), ("train.seed", -1), ("sample.seed", 2**40)]
+)
+def test_a_seed_out_of_range_is_refused_before_any_work(raw, key, value):
+    *section, name = key.split(".")
+    (raw[section[0]] if section else raw)[name] = value
+    with pytest.raises(ConfigError, match=re.escape(f"{key}:")):
+        parse_params(raw)
 
 
 def test_omitted_sections_take_the_defaults(raw):

@@ -82,3 +82,18 @@ def test_an_unusable_required_tracking_store_stops_the_stage_before_its_work(mon
     assert not ran
     assert done.value.code.startswith(f"error: MLflow tracking store {uri}: could not open")
     assert "tracking.required: false" in done.value.code
+
+
+@pytest.mark.parametrize("stage", ["sample", "weigh", "train", "evaluate", "rag_sft"])
+def test_an_iteration_that_is_not_a_checkpoint_name_is_refused_before_any_write(stage, tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", f"stages.{stage}", "--iteration", "../../x"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "EXSEARCH_TRACKING": "off"},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2  # argparse's usage error, before params are read
+    assert "'../../x' is not a checkpoint name" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert list(tmp_path.iterdir()) == []

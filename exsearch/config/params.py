@@ -21,7 +21,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from exsearch.config.data import PrepareConfig
-from exsearch.config.section import Section
+from exsearch.config.section import Section, Seed
 from exsearch.config.strict_yaml import DuplicateKeyError, load_yaml
 from exsearch.config.training import SampleConfig, TrainConfig, WarmupConfig, WeighConfig
 from exsearch.files import read_text
@@ -274,7 +274,7 @@ class TrackingConfig(Section):
 class Params(Section):
     """The whole params.yaml: one field per section, each section's class holding its keys."""
 
-    seed: int = 0
+    seed: Seed = 0
     prepare: PrepareConfig
     index: Annotated[IndexConfig, Field(default_factory=IndexConfig)]
     model: Annotated[ModelConfig, Field(default_factory=ModelConfig)]

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from exsearch.config.section import Section
+from exsearch.config.section import Section, Seed
 
 
 class WarmupConfig(Section):
@@ -57,7 +57,7 @@ class SampleConfig(Section):
         description="Leave the warm-up's questions out of the pool EM iterations draw from.",
     )
     shard_size: int = Field(default=16, ge=1, description="Questions per resumable shard.")
-    seed: int = Field(
+    seed: Seed = Field(
         default=0,
         description="Added to the top-level seed for the questions each iteration draws and the "
         "samples' random streams: a second seed of the EM iterations on the same warm-up.",
@@ -164,7 +164,7 @@ class TrainConfig(Section):
     use_liger_kernel: bool = Field(
         default=False, description="Liger's fused GPU kernels (SFTConfig; needs liger-kernel)."
     )
-    seed: int = 0
+    seed: Seed = 0
     start_from: Literal["previous", "warmup"] = Field(
         default="previous",
         description="The model each M-step fine-tunes: 'previous' (θ_t, METHOD.md §2) or "
