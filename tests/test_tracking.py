@@ -495,3 +495,26 @@ def test_the_kind_is_one_the_installed_mlflow_ui_knows():
     sources = "".join(p.read_text(errors="ignore") for p in js.iterdir() if p.name.endswith(".js"))
     assert f'CUSTOM_MODEL_DEVELOPMENT="{EXPERIMENT_KIND}"' in sources
     assert f'"{EXPERIMENT_KIND_TAG}"' in sources
+
+
+def test_dvc_rewriting_its_lock_neither_dirties_the_commit_nor_splits_the_campaign(tmp_path):
+    from tracking.provenance import campaign_key, git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    (tmp_path / "stage.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = git_commit(tmp_path)
+    with contextlib.chdir(tmp_path):
+        key = campaign_key()
+        (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+        assert git_commit() == clean and not clean.endswith("-dirty")
+        assert campaign_key() == key
+        (tmp_path / "stage.py").write_text("x = 2\n")  # a code change still shows
+        assert git_commit() == clean + "-dirty"
+        assert campaign_key() != key

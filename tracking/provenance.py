@@ -14,16 +14,25 @@ from pathlib import Path
 
 import yaml
 
+# DVC rewrites its own lock as a campaign runs: that is the campaign's output, not a change
+# of the code that produced it, so it must not make the commit dirty (nor change the
+# campaign key between two stages of one `dvc repro`).
+NOT_SOURCE = ("dvc.lock",)
+
 
 def git_commit(cwd: str | os.PathLike = ".") -> str:
-    """HEAD's sha, with `-dirty` when tracked files differ from it; '' outside a git repo."""
+    """HEAD's sha, with `-dirty` when tracked files other than dvc.lock differ from it.
+
+    '' outside a git repo.
+    """
 
     def git(*args: str) -> str:
         out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
         return out.stdout.strip() if out.returncode == 0 else ""
 
     sha = git("rev-parse", "HEAD")
-    if sha and git("status", "--porcelain", "--untracked-files=no"):
+    excluded = [f":(exclude,top){name}" for name in NOT_SOURCE]
+    if sha and git("status", "--porcelain", "--untracked-files=no", "--", ":/", *excluded):
         sha += "-dirty"
     return sha
 
