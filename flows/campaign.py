@@ -3,6 +3,7 @@
     exsearch run                  # = em_campaign(); or python -m flows run
     exsearch run -S train.learning_rate=5e-5 --name lr5e-5   # a named DVC experiment
     exsearch serve --cron "0 3 * * *" --extend                # one more EM iteration nightly
+    exsearch deploy --pool cpu --cron "0 3 * * *"             # the same, run by a worker
 
 DVC stays the cache and the source of truth: each task is `dvc repro --single-item <stage>` in a
 subprocess (tasks use NO_CACHE; DVC skips what is up to date, so a rerun resumes after the last
@@ -171,7 +172,8 @@ def checkpoint_summary(root: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (iteration_number(r["checkpoint"]), r["checkpoint"]))
 
 
-def _check_overrides(overrides: list[str]) -> None:
+def check_overrides(overrides: list[str]) -> None:
+    """Refuse `-S` overrides that are not `key=value` before any run or deployment is made."""
     if bad := [o for o in overrides if "=" not in o or o.startswith("=")]:
         raise ValueError(f"params overrides must look like key=value (dotted key), got: {bad}")
 
@@ -201,7 +203,7 @@ def em_campaign(
     logger = get_run_logger()
     root = project_root(project_dir or ".")
     overrides = list(overrides or [])
-    _check_overrides(overrides)
+    check_overrides(overrides)
     experiment = bool(overrides or exp_name)
     with contextlib.chdir(root):
         if extend and not dry_run:
@@ -305,45 +307,3 @@ def _wrap_up(root: Path, parent: str | None, status: str, logger: Any) -> list[d
         logger.warning("could not publish the campaign summary: %s", e)
     tracking.end_campaign_run(parent, status)
     return rows
-
-
-def serve(
-    name: str = "em-campaign",
-    cron: str | None = None,
-    interval: float | None = None,
-    extend: bool = False,
-    overrides: list[str] | None = None,
-    project_dir: str | None = None,
-) -> None:
-    """Serve a scheduled deployment of the campaign (blocks; Ctrl-C stops and pauses it).
-
-    Needs a Prefect server (`PREFECT_API_URL`): the temporary one Prefect starts otherwise has
-    no scheduler.
-
-    Each scheduled run extends the campaign by one EM iteration (`extend`) or reruns it (DVC
-    skips what is up to date). One run at a time: DVC locks the workspace.
-    """
-    if (cron is None) == (interval is None):
-        raise ValueError("give exactly one of cron or interval")
-    from prefect.settings import PREFECT_API_URL
-
-    if not PREFECT_API_URL.value():  # Prefect's temporary server runs no scheduler
-        raise RuntimeError(
-            "a schedule needs a Prefect server: run `prefect server start --host 127.0.0.1` "
-            "and set PREFECT_API_URL=http://127.0.0.1:4200/api"
-        )
-    root = str(project_root(project_dir or "."))
-    _check_overrides(list(overrides or []))
-    parameters = {"extend": extend, "overrides": list(overrides or []), "project_dir": root}
-    from prefect.types.entrypoint import EntrypointType
-
-    em_campaign.serve(
-        name=name,
-        cron=cron,
-        interval=interval,
-        parameters=parameters,
-        limit=1,
-        tags=["exsearch"],
-        description=f"EM campaign in {root}" + (", one more iteration per run" if extend else ""),
-        entrypoint_type=EntrypointType.MODULE_PATH,
-    )

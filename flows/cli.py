@@ -3,6 +3,7 @@
 exsearch run                          # every stage DVC finds out of date, in order
 exsearch run -S train.epochs=2 --name ep2    # a named DVC experiment
 exsearch serve --cron "0 3 * * *" --extend   # a scheduled deployment, +1 iteration per run
+exsearch deploy --pool cpu                   # a deployment that `prefect worker`s run
 exsearch compare                      # campaigns × iterations from MLflow → reports/compare.*
 exsearch export --format flashrag --predictions runs/iter_2/predictions.jsonl --out F.jsonl
 exsearch study queue                  # queue the study's grid of DVC experiments
@@ -101,6 +102,28 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     _add_overrides(serve)
 
 
+def _add_deploy(sub: argparse._SubParsersAction) -> None:
+    deploy = _subcommand(
+        sub,
+        "deploy",
+        "register a deployment that Prefect workers run (work pool)",
+        "Register the campaign as a deployment on a Prefect work pool of type 'process'\n"
+        "(created if missing) and return. A worker started with\n"
+        "  prefect worker start --pool POOL\n"
+        "on any machine that reaches the Prefect server and sees this project at the same\n"
+        "path runs each flow run. Without --cron/--interval it runs when asked:\n"
+        "  prefect deployment run em-campaign/DEPLOYMENT\n"
+        "Needs a Prefect server (PREFECT_API_URL), as serve does.",
+    )
+    deploy.add_argument("--pool", required=True, help="work pool name (type process)")
+    when = deploy.add_mutually_exclusive_group()
+    when.add_argument("--cron", help='cron schedule, e.g. "0 3 * * *" (03:00 daily)')
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="run every N seconds")
+    deploy.add_argument("--extend", action="store_true", help="each run adds one EM iteration")
+    deploy.add_argument("--deployment", default="em-campaign", help="deployment name")
+    _add_overrides(deploy)
+
+
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     compare = _subcommand(
         sub,
@@ -177,7 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser: one subcommand per action, each with its own --help."""
     parser = argparse.ArgumentParser(prog="exsearch", description=__doc__, formatter_class=FORMAT)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    adders = (_add_run, _add_serve, _add_compare, _add_export, _add_ui, _add_study, _add_repro)
+    adders = (
+        _add_run,
+        _add_serve,
+        _add_deploy,
+        _add_compare,
+        _add_export,
+        _add_ui,
+        _add_study,
+        _add_repro,
+    )
     for add in adders:
         add(sub)
     return parser
@@ -199,9 +231,29 @@ def _cmd_run(args: argparse.Namespace, root: Path) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace, root: Path) -> int:
-    from flows.campaign import serve
+    from flows.deployments import serve
 
     serve(args.deployment, args.cron, args.interval, args.extend, args.overrides, str(root))
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace, root: Path) -> int:
+    from flows.deployments import deploy
+
+    deployment_id = deploy(
+        args.pool,
+        args.deployment,
+        args.cron,
+        args.interval,
+        args.extend,
+        args.overrides,
+        str(root),
+    )
+    print(
+        f"deployment em-campaign/{args.deployment} ({deployment_id}) on work pool {args.pool}\n"
+        f"start a worker:  prefect worker start --pool {args.pool}\n"
+        f"run it now:      prefect deployment run em-campaign/{args.deployment}"
+    )
     return 0
 
 
@@ -306,6 +358,7 @@ def _cmd_study(args: argparse.Namespace, root: Path) -> int:
 COMMANDS = {
     "run": _cmd_run,
     "serve": _cmd_serve,
+    "deploy": _cmd_deploy,
     "compare": _cmd_compare,
     "export": _cmd_export,
     "ui": _cmd_ui,

@@ -13,7 +13,7 @@ from toy_project import OUTER_VARS, make_toy_project, mlflow_store, offline_env
 import tracking
 from flows import cli
 
-COMMANDS = ["run", "serve", "compare", "export", "ui", "repro"]
+COMMANDS = ["run", "serve", "deploy", "compare", "export", "ui", "repro"]
 
 
 @pytest.fixture
@@ -71,7 +71,14 @@ def test_run_hands_its_options_to_the_flow(project, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "argv", [["run", "-S", "seed"], ["serve"], ["serve", "--cron", "x", "--interval", "5"]]
+    "argv",
+    [
+        ["run", "-S", "seed"],
+        ["serve"],
+        ["serve", "--cron", "x", "--interval", "5"],
+        ["deploy"],
+        ["deploy", "--pool", "p", "--cron", "x", "--interval", "5"],
+    ],
 )
 def test_malformed_arguments_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as done:

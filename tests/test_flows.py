@@ -365,3 +365,77 @@ def test_served_deployment_gets_scheduled_runs_on_a_prefect_server(tmp_path):
         if served is not None:
             stop(served, signal.SIGINT)
         stop(server)
+
+
+def start_prefect_server(tmp_path: Path) -> tuple[subprocess.Popen, str, dict[str, str]]:
+    """A Prefect server on a free 127.0.0.1 port, its home in tmp_path: (process, api, env)."""
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    penv = offline_env(
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1",
+        PREFECT_UI_ENABLED="false",
+    )
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+    with (tmp_path / "server.log").open("w") as log:
+        server = subprocess.Popen(
+            [*cmd, "--port", str(port)],
+            env=penv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    wait_for(f"{api}/health", server)
+    return server, api, {**penv, "PREFECT_API_URL": api}
+
+
+@pytest.mark.slow
+def test_a_deployment_on_a_work_pool_is_run_by_a_worker_like_a_local_run(tmp_path):
+    root = make_toy_project(tmp_path / "toy")
+    server, api, penv = start_prefect_server(tmp_path)
+    try:
+        deploy_cmd = [sys.executable, "-m", "flows", "deploy", "-C", str(root), "--pool", "cpu"]
+        done = subprocess.run(
+            [*deploy_cmd, "--deployment", "on-demand"], env=penv, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "prefect worker start --pool cpu" in done.stdout
+        with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name("em-campaign/on-demand")
+            assert deployment.work_pool_name == "cpu"
+            assert client.read_work_pool("cpu").type == "process"
+            flow_run = client.create_flow_run_from_deployment(deployment.id)
+        worker = subprocess.run(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "cpu", "--run-once"],
+            env=penv,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run.id).state
+        assert state.is_completed(), (state, worker.stdout[-3000:], worker.stderr[-3000:])
+        assert json.loads((root / "runs" / "iter_2" / "metrics.json").read_text())["overall"]
+        assert (root / "executions.log").read_text().split() == [
+            "prepare",
+            "train@iter_1",
+            "evaluate@iter_1",
+            "train@iter_2",
+            "evaluate@iter_2",
+        ]
+    finally:
+        stop(server)
+
+
+def test_deploy_without_a_prefect_server_says_how_to_start_one(tmp_path):
+    root = make_toy_project(tmp_path / "toy", store=False)
+    env = offline_env(PREFECT_HOME=str(tmp_path / "prefect"))
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows", "deploy", "-C", str(root), "--pool", "cpu"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert "prefect server start" in done.stderr and "Traceback" not in done.stderr
