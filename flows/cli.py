@@ -130,11 +130,19 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         "compare",
         "table of campaigns × iterations from MLflow",
         "Read every evaluate run of the MLflow experiment and print one row per\n"
-        "campaign and iteration; also write it to <out-dir>/compare.csv and compare.md.",
+        "campaign and iteration: F1, EM, support recall, searches per question and the\n"
+        "paired interval of F1 against iter_0 (--wide: every column). Every column is also\n"
+        "written to <out-dir>/compare.csv and compare.md.",
     )
     compare.add_argument("--experiment", help="MLflow experiment (default: params.yaml)")
     compare.add_argument("--metrics", default="overall/", help="metric name prefix to show")
     compare.add_argument("--out-dir", default="reports", help="where to write (default reports)")
+    compare.add_argument(
+        "--wide",
+        action="store_true",
+        help="print every column (metrics, all paired intervals, commit, status); the files "
+        "always hold them all",
+    )
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -167,7 +175,8 @@ def _add_ui(sub: argparse._SubParsersAction) -> None:
         "ui",
         "start the MLflow UI on 127.0.0.1",
         "Start `mlflow ui` on this project's tracking store (MLFLOW_TRACKING_URI,\n"
-        "default sqlite:///mlflow.db), listening on 127.0.0.1 only.",
+        "default sqlite:///mlflow.db), listening on 127.0.0.1 only, and print the address\n"
+        "of the experiment's runs table (MLflow 3 otherwise opens its GenAI overview).",
     )
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
 
@@ -263,7 +272,7 @@ def _cmd_compare(args: argparse.Namespace, root: Path) -> int:
     from exsearch.config import load_params
     from exsearch.evaluation import markdown_table
     from exsearch.files import atomic_path, write_text
-    from flows.compare import compare_rows
+    from flows.compare import compare_rows, narrow_rows
 
     experiment = args.experiment or load_params().tracking.experiment
     rows = compare_rows(experiment, args.metrics)
@@ -271,7 +280,7 @@ def _cmd_compare(args: argparse.Namespace, root: Path) -> int:
         print(f"no evaluate runs yet in MLflow experiment {experiment!r}")
         return 0
     table = markdown_table(rows)
-    print(table, end="")
+    print(table if args.wide else markdown_table(narrow_rows(rows), floats=".3g"), end="")
     out = Path(args.out_dir)
     with atomic_path(out / "compare.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
@@ -306,13 +315,39 @@ def ui_command(uri: str, port: int) -> list[str]:
     ]
 
 
+def runs_view_url(port: int, experiment_id: str | None) -> str:
+    """The UI page of the experiment's runs table (or the experiment list if there is none yet).
+
+    MLflow 3's UI ignores the experiment's `mlflow.experimentKind` tag and opens an experiment
+    on the GenAI overview (traces) unless the URL names the model-training workflow.
+    """
+    base = f"http://127.0.0.1:{port}"
+    if experiment_id is None:
+        return base
+    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def _experiment_id(uri: str) -> str | None:
+    """The id of params.yaml's experiment in the store at `uri`; None if absent or unreadable."""
+    try:
+        import mlflow
+
+        from exsearch.config import load_params
+
+        found = mlflow.MlflowClient(uri).get_experiment_by_name(load_params().tracking.experiment)
+    except Exception:  # no params, no store yet: the experiment list is the right page
+        return None
+    return found.experiment_id if found else None
+
+
 def _cmd_ui(args: argparse.Namespace, root: Path) -> int:
     import subprocess
 
     from tracking import tracking_uri
 
-    cmd = ui_command(tracking_uri(), args.port)
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C stops it)")
+    uri = tracking_uri()
+    cmd = ui_command(uri, args.port)
+    print(f"MLflow UI: {runs_view_url(args.port, _experiment_id(uri))} (Ctrl-C stops it)")
     return subprocess.call(cmd)
 
 

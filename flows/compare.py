@@ -2,7 +2,8 @@
 
 One row per campaign (parent run) and iteration, read from the latest evaluate run, plus the
 paired comparisons (Δ vs iter_0, vs the previous iteration, agent − RAG) the report stage logged
-on the campaign run at the iteration's step.
+on the campaign run at the iteration's step. The terminal gets `narrow_rows` (what a
+comparison of checkpoints needs, within 100 columns); the files and `--wide` get every column.
 """
 
 from __future__ import annotations
@@ -78,6 +79,32 @@ def iteration_step_of(iteration: str) -> int:
         return iteration_step(iteration)
     except ValueError:
         return -2
+
+
+# The narrow view: column label → the full row's key. One interval, without its n (the same
+# for every row of a campaign: it is in the wide view and the CSV).
+NARROW = {
+    "iteration": "iteration",
+    "F1": "overall/f1",
+    "EM": "overall/em",
+    "sup.rec": "overall/support_recall",
+    "searches": "overall/searches_per_question",
+    "ΔF1 vs iter_0": "ΔF1 vs iter_0",
+}
+CAMPAIGN_WIDTH = 24
+
+
+def narrow_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` cut to the narrow view: the run named by its DVC experiment, else its campaign."""
+    out = []
+    for row in rows:
+        name = str(row.get("dvc_exp") or row.get("campaign") or "")
+        cut = {"run": name if len(name) <= CAMPAIGN_WIDTH else name[: CAMPAIGN_WIDTH - 1] + "…"}
+        for label, key in NARROW.items():
+            value = row.get(key)
+            cut[label] = value.split(" n=")[0] if isinstance(value, str) else value
+        out.append(cut)
+    return out
 
 
 def _parent_comparisons(

@@ -108,8 +108,13 @@ def test_compare_tabulates_campaigns_by_iteration_and_saves_csv_and_markdown(
         tracking.end_campaign_run(parent)
     assert cli.main(["compare"]) == 0
     printed = capsys.readouterr().out
+    assert "| run | iteration | F1 | EM | sup.rec | searches | ΔF1 vs iter_0 |" in printed
+    assert "| second | iter_2 |  | 0.5 |" in printed
+    assert max(len(line) for line in printed.splitlines()) <= 100
+    assert cli.main(["compare", "--wide"]) == 0
     assert (
-        "| campaign | dvc_exp | git_commit | iteration | status | started | overall/em |" in printed
+        "| campaign | dvc_exp | git_commit | iteration | status | started | overall/em |"
+        in capsys.readouterr().out
     )
     with (project / "reports/compare.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -123,16 +128,30 @@ def test_compare_tabulates_campaigns_by_iteration_and_saves_csv_and_markdown(
     assert (project / "reports/compare.md").read_text().count("| first |") == 2
 
 
-def test_ui_serves_the_project_store_on_localhost_only(project, monkeypatch):
+def test_ui_serves_the_project_store_on_localhost_only(project, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     started = []
     monkeypatch.setattr(subprocess, "call", lambda cmd: started.append(cmd) or 0)
     assert cli.main(["ui", "--port", "5123"]) == 0
+    assert "MLflow UI: http://127.0.0.1:5123 " in capsys.readouterr().out  # no experiment yet
     cmd = started[0]
     assert cmd[1:4] == ["-m", "mlflow", "ui"]
     assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{project / 'mlflow.db'}"
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     assert cmd[cmd.index("--port") + 1] == "5123"
+
+
+def test_ui_prints_the_runs_table_of_the_experiment_not_mlflows_genai_overview(
+    project, monkeypatch, capsys
+):
+    from exsearch.config.params import load_params
+
+    tracking.end_campaign_run(tracking.start_campaign_run(load_params(), "any"))  # creates it
+    exp_id = mlflow.MlflowClient().get_experiment_by_name(load_params().tracking.experiment)
+    monkeypatch.setattr(subprocess, "call", lambda cmd: 0)
+    assert cli.main(["ui", "--port", "5123"]) == 0
+    url = f"http://127.0.0.1:5123/#/experiments/{exp_id.experiment_id}"
+    assert f"{url}?workflowType=machine_learning" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -192,3 +211,27 @@ def test_compare_shows_the_paired_intervals_the_report_logged(project, monkeypat
     assert rows["iter_2"]["ΔF1 vs iter_0"] == "+4.2 [-1.3, +9.8] n=250"
     assert rows["iter_1"]["ΔF1 vs iter_0"] == ""
     assert "ΔF1 vs iter_0" in capsys.readouterr().out
+
+
+def test_the_narrow_compare_view_of_a_real_campaign_row_fits_100_columns():
+    from exsearch.evaluation import markdown_table
+    from flows.compare import narrow_rows
+
+    row = {
+        "campaign": "repro 9f872968 520bd8 with a long experiment label",
+        "dvc_exp": "",
+        "iteration": "iter_12",
+        "overall/f1": 27.45,
+        "overall/em": 20.8,
+        "overall/support_recall": 64.4,
+        "overall/searches_per_question": 1.04,
+        "ΔF1 vs iter_0": "+13.2 [-10.5, +18.0] n=520",
+        "ΔF1 agent − RAG": "+3.0 [-2.5, +8.1] n=520",
+    }
+    (narrow,) = narrow_rows([row])
+    assert narrow["ΔF1 vs iter_0"] == "+13.2 [-10.5, +18.0]" and "ΔF1 agent − RAG" not in narrow
+    assert narrow["run"].endswith("…") and len(narrow["run"]) == 24
+    table = markdown_table([narrow], floats=".3g")
+    assert max(len(line) for line in table.splitlines()) <= 100
+    named = narrow_rows([{**row, "dvc_exp": "exp-seed2"}])[0]
+    assert named["run"] == "exp-seed2"  # an experiment is named by its DVC name
