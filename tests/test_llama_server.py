@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-import socket
-import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-import httpx
 import pytest
 
+from bench.llamacpp import free_port
+from bench.llamacpp import llama_server as serve
 from exsearch.checkpoints.loading import prepare_tokenizer
 from exsearch.config.params import ModelConfig
 from exsearch.generation.openai import OpenAIGenerator
@@ -38,57 +37,18 @@ QUESTIONS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def llama_server():
     """A fresh llama.cpp server on the GGUF; its base URL. Log-probs of prompts need logits_all."""
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(GGUF),
-            "--model_alias",
-            "smollm2",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--n_ctx",
-            "2048",
-            "--n_threads",
-            "2",
-            "--logits_all",
-            "true",
-            "--verbose",
-            "false",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(f"{base_url}/models", timeout=2).raise_for_status()
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None, f"llama.cpp server exited: {proc.stderr.read()[-2000:]}"
-                assert time.monotonic() < deadline, "llama.cpp server did not start"
-                time.sleep(0.3)
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(GGUF)]
+    cmd += ["--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--n_ctx", "2048", "--n_threads", "2", "--logits_all", "true", "--verbose", "false"]
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        serve(cmd, port, Path(tmp) / "server.log", timeout_s=120) as base_url,
+    ):
         yield base_url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
