@@ -30,8 +30,15 @@ def cmd_paths(cmd: str) -> dict[str, str]:
     argv = shlex.split(cmd)
     if argv[1] == "-m" and argv[2].startswith("stages."):
         parser = importlib.import_module(argv[2]).build_parser()
-        args = parser.parse_args(argv[3:])
-        given = set(argv[3:])
+        # DVC fills `--iteration ${key}` (`${item}` in em.evaluate's foreach) with a name the
+        # params validate as a checkpoint name, as `--iteration` does: any such name stands in.
+        given_argv = argv[3:]
+        filled = [
+            "iter_1" if flag == "--iteration" and value in ("${key}", "${item}") else value
+            for flag, value in zip(["", *given_argv], given_argv, strict=False)
+        ]
+        args = parser.parse_args(filled)
+        given = set(given_argv)
         return {
             option: str(getattr(args, action.dest))
             for action in parser._actions
