@@ -83,6 +83,16 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--extend", action="store_true", help="first add the next EM iteration")
 
 
+def _add_deployment_options(p: argparse.ArgumentParser, schedule_required: bool) -> None:
+    """What `serve` and `deploy` share: the schedule, --extend, the name, the overrides."""
+    when = p.add_mutually_exclusive_group(required=schedule_required)
+    when.add_argument("--cron", help='cron schedule, e.g. "0 3 * * *" (03:00 daily)')
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="run every N seconds")
+    p.add_argument("--extend", action="store_true", help="each run adds one EM iteration")
+    p.add_argument("--deployment", default="em-campaign", help="deployment name")
+    _add_overrides(p)
+
+
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     serve = _subcommand(
         sub,
@@ -94,12 +104,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "  prefect server start --host 127.0.0.1 &\n"
         "  export PREFECT_API_URL=http://127.0.0.1:4200/api",
     )
-    when = serve.add_mutually_exclusive_group(required=True)
-    when.add_argument("--cron", help='cron schedule, e.g. "0 3 * * *" (03:00 daily)')
-    when.add_argument("--interval", type=float, metavar="SECONDS", help="run every N seconds")
-    serve.add_argument("--extend", action="store_true", help="each run adds one EM iteration")
-    serve.add_argument("--deployment", default="em-campaign", help="deployment name")
-    _add_overrides(serve)
+    _add_deployment_options(serve, schedule_required=True)
 
 
 def _add_deploy(sub: argparse._SubParsersAction) -> None:
@@ -116,12 +121,7 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
         "Needs a Prefect server (PREFECT_API_URL), as serve does.",
     )
     deploy.add_argument("--pool", required=True, help="work pool name (type process)")
-    when = deploy.add_mutually_exclusive_group()
-    when.add_argument("--cron", help='cron schedule, e.g. "0 3 * * *" (03:00 daily)')
-    when.add_argument("--interval", type=float, metavar="SECONDS", help="run every N seconds")
-    deploy.add_argument("--extend", action="store_true", help="each run adds one EM iteration")
-    deploy.add_argument("--deployment", default="em-campaign", help="deployment name")
-    _add_overrides(deploy)
+    _add_deployment_options(deploy, schedule_required=False)
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:

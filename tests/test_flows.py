@@ -291,9 +291,8 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
             proc.wait()
 
 
-@pytest.mark.slow
-def test_served_deployment_gets_scheduled_runs_on_a_prefect_server(tmp_path):
-    root = make_toy_project(tmp_path / "toy")
+def start_prefect_server(tmp_path: Path) -> tuple[subprocess.Popen, str, dict[str, str]]:
+    """A Prefect server on a free 127.0.0.1 port, its home in tmp_path: (process, api, env)."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     penv = offline_env(
@@ -301,24 +300,29 @@ def test_served_deployment_gets_scheduled_runs_on_a_prefect_server(tmp_path):
         PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1",
         PREFECT_UI_ENABLED="false",
     )
-    server_cmd = [
-        sys.executable,
-        "-m",
-        "prefect",
-        "server",
-        "start",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
     with (tmp_path / "server.log").open("w") as log:
         server = subprocess.Popen(
-            server_cmd, env=penv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [*cmd, "--port", str(port)],
+            env=penv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-    served = None
     try:
         wait_for(f"{api}/health", server)
+    except BaseException:
+        stop(server)
+        raise
+    return server, api, {**penv, "PREFECT_API_URL": api}
+
+
+@pytest.mark.slow
+def test_served_deployment_gets_scheduled_runs_on_a_prefect_server(tmp_path):
+    root = make_toy_project(tmp_path / "toy")
+    server, api, penv = start_prefect_server(tmp_path)
+    served = None
+    try:
         serve_cmd = [
             sys.executable,
             "-m",
@@ -335,7 +339,7 @@ def test_served_deployment_gets_scheduled_runs_on_a_prefect_server(tmp_path):
         with (tmp_path / "serve.log").open("w") as log:
             served = subprocess.Popen(
                 serve_cmd,
-                env={**penv, "PREFECT_API_URL": api},
+                env=penv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -365,28 +369,6 @@ def test_served_deployment_gets_scheduled_runs_on_a_prefect_server(tmp_path):
         if served is not None:
             stop(served, signal.SIGINT)
         stop(server)
-
-
-def start_prefect_server(tmp_path: Path) -> tuple[subprocess.Popen, str, dict[str, str]]:
-    """A Prefect server on a free 127.0.0.1 port, its home in tmp_path: (process, api, env)."""
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    penv = offline_env(
-        PREFECT_HOME=str(tmp_path / "prefect"),
-        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1",
-        PREFECT_UI_ENABLED="false",
-    )
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
-    with (tmp_path / "server.log").open("w") as log:
-        server = subprocess.Popen(
-            [*cmd, "--port", str(port)],
-            env=penv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    wait_for(f"{api}/health", server)
-    return server, api, {**penv, "PREFECT_API_URL": api}
 
 
 @pytest.mark.slow
