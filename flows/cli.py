@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from flows import runs_view
 from flows.dag import project_root
 
 
@@ -315,29 +316,28 @@ def ui_command(uri: str, port: int) -> list[str]:
     ]
 
 
-def runs_view_url(port: int, experiment_id: str | None) -> str:
-    """The UI page of the experiment's runs table (or the experiment list if there is none yet).
+def _runs_view(uri: str, port: int) -> str:
+    """The UI address to open: the experiment's checkpoint view (flows.runs_view), saved first.
 
-    MLflow 3's UI ignores the experiment's `mlflow.experimentKind` tag and opens an experiment
-    on the GenAI overview (traces) unless the URL names the model-training workflow.
+    The experiment list when params.yaml's experiment is not in the store yet (or the store or
+    params cannot be read): there is nothing to show a view of.
     """
     base = f"http://127.0.0.1:{port}"
-    if experiment_id is None:
-        return base
-    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
-
-
-def _experiment_id(uri: str) -> str | None:
-    """The id of params.yaml's experiment in the store at `uri`; None if absent or unreadable."""
     try:
         import mlflow
 
         from exsearch.config import load_params
 
-        found = mlflow.MlflowClient(uri).get_experiment_by_name(load_params().tracking.experiment)
-    except Exception:  # no params, no store yet: the experiment list is the right page
-        return None
-    return found.experiment_id if found else None
+        client = mlflow.MlflowClient(uri)
+        found = client.get_experiment_by_name(load_params().tracking.experiment)
+        if found is None:
+            return base
+        return runs_view.view_url(
+            base, found.experiment_id, runs_view.save_view(client, found.experiment_id)
+        )
+    except Exception as e:  # no params, no store yet: the experiment list is the right page
+        print(f"note: no saved view ({type(e).__name__}: {e}); opening the experiment list")
+        return base
 
 
 def _cmd_ui(args: argparse.Namespace, root: Path) -> int:
@@ -347,7 +347,7 @@ def _cmd_ui(args: argparse.Namespace, root: Path) -> int:
 
     uri = tracking_uri()
     cmd = ui_command(uri, args.port)
-    print(f"MLflow UI: {runs_view_url(args.port, _experiment_id(uri))} (Ctrl-C stops it)")
+    print(f"MLflow UI: {_runs_view(uri, args.port)} (Ctrl-C stops it)")
     return subprocess.call(cmd)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -151,7 +152,24 @@ def test_ui_prints_the_runs_table_of_the_experiment_not_mlflows_genai_overview(
     monkeypatch.setattr(subprocess, "call", lambda cmd: 0)
     assert cli.main(["ui", "--port", "5123"]) == 0
     url = f"http://127.0.0.1:5123/#/experiments/{exp_id.experiment_id}"
-    assert f"{url}?workflowType=machine_learning" in capsys.readouterr().out
+    assert f"{url}/runs?workflowType=machine_learning&viewStateShareKey=" in capsys.readouterr().out
+
+
+def test_ui_saves_the_checkpoint_view_the_printed_link_opens(project, monkeypatch, capsys):
+    from exsearch.config.params import load_params
+    from flows import runs_view
+
+    tracking.end_campaign_run(tracking.start_campaign_run(load_params(), "any"))
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(load_params().tracking.experiment)
+    monkeypatch.setattr(subprocess, "call", lambda cmd: 0)
+    assert cli.main(["ui", "--port", "5123"]) == 0
+    key = capsys.readouterr().out.split("viewStateShareKey=")[1].split()[0]
+    tags = client.get_experiment(exp.experiment_id).tags
+    view = json.loads(tags[f"mlflow.sharedViewState.{key}"])
+    assert view["searchFilter"] == "tags.stage = 'evaluate'"
+    assert view["selectedColumns"][:2] == ["metrics.`overall/f1`", "metrics.`overall/em`"]
+    assert len(view["selectedColumns"]) == len(runs_view.COLUMNS)
 
 
 @pytest.mark.slow

@@ -196,6 +196,21 @@ def test_mlflow_holds_one_parent_with_a_nested_run_per_stage(tiny_campaign):
 
 
 @pytest.mark.slow
+def test_the_ui_view_filters_to_runs_and_columns_the_campaign_logs(tiny_campaign):
+    from flows import runs_view
+
+    project, _ = tiny_campaign
+    client, _ = mlflow_runs(project)
+    exp = client.get_experiment_by_name("exsearch-tiny")
+    shown = client.search_runs([exp.experiment_id], runs_view.EVALUATE_FILTER)
+    # One row per scored checkpoint (and campaign), each with every column of the view.
+    first = {r.info.run_name for r in shown}
+    assert first == {f"{c}/evaluate" for c in ("base", "iter_0", "iter_1", "iter_2")}
+    last = next(r for r in shown if r.info.run_name == "iter_2/evaluate")
+    assert set(runs_view.COLUMNS) <= set(last.data.metrics)
+
+
+@pytest.mark.slow
 def test_the_prefect_flow_runs_the_tiny_campaign_like_dvc_repro(
     tiny_campaign, tmp_path_factory, tiny_model_dir, monkeypatch
 ):

@@ -1,0 +1,103 @@
+"""The MLflow view `exsearch ui` opens, as a browser shows it (flows.runs_view).
+
+Starts `mlflow ui` (the command `exsearch ui` runs) on 127.0.0.1 over a store holding one
+campaign, and loads the printed link in headless Chromium: the runs table must come up filtered
+to the evaluate runs, one per checkpoint, with the agent's F1 as a column, without a click.
+Skipped where no Chromium is installed (`apt-get install chromium`); the screenshot is left in
+the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from flows import runs_view
+from flows.cli import ui_command
+from tests.toy_project import offline_env
+
+CHROMIUM = next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def campaign_store(db: Path) -> tuple[mlflow.MlflowClient, str]:
+    """A store with one campaign: a parent, a train run and two evaluate runs with metrics."""
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    exp = client.create_experiment("exsearch")
+    parent = client.create_run(exp, run_name="repro abc", tags={"role": "campaign"}).info.run_id
+    nested = {"mlflow.parentRunId": parent}
+    client.create_run(exp, run_name="iter_1/train", tags={**nested, "stage": "train"})
+    for name, f1 in (("iter_0", 22.5), ("iter_1", 25.9)):
+        run = client.create_run(
+            exp, run_name=f"{name}/evaluate", tags={**nested, "stage": "evaluate"}
+        )
+        for metric in runs_view.COLUMNS:
+            client.log_metric(run.info.run_id, metric, f1 if metric == "overall/f1" else 1.0)
+        client.set_terminated(run.info.run_id)
+    client.set_terminated(parent)
+    return client, exp
+
+
+def chromium(url: str, *args: str) -> str:
+    """Headless Chromium on `url` (time for the page's requests); its stdout."""
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1800,700"]
+    done = subprocess.run(
+        [*cmd, "--virtual-time-budget=30000", *args, url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    return done.stdout
+
+
+def test_the_printed_link_opens_the_checkpoints_with_their_f1_without_a_click(tmp_path):
+    client, exp = campaign_store(tmp_path / "mlflow.db")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    url = runs_view.view_url(base, exp, runs_view.save_view(client, exp))
+    cmd = [*ui_command(f"sqlite:///{tmp_path / 'mlflow.db'}", port), "--workers", "1"]
+    server = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=offline_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2).close()
+                break
+            except OSError:
+                assert server.poll() is None, "mlflow ui exited"
+                assert time.monotonic() < deadline, "mlflow ui did not start"
+                time.sleep(0.5)
+        dom = chromium(url, "--dump-dom")
+        chromium(url, f"--screenshot={tmp_path / 'runs_view.png'}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert "iter_0/evaluate" in dom and "iter_1/evaluate" in dom
+    assert "iter_1/train" not in dom  # filtered to the evaluate runs
+    assert "overall/f1" in dom and "25.9" in dom  # the F1 column, shown by default
+    assert (tmp_path / "runs_view.png").stat().st_size > 10_000
