@@ -176,8 +176,9 @@ def _add_ui(sub: argparse._SubParsersAction) -> None:
         "ui",
         "start the MLflow UI on 127.0.0.1",
         "Start `mlflow ui` on this project's tracking store (MLFLOW_TRACKING_URI,\n"
-        "default sqlite:///mlflow.db), listening on 127.0.0.1 only, and print the address\n"
-        "of the experiment's runs table (MLflow 3 otherwise opens its GenAI overview).",
+        "default sqlite:///mlflow.db), listening on 127.0.0.1 only, and print a link to\n"
+        "the experiment's runs table opened on the checkpoints: the evaluate runs with\n"
+        "F1, EM, support recall and searches per question as columns (flows/runs_view.py).",
     )
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
 
@@ -189,10 +190,23 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         "queue the study's grid of DVC experiments, or tabulate the finished ones",
         "`queue`: one `dvc exp run --queue` per setting of flows/study.py (run\n"
         "them with `dvc queue start -j 1`); `table`: each finished setting's agent F1 per\n"
-        "iteration and its last iteration's gain over iter_0 and over RAG, with 95% intervals.",
+        "iteration and its last iteration's gain over iter_0 and over RAG, with 95% intervals;\n"
+        "`diff`: paired differences of one setting's checkpoint against another's (or the\n"
+        "committed campaign's), per method, on the questions both scored. Example:\n"
+        "  exsearch study diff --settings t1.0 --against HEAD --checkpoint iter_2",
     )
-    study.add_argument("action", choices=["queue", "table"])
+    study.add_argument("action", choices=["queue", "table", "diff"])
     study.add_argument("--settings", nargs="+", metavar="NAME", help="only these settings")
+    study.add_argument(
+        "--against",
+        default="HEAD",
+        metavar="NAME",
+        help="diff: the setting compared with, or a git revision whose dvc.lock names the "
+        "predictions (default HEAD: the committed campaign)",
+    )
+    study.add_argument(
+        "--checkpoint", default="iter_2", help="diff: the checkpoint compared (default iter_2)"
+    )
 
 
 def _add_repro(sub: argparse._SubParsersAction) -> None:
@@ -380,6 +394,13 @@ def _cmd_study(args: argparse.Namespace, root: Path) -> int:
     if args.action == "queue":
         study.queue(args.settings, root)
         print("queued; run them with `dvc queue start -j 1`, follow with `dvc queue status`")
+        return 0
+    if args.action == "diff":
+        if not args.settings:
+            print("error: study diff needs --settings NAME [NAME ...]", file=sys.stderr)
+            return 2
+        for name in args.settings:
+            print(study.diff_table(root, name, args.against, args.checkpoint), end="")
         return 0
     rows = [r for r in study.experiments(root) if not args.settings or r["name"] in args.settings]
     if not rows:

@@ -236,3 +236,91 @@ def hops_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 ]
                 lines.append(f"| {r['name']} | {ckpt} | {hops} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# The methods a checkpoint's predictions.jsonl can hold, in the order the diff lists them.
+DIFF_METHODS = ("agent", "rag", "iter_rag", "oracle", "direct")
+
+
+def _git(root: str | Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=root, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def experiment_rev(root: str | Path, name: str) -> str:
+    """The commit of study setting `name` (its `refs/exps/…/study-<name>`), else of revision `name`.
+
+    Raises:
+        ValueError: neither a study experiment nor a git revision is called so.
+    """
+    for line in _git(root, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps").split(
+        "\n"
+    ):
+        if line and line.rsplit("/", 1)[-1] == PREFIX + name:
+            return line.split()[0]
+    try:
+        return _git(root, "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}").strip()
+    except subprocess.CalledProcessError:
+        raise ValueError(
+            f"{name!r} is neither a study experiment ({PREFIX}{name}) nor a git revision"
+        ) from None
+
+
+def locked_md5(root: str | Path, rev: str, path: str) -> str:
+    """The md5 that the dvc.lock of commit `rev` records for output `path`."""
+    import yaml
+
+    lock = yaml.safe_load(_git(root, "show", f"{rev}:dvc.lock"))
+    for stage in (lock.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            if out.get("path") == path:
+                return out["md5"]
+    raise ValueError(f"the dvc.lock of {rev[:8]} records no output {path}")
+
+
+def cached_predictions(root: str | Path, rev: str, checkpoint: str) -> list:
+    """A checkpoint's prediction records as commit `rev` ran them, read from DVC's cache.
+
+    An experiment's workspace is gone once DVC commits it; its outputs stay in the cache
+    (every output of dvc.yaml is cached), named by the md5 its dvc.lock records.
+    """
+    from exsearch.data import read_trajectories
+
+    path = f"runs/{checkpoint}/predictions.jsonl"
+    md5 = locked_md5(root, rev, path)
+    cached = Path(root) / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    if not cached.is_file():
+        raise ValueError(f"{path} of {rev[:8]} (md5 {md5}) is not in DVC's cache here")
+    return read_trajectories(cached)
+
+
+def diff_table(root: str | Path, name: str, against: str, checkpoint: str) -> str:
+    """Setting `name` minus `against` at `checkpoint`: per method, F1/EM/support recall.
+
+    Paired over the questions both scored (`exsearch.evaluation.compare_records`: BCa 95%
+    intervals of the question resample), so two settings are compared on the same questions.
+    """
+    from exsearch.evaluation import compare_records, format_interval
+
+    ours = cached_predictions(root, experiment_rev(root, name), checkpoint)
+    theirs = cached_predictions(root, experiment_rev(root, against), checkpoint)
+    head = ["method", "ΔF1", "ΔEM", "Δsupport recall", "n"]
+    lines = [
+        f"{name} − {against} at {checkpoint}:",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for method in DIFF_METHODS:
+        a = [t for t in ours if t.method == method]
+        b = [t for t in theirs if t.method == method]
+        if not a or not b:
+            continue
+        diffs = compare_records(a, b)
+        cells = [
+            format_interval(diffs[m].to_dict()) if m in diffs else "–"
+            for m in ("f1", "em", "support_recall")
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {diffs['f1'].n} |")
+    return "\n".join(lines) + "\n\n"

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from exsearch.config.params import parse_params
+from exsearch.data import write_trajectories
+from exsearch.schema import Trajectory
 from flows.study import (
     SETTINGS,
     STUDY_OVERRIDES,
+    diff_table,
     evidence_table,
     hops_table,
     parse_experiments,
@@ -136,3 +141,59 @@ def test_every_setting_overrides_real_keys_with_valid_values(name):
         assert last in section, f"{name}: {key} is not in params.yaml"
         section[last] = yaml.safe_load(value)
     parse_params(raw)  # raises on a wrong type or an out-of-range value
+
+
+# --- diff: one setting's checkpoint against another's, from DVC's cache -------------------------
+
+
+def answered(qid: str, prediction: str, method: str = "agent") -> Trajectory:
+    return Trajectory(
+        qid=qid, prediction=prediction, answers=["red car"], method=method, messages=[]
+    )
+
+
+def commit_campaign(repo: Path, predictions: list[Trajectory], ref: str | None = None) -> None:
+    """Commit a dvc.lock naming runs/iter_2/predictions.jsonl, its content in DVC's cache.
+
+    With `ref`, the commit is also stored as that experiment ref (as `dvc exp run` does).
+    """
+    tmp = repo / "predictions.jsonl"
+    write_trajectories(tmp, predictions)
+    md5 = hashlib.md5(tmp.read_bytes()).hexdigest()
+    cached = repo / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp.replace(cached)
+    out = {"path": "runs/iter_2/predictions.jsonl", "hash": "md5", "md5": md5}
+    lock = {"schema": "2.0", "stages": {"evaluate@iter_2": {"cmd": "x", "outs": [out]}}}
+    (repo / "dvc.lock").write_text(yaml.safe_dump(lock))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "add", "dvc.lock"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "campaign"], cwd=repo, check=True)
+    if ref:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True
+        ).stdout.strip()
+        subprocess.run(["git", "update-ref", ref, sha], cwd=repo, check=True)
+        subprocess.run(["git", "reset", "-q", "--hard", "HEAD~1"], cwd=repo, check=True)
+
+
+def test_a_setting_is_diffed_against_the_committed_campaign_question_by_question(tmp_path):
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    default = [answered("q1", "nothing"), answered("q2", "red"), answered("q1", "red car", "rag")]
+    commit_campaign(tmp_path, default)
+    lever = [answered("q2", "red car"), answered("q1", "red car"), answered("q1", "red car", "rag")]
+    commit_campaign(tmp_path, lever, ref="refs/exps/ab/cdef/study-t1.0")
+    table = diff_table(tmp_path, "t1.0", "HEAD", "iter_2")
+    assert table.startswith("t1.0 − HEAD at iter_2:")
+    # agent: q1 0 → 100 EM, q2 0 → 100 EM; rag is the same answer on both sides.
+    assert "| agent | " in table and "| +100.0 [+100.0, +100.0] | " in table
+    assert "| rag | +0.0 [+0.0, +0.0] | +0.0 [+0.0, +0.0] | – | 1 |" in table
+
+
+def test_a_diff_names_what_it_cannot_find(tmp_path):
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    commit_campaign(tmp_path, [answered("q1", "red")])
+    with pytest.raises(ValueError, match="neither a study experiment .*study-k8.* nor a git rev"):
+        diff_table(tmp_path, "k8", "HEAD", "iter_2")
+    with pytest.raises(ValueError, match="records no output runs/iter_1/predictions.jsonl"):
+        diff_table(tmp_path, "HEAD", "HEAD", "iter_1")
