@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from exsearch.config import checkpoint_step
+from exsearch.report import WEIGHT_COLUMNS, stat_cell
 
 PREFIX = "study-"
 
@@ -159,25 +160,6 @@ BASELINE_LABELS = {
     "agent_vs_rag_sft": "RAG-SFT",
 }
 
-EVIDENCE_COLUMNS = (  # (header, weight_stats.json key, scale, decimals)
-    ("sampled EM", "sampled_em", 100.0, 1),
-    ("q with a correct sample", "questions_with_a_correct_sample", 100.0, 1),
-    ("weight entropy", "entropy_mean", 1.0, 1),
-    ("ESS", "ess_mean", 1.0, 1),
-    ("support recall", "support_recall_mean", 100.0, 1),
-    ("q whose samples differ in support", "evidence_share_differing", 100.0, 1),
-    ("ρ(score, support) within q", "evidence_spearman_within", 1.0, 2),
-    ("ρ pooled", "evidence_spearman_pooled", 1.0, 2),
-    ("AUC score: right vs wrong", "evidence_auc_correct", 1.0, 2),
-)
-
-
-def _number(value: Any, scale: float, decimals: int) -> str:
-    """A stats value for a table cell: '–' where it is missing or not a number (NaN)."""
-    if not isinstance(value, int | float) or value != value:
-        return "–"
-    return f"{value * scale:.{decimals}f}"
-
 
 def evidence_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """One row per setting and EM iteration: what the E-step saw and how the agent then ended.
@@ -189,7 +171,7 @@ def evidence_table(rows: Sequence[Mapping[str, Any]]) -> str:
     and pooled, the score's AUC for right answers); and the finish reasons of that iteration's
     checkpoint on the dev sets (when it was evaluated).
     """
-    head = ["setting", "iteration", *[c[0] for c in EVIDENCE_COLUMNS], "dev finish reasons"]
+    head = ["setting", "iteration", *[c[0] for c in WEIGHT_COLUMNS], "dev finish reasons"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         files = r.get("files") or {}
@@ -200,8 +182,8 @@ def evidence_table(rows: Sequence[Mapping[str, Any]]) -> str:
         for it in iterations:
             stats = files[f"runs/{it}/weight_stats.json"]
             cells = [
-                _number(stats.get(key), scale, decimals)
-                for _, key, scale, decimals in EVIDENCE_COLUMNS
+                stat_cell(stats.get(key), scale, decimals)
+                for _, key, scale, decimals in WEIGHT_COLUMNS
             ]
             reasons = (files.get(f"runs/{it}/metrics.json") or {}).get("overall", {})
             finish = reasons.get("finish_reasons") or {}
@@ -230,9 +212,9 @@ def hops_table(rows: Sequence[Mapping[str, Any]]) -> str:
             for hops, g in by_hops.items():
                 cells = [
                     str(g["n"]),
-                    _number(g.get("searches_per_question"), 1.0, 2),
-                    _number(g.get("support_recall"), 1.0, 1),
-                    _number(g.get("new_support_share"), 100.0, 1),
+                    stat_cell(g.get("searches_per_question"), 1.0, 2),
+                    stat_cell(g.get("support_recall"), 1.0, 1),
+                    stat_cell(g.get("new_support_share"), 100.0, 1),
                 ]
                 lines.append(f"| {r['name']} | {ckpt} | {hops} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -7,9 +7,11 @@ Reads <runs>/<checkpoint>/metrics.json and predictions.jsonl for every checkpoin
 `em.evaluate`, and for each EM iteration its weight statistics and weighted trajectories
 (exsearch.report.campaign.read_records); writes, in `--out` unless given one by one (as
 dvc.yaml does),
-em_curve.json (drawn by `dvc plots show`), em_curve.png, summary.md and metrics.json: each
-checkpoint's agent F1/EM, and its paired differences (bootstrap 95% intervals) against iter_0,
-against the checkpoint it was trained from and against its own RAG baseline. Those also go to
+em_curve.json (drawn by `dvc plots show`), em_curve.png (the agent's curve with the baselines'
+F1 beside it), summary.md (opening with what the campaign shows, each claim with its interval)
+and metrics.json: each checkpoint's agent F1/EM, and its paired differences (bootstrap 95%
+intervals) against iter_0, against the checkpoint it was trained from and against each
+retrieve-then-read baseline scored beside it. Those also go to
 the campaign's MLflow parent run, with step = iteration.
 """
 
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         files.write_json(out["curve"], rows)
         files.write_json(out["metrics"], summary_metrics(records.metrics, comparisons))
         with files.atomic_path(out["plot"]) as tmp:
-            plot_curve(rows, tmp, comparisons)
+            plot_curve(rows, tmp, comparisons, records.baselines)
         summary = render_markdown(
             rows,
             records.weight_stats,
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             comparisons=comparisons,
             plot=os.path.relpath(out["plot"], out["summary"].parent),
             behaviour={c: m.get("behaviour") for c, m in records.metrics.items()},
+            by_dataset=records.metrics[rows[-1]["checkpoint"]].get("by_dataset") if rows else None,
         )
         files.write_text(out["summary"], summary)
         log.info("report written to %s", ", ".join(str(p) for p in out.values()))

@@ -109,10 +109,11 @@ def test_the_table_gives_f1_per_checkpoint_and_the_last_gains_with_intervals():
 
 def test_the_evidence_shows_each_iterations_e_step_and_finish_reasons():
     table = evidence_table(parse_experiments(shown()))
-    evidence = "55.0 | 25.0 | 0.50 | – | 0.73"  # no pooled correlation (NaN) shows as –
-    assert f"| filter | iter_1 | 12.5 | 25.0 | 1.3 | 3.5 | {evidence} | – |" in table
+    # no searches logged, no pooled correlation (NaN): both show as –
+    evidence = "55.0 | – | – | 25.0 | 0.50 | – | 0.73"
+    assert f"| filter | iter_1 | 12.5 | 25.0 | 1.30 | 3.50 | {evidence} | – |" in table
     assert (
-        f"| filter | iter_2 | 20.0 | 25.0 | 1.3 | 3.5 | {evidence} | final 400, length 120 |"
+        f"| filter | iter_2 | 20.0 | 25.0 | 1.30 | 3.50 | {evidence} | final 400, length 120 |"
         in table
     )
 

@@ -20,15 +20,40 @@ from exsearch import files
 from exsearch.config import checkpoint_step  # the x position: base is -1, iter_k is k
 from exsearch.data import read_trajectories
 from exsearch.evaluation import (
-    BEHAVIOUR_COLUMNS,
     DIFFERENCE_COLUMNS,
     compare_records,
     difference_cells,
     markdown_table,
 )
+from exsearch.report.conclusion import conclusion_markdown
 from exsearch.schema import Trajectory
 
 CURVE_METRICS = ("em", "f1", "acc", "recall", "support_recall")
+# The dev metrics table of the summary: (header, curve row key, decimals); all in % of the
+# questions but the searches per question.
+METRIC_COLUMNS = (
+    ("EM", "em", 1),
+    ("F1", "f1", 1),
+    ("Acc", "acc", 1),
+    ("answer recall", "recall", 1),
+    ("support recall", "support_recall", 1),
+    ("searches / q", "searches", 2),
+)
+# What each E-step saw (runs/<iter>/weight_stats.json), as the summary and `exsearch study table`
+# show it: (header, key, scale, decimals). Shares in %, the rest as they are.
+WEIGHT_COLUMNS = (
+    ("sampled EM (%)", "sampled_em", 100.0, 1),
+    ("q with a right sample (%)", "questions_with_a_correct_sample", 100.0, 1),
+    ("weight entropy", "entropy_mean", 1.0, 2),
+    ("ESS", "ess_mean", 1.0, 2),
+    ("support recall (%)", "support_recall_mean", 100.0, 1),
+    ("searches", "searches_mean", 1.0, 2),
+    ("distinct queries", "distinct_queries_mean", 1.0, 2),
+    ("q whose samples differ in support (%)", "evidence_share_differing", 100.0, 1),
+    ("ρ(score, support) within q", "evidence_spearman_within", 1.0, 2),
+    ("ρ pooled", "evidence_spearman_pooled", 1.0, 2),
+    ("AUC score: right vs wrong", "evidence_auc_correct", 1.0, 2),
+)
 
 # What a searcher must beat: one retrieval read by the same model, an iterative retrieval with
 # no learned policy, and one retrieval read by a model trained for it as long (`rag_sft`, whose
@@ -49,6 +74,7 @@ class CampaignRecords:
     weight_stats: dict[str, dict]  # EM iteration → its weight_stats.json
     examples: dict[str, Examples]  # EM iteration → its highest and lowest weighted trajectories
     seconds: dict[str, float]  # timed stage → wall time
+    baselines: dict[str, dict[str, float]]  # baseline → scored checkpoint → its F1
 
 
 def read_records(
@@ -62,7 +88,28 @@ def read_records(
         weight_stats={it: files.read_json(runs / it / "weight_stats.json") for it in iterations},
         examples={it: extreme_trajectories(runs / it) for it in iterations},
         seconds=stage_seconds(runs, iterations, checkpoints),
+        baselines=baseline_f1(runs, checkpoints),
     )
+
+
+def baseline_f1(runs: Path, checkpoints: Sequence[str]) -> dict[str, dict[str, float]]:
+    """F1 of each baseline (`BASELINES`) at every checkpoint where it was scored.
+
+    `rag` and `iter_rag` are in the checkpoint's metrics.json (`methods`), rag_sft in its own
+    folder's (`BASELINE_RUNS`).
+    """
+    found: dict[str, dict[str, float]] = {}
+    for c in checkpoints:
+        methods = files.read_json(runs / c / "metrics.json").get("methods", {})
+        for b in BASELINES:
+            if b in methods:
+                found.setdefault(b, {})[c] = methods[b]["overall"]["f1"]
+            elif (
+                b in BASELINE_RUNS
+                and (theirs := runs / BASELINE_RUNS[b] / c / "metrics.json").is_file()
+            ):
+                found.setdefault(b, {})[c] = files.read_json(theirs)["overall"]["f1"]
+    return found
 
 
 def checkpoint_predictions(runs: Path, checkpoint: str) -> list[Trajectory]:
@@ -174,9 +221,19 @@ def checkpoint_comparisons(
 
 
 def plot_curve(
-    rows: Sequence[dict], path: Path, comparisons: Mapping[str, dict] | None = None
+    rows: Sequence[dict],
+    path: Path,
+    comparisons: Mapping[str, dict] | None = None,
+    baselines: Mapping[str, Mapping[str, float]] | None = None,
 ) -> None:
-    """EM/F1/Acc against iteration, and F1 gained over iter_0 with its interval; PNG."""
+    """The agent's curve with each baseline's F1 beside it, and its F1 gain over iter_0; PNG.
+
+    Left: the agent's EM/F1/Acc per checkpoint; right: F1 gained over iter_0 with its interval.
+
+    The baselines (`baselines`: name → checkpoint → F1) are drawn as open markers at the
+    checkpoints where they were scored, so whether the agent is ahead of retrieve-then-read is
+    read off the same axes.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,14 +252,26 @@ def plot_curve(
             xs,
             [r[m] if r[m] is not None else float("nan") for r in rows],
             marker="o",
-            label=m.upper(),
+            label=f"agent {m.upper()}",
+        )
+    step_of = {r["checkpoint"]: r["step"] for r in rows}
+    for n, (name, scored) in enumerate((baselines or {}).items()):
+        at = sorted((step_of[c], f1) for c, f1 in scored.items() if c in step_of)
+        ax.plot(
+            [x for x, _ in at],
+            [y for _, y in at],
+            linestyle="none",  # scored at some checkpoints only: no line through the others
+            marker="os^"[n % 3],
+            fillstyle="none",
+            color=f"C{3 + n}",
+            label=f"{name} F1",
         )
     ax.set_xticks(xs, [r["checkpoint"] for r in rows])
     ax.set_xlabel("checkpoint")
     ax.set_ylabel("dev score (%)")
     ax.set_title("ExSearch: dev metrics per EM iteration")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     if gains:
         g = axes[1]
         steps = [x for x, _ in gains]
@@ -217,6 +286,45 @@ def plot_curve(
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def stat_cell(value: object, scale: float = 1.0, decimals: int = 1) -> str:
+    """A number for a table cell, scaled and rounded; '–' where it is missing or NaN."""
+    if not isinstance(value, int | float) or value != value:
+        return "–"
+    return f"{value * scale:.{decimals}f}"
+
+
+def metrics_rows(rows: Sequence[dict]) -> list[dict]:
+    """The curve's rows as the summary's table shows them (`METRIC_COLUMNS`)."""
+    return [
+        {
+            "checkpoint": r["checkpoint"],
+            "n": r["n"],
+            **{head: stat_cell(r.get(key), 1.0, d) for head, key, d in METRIC_COLUMNS},
+        }
+        for r in rows
+    ]
+
+
+def weight_rows(weight_stats: Mapping[str, dict]) -> list[dict]:
+    """One row per EM iteration of what its E-step saw (`WEIGHT_COLUMNS`)."""
+    return [
+        {
+            "iteration": it,
+            "scheme": s.get("scheme", "–"),
+            **{head: stat_cell(s.get(key), scale, d) for head, key, scale, d in WEIGHT_COLUMNS},
+        }
+        for it, s in weight_stats.items()
+    ]
+
+
+def seconds_rows(stage_seconds: Mapping[str, float | None]) -> list[dict]:
+    """Wall time per timed stage, in minutes, and their total."""
+    timed = {k: v for k, v in stage_seconds.items() if isinstance(v, int | float)}
+    rows = [{"stage": k, "minutes": f"{v / 60:.1f}"} for k, v in timed.items()]
+    rows.append({"stage": "**total**", "minutes": f"**{sum(timed.values()) / 60:.1f}**"})
+    return rows
 
 
 def _trajectory_md(t: Trajectory, weight: float) -> str:
@@ -255,19 +363,28 @@ def render_markdown(
     comparisons: Mapping[str, Mapping[str, dict]] | None = None,
     plot: str = "em_curve.png",
     behaviour: Mapping[str, dict] | None = None,
+    by_dataset: Mapping[str, dict] | None = None,
 ) -> str:
-    """The summary: metrics, paired comparisons, search behaviour, weights, example trajectories.
+    """The summary: what it shows, then the metrics, comparisons, searches, E-steps and times.
+
+    In order: the conclusion, metrics, paired comparisons, search behaviour per hop, what each
+    E-step saw, example trajectories and stage times.
 
     `plot` is the curve's image, relative to the summary's folder; `behaviour` maps a checkpoint
-    to its metrics.json's `behaviour` (how its agent searched per hop count).
+    to its metrics.json's `behaviour` (how its agent searched per hop count); `by_dataset` is a
+    checkpoint's metrics per dev set (names the questions in the conclusion).
     """
-    parts = ["# ExSearch campaign report", "", "## Dev metrics per checkpoint", ""]
+    parts = ["# ExSearch campaign report", ""]
+    if opening := conclusion_markdown(rows, comparisons or {}, by_dataset or {}):
+        parts += [opening]
+    parts += [
+        "## Dev metrics per checkpoint",
+        "",
+        "The agent's scores, in % of the questions (searches: per question).",
+        "",
+    ]
     # Each table ends in a newline: the blank line after it.
-    parts.append(
-        markdown_table(
-            rows, ["checkpoint", "n", *CURVE_METRICS, "searches"], floats="g", missing="–"
-        )
-    )
+    parts.append(markdown_table(metrics_rows(rows), missing="–"))
     parts += [f"![metrics per iteration]({plot})", ""]
     if comparisons and any(comparisons.values()):
         parts += [
@@ -277,7 +394,16 @@ def render_markdown(
             comparisons_markdown(comparisons),
         ]
     hop_rows = [
-        {"checkpoint": c, "hops": h, **agg}
+        {
+            "checkpoint": c,
+            "hops": h,
+            "n": agg.get("n"),
+            "F1": stat_cell(agg.get("f1")),
+            "support recall": stat_cell(agg.get("support_recall")),
+            "searches / q": stat_cell(agg.get("searches_per_question"), decimals=2),
+            "later searches": agg.get("later_searches"),
+            "new support (%)": stat_cell(agg.get("new_support_share"), 100.0),
+        }
         for c, b in (behaviour or {}).items()
         for h, agg in (b or {}).get("by_hops", {}).items()
     ]
@@ -285,18 +411,21 @@ def render_markdown(
         parts += [
             "## Search behaviour per hop count (agent)",
             "",
-            "`new_support_share`: of the searches after the first, those that showed a supporting "
-            "passage no earlier search had shown.",
+            "F1 and support recall in %; *new support*: of the searches after the first, the "
+            "share that showed a supporting passage no earlier search had shown.",
             "",
-            markdown_table(
-                hop_rows, ["checkpoint", "hops", *BEHAVIOUR_COLUMNS], floats="g", missing="–"
-            ),
+            markdown_table(hop_rows, missing="–"),
         ]
     if weight_stats:
-        parts += ["## E-step weights", ""]
-        keys = sorted({k for s in weight_stats.values() for k in s})
-        stats = [{"iteration": it, **s} for it, s in weight_stats.items()]
-        parts.append(markdown_table(stats, ["iteration", *keys], floats="g", missing="–"))
+        parts += [
+            "## What each E-step saw",
+            "",
+            "Per EM iteration: the samples' answers, weights (entropy in nats and effective sample "
+            "size per question, of K), what they found, and whether the score follows it "
+            "(runs/<iteration>/weight_stats.json holds every statistic).",
+            "",
+            markdown_table(weight_rows(weight_stats), missing="–"),
+        ]
     for it, (best, worst) in examples.items():
         parts += [f"## Example trajectories of {it}", "", "Highest weighted:", ""]
         parts += [_trajectory_md(t, w) for t, w in best]
@@ -304,7 +433,11 @@ def render_markdown(
         parts += [_trajectory_md(t, w) for t, w in worst]
         parts.append("")
     if stage_seconds:
-        parts += ["## Wall time per stage", ""]
-        timed = [{"stage": k, "seconds": v} for k, v in stage_seconds.items()]
-        parts.append(markdown_table(timed, ["stage", "seconds"], floats="g", missing="–"))
+        parts += [
+            "## Wall time per stage",
+            "",
+            "As each stage recorded it (training, sampling and scoring; loading not included).",
+            "",
+            markdown_table(seconds_rows(stage_seconds)),
+        ]
     return "\n".join(parts)
