@@ -32,7 +32,7 @@ from exsearch.report import (
     render_markdown,
     summary_metrics,
 )
-from stages import _common
+from stages import _common, _inputs
 
 log = logging.getLogger("stages.report")
 OUTPUTS = {
@@ -63,7 +63,11 @@ def main(argv: list[str] | None = None) -> None:
     params = _common.setup(args)
     with _common.stage_run(params, "report", sections=["em"]) as run:
         em = params.em
-        records = read_records(args.runs, list(em.iters), em.evaluate)
+        records = _inputs.read(
+            lambda runs: read_records(runs, list(em.iters), em.evaluate),
+            args.runs,
+            "the sample, weigh and evaluate stages write it",
+        )
         rows = curve_rows(records.metrics)
         previous = {"iter_0": "base", **{k: v.prev for k, v in em.iters.items()}}
         comparisons = checkpoint_comparisons(records.predictions, previous)

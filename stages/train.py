@@ -28,7 +28,7 @@ import pandas as pd
 from exsearch import files
 from exsearch.data import read_trajectories
 from exsearch.mstep import EStepOutput, learner, replay_draw, run_stats
-from stages import _common, _launch
+from stages import _common, _inputs, _launch
 
 log = logging.getLogger("stages.train")
 
@@ -67,11 +67,20 @@ def main(argv: list[str] | None = None) -> None:
         cfg = params.train
         fit = learner(cfg.method)
         e_step = EStepOutput(
-            trajectories=read_trajectories(args.trajectories or runs / "trajectories.jsonl"),
-            table=pd.read_parquet(args.weights or runs / "weights.parquet"),
+            trajectories=_inputs.read(
+                read_trajectories,
+                args.trajectories or runs / "trajectories.jsonl",
+                "the sample stage writes it",
+            ),
+            table=_inputs.read(
+                pd.read_parquet,
+                args.weights or runs / "weights.parquet",
+                "the weigh stage writes it",
+            ),
         )
+        _check_weighted(e_step)
         if cfg.replay:
-            warmup = read_trajectories(args.warmup)
+            warmup = _inputs.read(read_trajectories, args.warmup, "the warmup stage writes it")
             replay = replay_draw(warmup, cfg.replay, args.iteration, params.seed)
             e_step = dataclasses.replace(e_step, replay=replay)
         if cfg.start_from == "warmup":
@@ -97,6 +106,23 @@ def main(argv: list[str] | None = None) -> None:
         run.log_metrics(stats)
         run.log_history(result.loss_history)
         run.log_model_dir(model_out)
+
+
+def _check_weighted(e_step: EStepOutput) -> None:
+    """Fail before the model loads if the weights are not those of these trajectories."""
+    missing = [c for c in ("qid", "sample", "weight") if c not in e_step.table.columns]
+    if missing:
+        _common.fail(f"the weights table has no column(s) {missing}: not the weigh stage's output")
+    weighted = {
+        (str(q), int(k)) for q, k in zip(e_step.table["qid"], e_step.table["sample"], strict=True)
+    }
+    unweighted = [t.key for t in e_step.trajectories if t.key not in weighted]
+    if unweighted:
+        _common.fail(
+            f"{len(unweighted)} of {len(e_step.trajectories)} trajectories have no weight (first: "
+            f"question {unweighted[0][0]}, sample {unweighted[0][1]}): weights and trajectories "
+            "are of different E-steps"
+        )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from exsearch import files
 from exsearch.data import read_trajectories
 from exsearch.estep import compute_weights, evidence_stats, score_table, weight_stats
 from exsearch.generation import make_generator
-from stages import _common
+from stages import _common, _inputs
 
 log = logging.getLogger("stages.weigh")
 
@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     with _common.stage_run(params, "weigh", args.iteration) as run:
         cfg = params.weigh
         started = time.perf_counter()
-        trajectories = read_trajectories(trajectories_file)
+        trajectories = _inputs.read(
+            read_trajectories, trajectories_file, "the sample stage writes it"
+        )
         if not trajectories:
             _common.fail(f"{trajectories_file} holds no trajectory")
         model_dir = _common.model_dir(args.model, params, args.iteration, args.prev)

@@ -97,3 +97,65 @@ def test_an_iteration_that_is_not_a_checkpoint_name_is_refused_before_any_write(
     assert "'../../x' is not a checkpoint name" in run.stderr
     assert "Traceback" not in run.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def run_stage(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
+    """`python -m stages.<argv>` in `tmp_path` (the project's params.yaml), untracked."""
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    return subprocess.run(
+        [sys.executable, "-m", *argv],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "EXSEARCH_TRACKING": "off"},
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ("stages.weigh", "--iteration", "iter_1", "--trajectories", "none.jsonl"),
+            "error: none.jsonl: no such file or folder (the sample stage writes it)",
+        ),
+        (
+            ("stages.train", "--iteration", "iter_1", "--trajectories", "bad.jsonl"),
+            "error: bad.jsonl:1: not valid JSON",
+        ),
+        (
+            ("stages.train", "--iteration", "iter_1", "--weights", "bad.jsonl"),
+            "error: bad.jsonl: ",
+        ),
+        (("stages.report", "--runs", "runs"), "error: runs/base/metrics.json: no such file"),
+    ],
+    ids=["weigh-missing", "train-malformed", "train-weights", "report"],
+)
+def test_weigh_train_and_report_name_a_bad_input_file_in_one_line(tmp_path, argv, said):
+    (tmp_path / "bad.jsonl").write_text('{"qid": 1, broken\n')
+    (tmp_path / "runs" / "iter_1").mkdir(parents=True)
+    (tmp_path / "runs" / "iter_1" / "trajectories.jsonl").write_text("")
+    run = run_stage(tmp_path, *argv)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert run.stderr.splitlines()[-1].startswith(said)
+    assert "Traceback" not in run.stderr
+
+
+def test_train_refuses_weights_of_another_e_step_before_loading_a_model(tmp_path):
+    import pandas as pd
+
+    from exsearch.data import write_trajectories
+    from exsearch.schema import Trajectory
+
+    runs = tmp_path / "runs" / "iter_1"
+    runs.mkdir(parents=True)
+    sampled = [Trajectory(qid="q1", sample=k, answers=["a"], messages=[]) for k in range(2)]
+    write_trajectories(runs / "trajectories.jsonl", sampled)
+    pd.DataFrame({"qid": ["q2"], "sample": [0], "weight": [1.0]}).to_parquet(
+        runs / "weights.parquet"
+    )
+    run = run_stage(tmp_path, "stages.train", "--iteration", "iter_1", "--model", "nowhere")
+    assert run.returncode == 1
+    assert run.stderr.splitlines()[-1] == (
+        "error: 2 of 2 trajectories have no weight (first: question q1, sample 0): weights and "
+        "trajectories are of different E-steps"
+    )
