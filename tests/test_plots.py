@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from browser import NEEDS_CHROMIUM, chromium
 from toy_project import offline_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,3 +84,12 @@ def test_the_inlined_vega_draws_the_em_curve_with_no_network(tmp_path):
     svg = drawn.stdout
     assert svg.startswith("<svg") and "Dev metrics per EM iteration" in svg
     assert svg.count('class="mark-') >= 2  # the lines and their points were drawn
+
+
+@pytest.mark.slow
+@NEEDS_CHROMIUM
+def test_a_browser_with_no_network_draws_the_vega_curve(tmp_path):
+    plots_page(tmp_path)
+    dom = chromium((tmp_path / "out" / "index.html").as_uri(), "--dump-dom", offline=True)
+    assert dom.count('class="vega-embed') >= 1
+    assert '<canvas width="' in dom and 'class="marks"' in dom  # vegaEmbed drew on its canvas

@@ -9,7 +9,6 @@ the test's temporary folder.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -18,18 +17,13 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from browser import NEEDS_CHROMIUM, chromium
+from toy_project import offline_env
 
 from flows import runs_view
 from flows.cli import ui_command
-from tests.toy_project import offline_env
 
-CHROMIUM = next(
-    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
-)
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium)"),
-]
+pytestmark = [pytest.mark.slow, NEEDS_CHROMIUM]
 
 
 def free_port() -> int:
@@ -54,18 +48,6 @@ def campaign_store(db: Path) -> tuple[mlflow.MlflowClient, str]:
         client.set_terminated(run.info.run_id)
     client.set_terminated(parent)
     return client, exp
-
-
-def chromium(url: str, *args: str) -> str:
-    """Headless Chromium on `url` (time for the page's requests); its stdout."""
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1800,700"]
-    done = subprocess.run(
-        [*cmd, "--virtual-time-budget=30000", *args, url],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    return done.stdout
 
 
 def test_the_printed_link_opens_the_checkpoints_with_their_f1_without_a_click(tmp_path):
