@@ -6,11 +6,9 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -22,6 +20,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 from prefect.states import Failed
 from prefect.testing.utilities import prefect_test_harness
+from servers import free_port, stop, wait_for
 from toy_project import OUTER_VARS, make_toy_project, offline_env
 
 from exsearch.config.params import load_params
@@ -261,34 +260,6 @@ def test_overrides_make_a_named_dvc_experiment_tracked_in_mlflow(tmp_path, env, 
     runs = runs_of(root)
     assert {r.data.tags.get("dvc_exp") for r in runs} == {"seed5"}
     assert len(runs) == 4  # the campaign and prepare, train@iter_1, evaluate@iter_1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, proc: subprocess.Popen, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except OSError:
-            assert proc.poll() is None, f"{proc.args} exited with {proc.returncode}"
-            assert time.monotonic() < deadline, f"{url} did not answer"
-            time.sleep(0.5)
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def start_prefect_server(tmp_path: Path) -> tuple[subprocess.Popen, str, dict[str, str]]:

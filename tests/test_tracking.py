@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 from failing_server import BrokenTrackingServer
+from servers import free_port, stop, wait_for
 from toy_project import OUTER_VARS, mlflow_store, offline_env
 
 import tracking
@@ -49,12 +47,6 @@ def write_params(root: Path, required: bool = True, log_models: bool = False):
         PARAMS.format(required=str(required).lower(), log_models=str(log_models).lower())
     )
     return load_params(root / "params.yaml")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -294,15 +286,7 @@ def test_runs_logged_to_an_mlflow_server_are_read_back_over_http(project, monkey
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2).close()
-                break
-            except OSError:
-                assert server.poll() is None, "mlflow server exited"
-                assert time.monotonic() < deadline, "mlflow server did not start"
-                time.sleep(0.5)
+        wait_for(f"{uri}/health", server, 120)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         params = write_params(project)
         (project / "metrics.json").write_text('{"em": 0.5}')
@@ -322,8 +306,7 @@ def test_runs_logged_to_an_mlflow_server_are_read_back_over_http(project, monkey
         assert names[0] == "iter_1/evaluate" and names[1].startswith("repro ")
         assert [a.path for a in client().list_artifacts(run.run_id)] == ["metrics.json"]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop(server)
 
 
 # ---- bounded cost: a broken or vanished server --------------------------------------------------
@@ -388,21 +371,8 @@ def mlflow_server(project):
         start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2).close()
-            return server, uri
-        except OSError:
-            assert server.poll() is None, "mlflow server exited"
-            assert time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.5)
-
-
-def stop(server):
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGKILL)
-    server.wait(timeout=30)
+    wait_for(f"{uri}/health", server, 120)
+    return server, uri
 
 
 class CountingRequests:
@@ -438,7 +408,7 @@ def test_a_server_that_dies_mid_stage_costs_one_failed_call_then_none(
             with stage_run(params, stage="evaluate", iteration="iter_1") as run:
                 run.log_metrics({"before": 1.0})
                 assert run.errors == 0
-                stop(server)  # the server dies mid-stage
+                stop(server, signal.SIGKILL)  # the server dies mid-stage
                 counts["before the failure"] = sent.n
                 run.log_metrics({"em": 0.5})  # fails: given up on (and, if required, the end)
                 counts["after the failure"] = sent.n

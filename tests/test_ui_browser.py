@@ -9,27 +9,19 @@ the test's temporary folder.
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 from browser import NEEDS_CHROMIUM, chromium
+from servers import free_port, stop, wait_for
 from toy_project import offline_env
 
 from flows import runs_view
 from flows.cli import ui_command
 
 pytestmark = [pytest.mark.slow, NEEDS_CHROMIUM]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def campaign_store(db: Path) -> tuple[mlflow.MlflowClient, str]:
@@ -65,20 +57,11 @@ def test_the_printed_link_opens_the_checkpoints_with_their_f1_without_a_click(tm
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2).close()
-                break
-            except OSError:
-                assert server.poll() is None, "mlflow ui exited"
-                assert time.monotonic() < deadline, "mlflow ui did not start"
-                time.sleep(0.5)
+        wait_for(f"{base}/health", server)
         dom = chromium(url, "--dump-dom")
         chromium(url, f"--screenshot={tmp_path / 'runs_view.png'}")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
     assert "iter_0/evaluate" in dom and "iter_1/evaluate" in dom
     assert "iter_1/train" not in dom  # filtered to the evaluate runs
     assert "overall/f1" in dom and "25.9" in dom  # the F1 column, shown by default
