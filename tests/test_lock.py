@@ -59,3 +59,40 @@ def test_the_committed_dvc_lock_matches_the_code_and_params_checked_in():
         "dvc.lock describes other code or params than the checkout: rerun the campaign "
         f"(`make run`) and commit its dvc.lock with the README's numbers. Stale: {stale}"
     )
+
+
+def mismatched_links(lock: dict) -> list[str]:
+    """Deps whose md5 differs from the one the stage that writes them records for that output.
+
+    Such a lock describes two runs at once: the producer was re-run after the consumer, so the
+    consumer's outputs were made from an input the lock no longer names (`dvc status` on the
+    campaign's workspace shows the consumer stale; on a clean clone, where outputs are missing,
+    it cannot).
+    """
+    stages = lock["stages"]
+    written = {o["path"]: o.get("md5") for s in stages.values() for o in s.get("outs") or []}
+    return [
+        f"{name}: {d['path']}"
+        for name, s in stages.items()
+        for d in s.get("deps") or []
+        if d["path"] in written and d.get("md5") != written[d["path"]]
+    ]
+
+
+def test_a_dep_recorded_with_another_md5_than_its_producer_wrote_is_found():
+    lock = {
+        "stages": {
+            "train": {"outs": [{"path": "stats.json", "md5": "new"}]},
+            "rag_sft": {"deps": [{"path": "stats.json", "md5": "old"}]},
+            "report": {"deps": [{"path": "stats.json", "md5": "new"}]},
+        }
+    }
+    assert mismatched_links(lock) == ["rag_sft: stats.json"]
+
+
+def test_every_stage_of_the_lock_read_what_its_producers_last_wrote():
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text(encoding="utf-8"))
+    assert not mismatched_links(lock), (
+        "dvc.lock links stages of different runs: `dvc repro` the stale consumers "
+        f"{mismatched_links(lock)} in the campaign's workspace and commit its dvc.lock"
+    )
