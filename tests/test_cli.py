@@ -160,7 +160,7 @@ def test_ui_saves_the_checkpoint_view_the_printed_link_opens(project, monkeypatc
     from flows import runs_view
 
     tracking.end_campaign_run(tracking.start_campaign_run(load_params(), "any"))
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(tracking.tracking_uri())  # the store `exsearch ui` serves
     exp = client.get_experiment_by_name(load_params().tracking.experiment)
     monkeypatch.setattr(subprocess, "call", lambda cmd: 0)
     assert cli.main(["ui", "--port", "5123"]) == 0
