@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from exsearch.config import checkpoint_step
+from exsearch.evaluation import format_interval
 from exsearch.report import WEIGHT_COLUMNS, stat_cell
 
 PREFIX = "study-"
@@ -122,9 +123,7 @@ def parse_experiments(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _cell(c: Mapping[str, Any] | None) -> str:
-    if not c:
-        return "–"
-    return f"{c['diff']:+.1f} [{c['lo']:+.1f}, {c['hi']:+.1f}]"
+    return format_interval(c) if c else "–"
 
 
 def study_table(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from exsearch.config import checkpoint_step
+from exsearch.evaluation import format_interval
 
 # Baseline comparisons the paragraph reads, in the order it lists them, with their names.
 BASELINE_NAMES = {
@@ -33,10 +34,7 @@ def verdict(interval: Mapping[str, float]) -> str:
 
 def cited(interval: Mapping[str, float]) -> str:
     """A difference as the paragraph cites it: +4.9 [−0.1, +10.1], above 0 / covers 0."""
-    return (
-        f"{interval['diff']:+.1f} [{interval['lo']:+.1f}, {interval['hi']:+.1f}], "
-        f"{verdict(interval)}"
-    )
+    return f"{format_interval(interval)}, {verdict(interval)}"
 
 
 def dataset_phrase(by_dataset: Mapping[str, Mapping]) -> str:
