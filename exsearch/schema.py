@@ -60,6 +60,8 @@ class Step:
     ones it selected, in its order, from `candidate_ids` (the retrieval order); a selection that
     named no valid candidate kept the retrieval order and sets `selection_fallback`. Without
     selection `candidate_ids` is empty and neither key is written, so records read as before.
+    `forced` marks a search the E-step's budget forcing made (`sample.min_searches`): the model
+    had ended its turn there and was made to search instead; written only where true.
     """
 
     query: str
@@ -68,11 +70,14 @@ class Step:
     think: str | None = None
     candidate_ids: list[str] = field(default_factory=list)
     selection_fallback: bool = False
+    forced: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if not self.candidate_ids:
             del d["candidate_ids"], d["selection_fallback"]
+        if not self.forced:
+            del d["forced"]
         return d
 
     @classmethod
@@ -84,6 +89,7 @@ class Step:
             think=d.get("think"),
             candidate_ids=list(d.get("candidate_ids") or []),
             selection_fallback=bool(d.get("selection_fallback", False)),
+            forced=bool(d.get("forced", False)),
         )
 
 

@@ -49,6 +49,7 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     # that differ in what they find, a score that depends on it, the format kept, a setting
     # where one search cannot suffice, and the selection action.
     "records-score": ("sample.score=records",),
+    "search2": ("sample.min_searches=2",),
     "well-formed": ("train.weighted.well_formed_only=true",),
     "first-hop": ("warmup.first_search=hop",),
     "select10": ("agent.select_from=10",),

@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
             shard_size=cfg.shard_size,
             shard_dir=out.parent / ".sample_shards" / key,
             score=cfg.score,
+            min_searches=cfg.min_searches,
         )
         write_trajectories(out, records)
         stats = sample_stats(records, draw, cfg.k, time.perf_counter() - started)

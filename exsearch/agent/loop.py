@@ -5,6 +5,11 @@ over every query issued in it; trajectories that finish leave the batch. The sam
 `direct` and `rag` baselines, which start at the answer turn. With `agent.select_from > 0` the
 agent's searches list candidates and a selection turn (exsearch.agent.selection) picks the
 passages shown.
+
+With `min_searches` (the E-step's `sample.min_searches`) a sample that ends its turn before it
+has searched that often is made to search instead: the turn is cut where the model wrote
+`<finish>` or `<answer>` and generated again from there with `<search>` written for it, once per
+turn (budget forcing, as s1 forces a model to keep thinking). Evaluation never forces.
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ class _Rollout:
     listed: dict[int, list[Passage]] = field(default_factory=dict)
     select: bool = False  # the agent selects from `select_from` candidates after each search
     passage_words: int = 0
+    min_searches: int = 0  # searches made before an ending is accepted (E-step budget forcing)
+    forced: str = ""  # the cut turn continued in the next generation, ending with <search>
     rag: bool = False  # the rag baseline's one user turn holds passages and question together
     follow_up: bool = False  # iter_rag: that turn asks for a query, whose passages come next
     finish_reason: FinishReason | None = None
@@ -77,7 +84,12 @@ class _Rollout:
     logprob: float | None = 0.0
 
     def prefill(self) -> str:
-        """Opening tag written for the model, to keep a small model inside the format."""
+        """Opening tag written for the model, to keep a small model inside the format.
+
+        After a forced search it is the model's own cut turn with `<search>` appended.
+        """
+        if self.forced:
+            return self.forced
         if self.phase == "answer":
             return prompts.ANSWER_OPEN
         if self.phase == "query":
@@ -90,6 +102,7 @@ class _Rollout:
     def to_answer_phase(self, reason: FinishReason) -> None:
         self.finish_reason = self.finish_reason or reason
         self.phase = "answer"
+        self.forced = ""
         self.messages.append(
             {"role": "user", "content": prompts.answer_request(self.question.question)}
         )
@@ -113,13 +126,25 @@ class SearchAgent:
         method: Method = "agent",
         samples: int = 1,
         decoding: Decoding | None = None,
+        min_searches: int = 0,
         progress: bool = True,
     ) -> list[Trajectory]:
-        """Run `samples` trajectories per question; return one record per trajectory."""
+        """Run `samples` trajectories per question; return one record per trajectory.
+
+        `min_searches` > 0 (the agent only) forces searches, as the module doc says.
+        """
         decoding = decoding or Decoding()
         if method not in ("direct", "oracle") and self.retriever is None:
             raise ValueError(f"method '{method}' needs a retriever")
+        if min_searches > self.cfg.max_steps:
+            raise ValueError(
+                f"min_searches ({min_searches}) is more than agent.max_steps "
+                f"({self.cfg.max_steps}) allows"
+            )
         rollouts = [self._start(q, j, method) for q in questions for j in range(samples)]
+        if method == "agent":
+            for r in rollouts:
+                r.min_searches = min_searches
         started = time.perf_counter()
         bar = tqdm(total=len(rollouts), desc=f"{method} trajectories", disable=not progress)
         round_idx = 0
@@ -247,6 +272,13 @@ class SearchAgent:
     def _take_action(self, r: _Rollout, text: str, finish: str) -> str | None:
         """Apply one action turn; return the query to search, if any."""
         turn = prompts.parse_turn(text)
+        was_forced, r.forced = bool(r.forced), ""
+        ends = turn.answer is not None or turn.finish
+        if ends and len(r.steps) < r.min_searches and not was_forced:
+            r.forced = text[: _ending_start(text)] + prompts.SEARCH_OPEN
+            # The kept part's log-prob is not separable from the cut completion's.
+            r.logprob = None
+            return None
         r.messages.append({"role": "assistant", "content": text})
         if turn.record is not None and r.steps and r.steps[-1].record is None:
             r.steps[-1] = replace(r.steps[-1], record=turn.record)
@@ -264,7 +296,7 @@ class SearchAgent:
         elif len(r.steps) >= self.cfg.max_steps:
             r.to_answer_phase("max_steps")
         else:
-            r.steps.append(Step(query=turn.query, think=turn.think))
+            r.steps.append(Step(query=turn.query, think=turn.think, forced=was_forced))
             if any(_same_query(turn.query, s.query) for s in r.steps[:-1]):
                 r.messages.append({"role": "user", "content": prompts.REPEATED_QUERY_NOTICE})
             else:
@@ -372,6 +404,19 @@ def gold_passages(q: Question) -> list[Passage]:
         pid = passage_id(hop["title"], hop["paragraph"])
         found.setdefault(pid, Passage(pid, hop["title"], hop["paragraph"]))
     return list(found.values())
+
+
+def _ending_start(text: str) -> int:
+    """Where a turn that ends the search starts ending it.
+
+    That is its first `<finish>`, `<answer>` or unfinished `<search>`: a forced search is
+    written after what comes before.
+    """
+    found = [i for tag in _ENDING_TAGS if (i := text.find(tag)) >= 0]
+    return min(found, default=len(text))
+
+
+_ENDING_TAGS = (prompts.FINISH, prompts.ANSWER_OPEN, prompts.SEARCH_OPEN)
 
 
 def _same_query(a: str, b: str) -> bool:

@@ -288,6 +288,15 @@ class Params(Section):
     em: Annotated[EmConfig, Field(default_factory=lambda: EmConfig(iters={}, evaluate=["iter_0"]))]
     tracking: Annotated[TrackingConfig, Field(default_factory=TrackingConfig)]
 
+    @model_validator(mode="after")
+    def _min_searches_within_max_steps(self) -> Params:
+        if self.sample.min_searches > self.agent.max_steps:
+            raise ValueError(
+                f"sample.min_searches ({self.sample.min_searches}) is more searches than "
+                f"agent.max_steps ({self.agent.max_steps}) allows: lower it or raise max_steps"
+            )
+        return self
+
     def methods_at(self, checkpoint: str) -> list[Method]:
         """The methods the evaluate stage runs at `checkpoint` (see `evaluate.baselines`)."""
         methods = list(self.evaluate.methods)
@@ -309,8 +318,9 @@ def _describe(err: dict[str, Any]) -> str:
     if err["type"] == "missing":
         return f"{key}: required key is missing"
     if err["type"] == "value_error" and "error" in err.get("ctx", {}):
-        # A section's own check (a model validator) starts its message with the sub-key.
-        return f"{key}.{err['ctx']['error']}"
+        # A section's own check (a model validator) starts its message with the sub-key; a
+        # check across sections (Params') names its keys in full.
+        return f"{key}.{err['ctx']['error']}" if err["loc"] else str(err["ctx"]["error"])
     return f"{key}: {err['msg']} (got {err.get('input')!r})"
 
 

@@ -62,6 +62,14 @@ class SampleConfig(Section):
         description="Added to the top-level seed for the questions each iteration draws and the "
         "samples' random streams: a second seed of the EM iterations on the same warm-up.",
     )
+    min_searches: int = Field(
+        default=0,
+        ge=0,
+        description="Budget forcing, at the E-step only: a sample that writes <finish> or an "
+        "answer before it has searched this many times has that turn cut there and continued "
+        "with <search> (once per turn), so the M-step has later searches to choose between. "
+        "0: off. Evaluation never forces: it measures the policy as learned.",
+    )
     score: Literal["trajectory", "records"] = Field(
         default="trajectory",
         description="What the E-step's score reads before the gold answer: the whole sampled "

@@ -133,8 +133,11 @@ def warmup_question_ids(path: str | os.PathLike) -> set[str]:
 
 
 def sample_stats(records: Sequence[Trajectory], draw: Draw, k: int, seconds: float) -> dict:
-    """What a sampling run did: counts, searches and tokens per trajectory, finish reasons."""
-    return {
+    """What a sampling run did: counts, searches and tokens per trajectory, finish reasons.
+
+    `forced_searches` (searches made by `sample.min_searches`) is there only where there were.
+    """
+    stats = {
         "trajectories": len(records),
         "questions": len(draw.questions),
         "pool": draw.pool_size,
@@ -145,6 +148,9 @@ def sample_stats(records: Sequence[Trajectory], draw: Draw, k: int, seconds: flo
         "finish_reasons": dict(Counter(r.finish_reason for r in records)),
         "seconds": round(seconds, 1),
     }
+    if forced := sum(s.forced for r in records for s in r.steps):
+        stats["forced_searches"] = forced
+    return stats
 
 
 def sample_in_shards(
@@ -158,10 +164,12 @@ def sample_in_shards(
     shard_size: int,
     shard_dir: Path,
     score: str = "trajectory",
+    min_searches: int = 0,
 ) -> list[Trajectory]:
     """Sample `k` trajectories per question, reusing shards already in `shard_dir`.
 
-    Each is scored (`gold_score`) as `score` says (`scored`).
+    Each is scored (`gold_score`) as `score` says (`scored`); `min_searches` forces searches
+    (`SearchAgent.run`).
     """
     shard_dir.mkdir(parents=True, exist_ok=True)
     n_shards = (len(questions) + shard_size - 1) // shard_size
@@ -179,6 +187,7 @@ def sample_in_shards(
                 method="agent",
                 samples=k,
                 decoding=Decoding(temperature=temperature, top_p=top_p, seed=shard_seed(seed, s)),
+                min_searches=min_searches,
             )
             # Scored now, while the model and the trajectories' keys/values are at hand.
             write_trajectories(path, scored(recs, agent.gen, score))
