@@ -101,9 +101,9 @@ def test_baselines_and_evaluation_are_never_forced(retriever):
 def test_forcing_more_searches_than_max_steps_is_refused_before_any_work(retriever):
     with pytest.raises(ValueError, match="max_steps"):
         run(quitter, retriever, min_searches=4)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["agent"]["max_steps"], raw["sample"]["min_searches"] = 3, 4
     with pytest.raises(ConfigError, match=r"sample\.min_searches \(4\).*agent\.max_steps \(3\)"):
-        raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-        raw["agent"]["max_steps"], raw["sample"]["min_searches"] = 3, 4
         parse_params(raw)
 
 
