@@ -108,6 +108,12 @@ class TokenCounts:
         return cls(generated=d["generated"], last_prompt=d["last_prompt"])
 
 
+# How a trajectory that kept the format to the end finishes: it answered when done, or when
+# the search budget ran out. `malformed` (a turn with no action) and `length` (a turn or the
+# context cut by a token limit) mark broken ones.
+WELL_FORMED_ENDINGS = frozenset({"final", "max_steps"})
+
+
 @dataclass(frozen=True, kw_only=True)
 class Trajectory:
     """One chat of the agent with the search environment, and what it found and answered.
@@ -150,6 +156,11 @@ class Trajectory:
     @property
     def n_searches(self) -> int:
         return len(self.steps)
+
+    @property
+    def well_formed(self) -> bool:
+        """Whether every turn parsed to the end (`WELL_FORMED_ENDINGS`)."""
+        return self.finish_reason in WELL_FORMED_ENDINGS
 
     @property
     def decoded(self) -> bool:

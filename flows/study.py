@@ -38,6 +38,21 @@ STUDY_OVERRIDES = (
 
 # Setting name → its overrides of params.yaml (`dvc exp run -S` syntax), in the order they are
 # queued (most telling first).
+GRPO = ("train.method=grpo", "weigh.advantage=grpo")
+# 8 iterations of 8 questions: the chain grown to iter_8 and its end scored instead of iter_2.
+EIGHT_BY_EIGHT = (
+    "sample.questions=8",
+    *(f"+em.iters.iter_{i}={{prev:iter_{i - 1}}}" for i in range(3, 9)),
+    "em.evaluate=[iter_0,iter_8]",
+)
+GRPO_SETTINGS: dict[str, tuple[str, ...]] = {
+    "grpo": GRPO,
+    "grpo-seed1": (*GRPO, "sample.seed=1"),
+    "grpo-8x8": (*GRPO, *EIGHT_BY_EIGHT),
+    "grpo-8x8-seed1": (*GRPO, *EIGHT_BY_EIGHT, "sample.seed=1"),
+    "dr-grpo": ("train.method=grpo", "weigh.advantage=dr_grpo"),
+}
+
 SETTINGS: dict[str, tuple[str, ...]] = {
     "exp": ("weigh.scheme=exp",),  # params.yaml's default since the first study
     # A second seed for all that follows the warm-up: the questions each iteration draws and
@@ -64,6 +79,9 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     "t1.0": ("sample.temperature=1.0",),
     "k8": ("sample.k=8",),
     "turn64": ("agent.max_new_tokens=64",),
+    # EM against RL (docs/study.md, "EM or RL?"): GRPO from the same iter_0 with the same
+    # samples, as 2 iterations of 32 questions and as 8 of 8 (the same 256 samples); two seeds.
+    **GRPO_SETTINGS,
 }
 
 

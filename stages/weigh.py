@@ -12,7 +12,9 @@ distinct_queries, weight, scheme) and their stats: mean per-question entropy, ef
 size, …, and whether the score follows what the samples found (`evidence_*`: the share of
 questions whose samples differ in support recall, the rank correlation of score and support
 recall within questions and pooled, the score's AUC for right answers; exsearch.estep.evidence).
-The scheme and its temperature come from the `weigh` params.
+The scheme and its temperature come from the `weigh` params. With `weigh.advantage` set (the
+`grpo` learner needs it), the table also holds each sample's `reward` and its group-relative
+`advantage`, and the stats their spread (exsearch.estep.advantages).
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from functools import partial
 
 from exsearch import files
 from exsearch.data import read_trajectories
-from exsearch.estep import compute_weights, evidence_stats, score_table, weight_stats
+from exsearch.estep import (
+    advantage_stats,
+    compute_weights,
+    evidence_stats,
+    score_table,
+    weight_stats,
+    with_advantages,
+)
 from exsearch.generation import make_generator
 from stages import _common, _inputs
 
@@ -76,6 +85,14 @@ def main(argv: list[str] | None = None) -> None:
             generator = make_generator(model_dir, params.model, params.generation)
             scores = generator.gold_answer_scores(trajectories)
         table = compute_weights(score_table(trajectories, scores), cfg.scheme, tau=cfg.tau, c=cfg.c)
+        if cfg.advantage != "none":
+            table = with_advantages(
+                table,
+                trajectories,
+                cfg.advantage,
+                kind=cfg.reward.kind,
+                format_penalty=cfg.reward.format_penalty,
+            )
         stats = {
             "scheme": cfg.scheme,
             **weight_stats(table),
@@ -87,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
             "searches_mean": float(table["searches"].mean()),
             "distinct_queries_mean": float(table["distinct_queries"].mean()),
             **{f"evidence_{k}": v for k, v in evidence_stats(table).items()},
+            **(advantage_stats(table) if cfg.advantage != "none" else {}),
             "seconds": round(time.perf_counter() - started, 1),
         }
         with files.atomic_path(out) as tmp:

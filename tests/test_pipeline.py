@@ -127,6 +127,35 @@ def test_a_second_dvc_repro_does_nothing(tiny_campaign):
 
 
 @pytest.mark.slow
+def test_the_grpo_learner_runs_the_same_chain_from_the_same_warm_up(tiny_campaign, tmp_path):
+    project = tmp_path / "grpo"
+    shutil.copytree(tiny_campaign[0], project, symlinks=True)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["method"] = "grpo"
+    params["weigh"]["advantage"] = "grpo"
+    params["weigh"]["reward"] = {"kind": "f1", "format_penalty": 0.5}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run = dvc(project, "repro")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ran = {line.split("'")[1] for line in run.stdout.splitlines() if "Running stage" in line}
+    assert {"weigh@iter_1", "train@iter_1", "sample@iter_2", "train@iter_2"} <= ran
+    assert not {"warmup", "sample@iter_1"} & ran  # the same warm-up and first samples
+    trained = 0
+    for it in ("iter_1", "iter_2"):
+        weights = pd.read_parquet(project / "runs" / it / "weights.parquet")
+        assert weights.groupby("qid")["advantage"].sum().abs().max() < 1e-9  # centred per question
+        weigh_stats = json.loads((project / "runs" / it / "weight_stats.json").read_text())
+        assert {"reward_mean", "advantage_std", "frac_groups_zero"} <= set(weigh_stats)
+        stats = json.loads((project / "runs" / it / "train_stats.json").read_text())
+        assert stats["steps"] == len(stats["loss_history"])
+        assert all("kl" in h and "clip_ratio" in h for h in stats["loss_history"])
+        trained += stats["steps"]
+        assert (project / "models" / it / "config.json").is_file()
+    assert trained >= 1
+    assert "## Dev metrics per checkpoint" in (project / "reports" / "summary.md").read_text()
+
+
+@pytest.mark.slow
 def test_changing_the_prompts_makes_the_stages_that_use_them_stale(tiny_campaign):
     project, _ = tiny_campaign
     prompts = project / "exsearch" / "prompts.py"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -131,16 +132,19 @@ def test_the_hops_table_shows_how_each_checkpoint_searched_per_hop_count():
 
 
 @pytest.mark.parametrize("name", sorted(SETTINGS))
-def test_every_setting_overrides_real_keys_with_valid_values(name):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+def test_every_setting_overrides_real_keys_with_valid_values(name, tmp_path):
+    from dvc.utils.hydra import apply_overrides
+
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    apply_overrides(str(params), [*STUDY_OVERRIDES, *SETTINGS[name]])  # as `dvc exp run -S`
+    raw = yaml.safe_load(params.read_text())
     for override in (*STUDY_OVERRIDES, *SETTINGS[name]):
-        key, value = override.split("=", 1)
-        *path, last = key.split(".")
+        key = override.split("=", 1)[0].lstrip("+")
         section = raw
-        for part in path:
+        for part in key.split("."):
+            assert part in section, f"{name}: {key} is not in the overridden params"
             section = section[part]
-        assert last in section, f"{name}: {key} is not in params.yaml"
-        section[last] = yaml.safe_load(value)
     parse_params(raw)  # raises on a wrong type or an out-of-range value
 
 

@@ -297,6 +297,20 @@ class Params(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _grpo_has_advantages(self) -> Params:
+        if self.train.method == "grpo" and self.weigh.advantage == "none":
+            raise ValueError(
+                "train.method: grpo trains on advantages, and weigh.advantage is none: set "
+                "weigh.advantage to grpo (or dr_grpo) so the weigh stage writes them"
+            )
+        if self.train.method == "grpo" and self.train.replay:
+            raise ValueError(
+                f"train.replay ({self.train.replay}) mixes in warm-up trajectories, which have no "
+                "advantage: set it to 0 with train.method: grpo"
+            )
+        return self
+
     def methods_at(self, checkpoint: str) -> list[Method]:
         """The methods the evaluate stage runs at `checkpoint` (see `evaluate.baselines`)."""
         methods = list(self.evaluate.methods)

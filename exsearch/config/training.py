@@ -78,12 +78,35 @@ class SampleConfig(Section):
     )
 
 
+class RewardConfig(Section):
+    """`weigh.reward`: what a sampled answer earns, for the group-relative advantages."""
+
+    kind: Literal["em", "f1"] = Field(
+        default="em",
+        description="'em': 1 if the sampled answer matches a gold alias exactly, else 0 "
+        "(Search-R1's outcome reward); 'f1': its token F1 against the gold aliases.",
+    )
+    format_penalty: float = Field(
+        default=0.0,
+        ge=0,
+        description="Subtracted from the reward of a sample that broke the format (ended "
+        "malformed or cut by a token limit).",
+    )
+
+
 class WeighConfig(Section):
-    """`weigh`: E-step importance weights (METHOD.md §2)."""
+    """`weigh`: E-step importance weights (METHOD.md §2), and advantages for an RL learner."""
 
     scheme: Literal["softmax", "exp", "uniform", "f1", "filter"] = "softmax"
     tau: float = Field(default=1.0, gt=0, description="Softmax temperature.")
     c: float = Field(default=4.0, gt=0, description="Scale of the `exp` scheme.")
+    advantage: Literal["none", "grpo", "dr_grpo"] = Field(
+        default="none",
+        description="Also write each sample's reward and its advantage within its question's K "
+        "samples (exsearch.estep.advantages): 'grpo' (reward minus the group mean, over the "
+        "group's std), 'dr_grpo' (minus the mean only). Needed by train.method: grpo.",
+    )
+    reward: RewardConfig = Field(default_factory=RewardConfig)
 
 
 # transformers.SchedulerType's values (tests/test_config.py checks the two lists agree); spelled
@@ -122,10 +145,32 @@ class WeightedConfig(Section):
     )
 
 
+class GrpoConfig(Section):
+    """`train.grpo`: the GRPO learner, Search-R1's RL objective on the E-step's samples.
+
+    The loss is the clipped policy-ratio objective over the tokens the model wrote, with the
+    weigh stage's group-relative advantages (exsearch.mstep.grpo).
+    """
+
+    epsilon: float = Field(
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="Clip range of the policy ratio: π/π_old is kept within [1-ε, 1+ε] where "
+        "going further would pay.",
+    )
+    beta: float = Field(
+        default=0.0,
+        ge=0,
+        description="Weight of the KL penalty to the M-step's start model (the k3 estimate per "
+        "token); 0, as in DAPO and Dr. GRPO, skips it.",
+    )
+
+
 # The M-step learners, `train.method`: each has its section under `train` (named as the method)
 # and its trainer in exsearch.mstep.LEARNERS (tests/test_registries.py keeps the two in step).
-Learner = Literal["weighted"]
-LEARNER_SECTIONS: tuple[str, ...] = ("weighted",)
+Learner = Literal["weighted", "grpo"]
+LEARNER_SECTIONS: tuple[str, ...] = ("weighted", "grpo")
 
 
 class TrainConfig(Section):
@@ -137,9 +182,12 @@ class TrainConfig(Section):
     method: Learner = Field(
         default="weighted",
         description="The M-step learner: 'weighted' (weight-scaled SFT on the E-step's "
-        "trajectories, METHOD.md §2). Its own keys are in the section of the same name.",
+        "trajectories, METHOD.md §2) or 'grpo' (the clipped policy-gradient objective with "
+        "group-relative advantages, as Search-R1 trains; needs weigh.advantage). Its own keys "
+        "are in the section of the same name.",
     )
     weighted: WeightedConfig = Field(default_factory=WeightedConfig)
+    grpo: GrpoConfig = Field(default_factory=GrpoConfig)
     lora: bool = True
     lora_r: int = Field(default=16, ge=1)
     lora_alpha: int = Field(default=32, ge=1)

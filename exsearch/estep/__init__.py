@@ -1,9 +1,11 @@
 """The E-step (METHOD.md §2): K trajectories per training question, and their weights.
 
 `sampling.py` explores in resumable shards; `weighting.py` turns scores into weights;
-`evidence.py` says whether the weights follow what the samples found.
+`evidence.py` says whether the weights follow what the samples found; `advantages.py` gives an
+RL learner its group-relative advantages instead.
 """
 
+from exsearch.estep.advantages import advantage_stats, with_advantages
 from exsearch.estep.evidence import evidence_stats
 from exsearch.estep.sampling import (
     Draw,
@@ -17,6 +19,7 @@ from exsearch.estep.weighting import compute_weights, score_table, weight_stats
 
 __all__ = [
     "Draw",
+    "advantage_stats",
     "compute_weights",
     "evidence_stats",
     "iteration_questions",
@@ -26,4 +29,5 @@ __all__ = [
     "shard_key",
     "warmup_question_ids",
     "weight_stats",
+    "with_advantages",
 ]

@@ -5,6 +5,8 @@ whole (`inputs.py`: `EStepOutput`). The first is `weighted` (`weighted.py`): SFT
 scaled by the E-step's weights. Its pieces: `examples.py` turns weighted trajectories into chats,
 `chat_encoding.py` encodes them with labels on what the assistant wrote, `weighted_loss.py` is
 the weight-scaled loss and `training.py` the trainer around it, which the warm-up uses too.
+The second is `grpo` (`grpo.py`): Search-R1's clipped policy-gradient objective with the weigh
+stage's group-relative advantages (`grpo_loss.py`), on the same trainer settings.
 """
 
 from exsearch.mstep.examples import replay_draw

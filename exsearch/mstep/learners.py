@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from exsearch.config import TrainConfig
+from exsearch.mstep.grpo import fit as fit_grpo
 from exsearch.mstep.inputs import EStepOutput
 from exsearch.mstep.training import TrainResult
 from exsearch.mstep.weighted import fit as fit_weighted
@@ -23,7 +24,7 @@ from exsearch.mstep.weighted import fit as fit_weighted
 Learner = Callable[[str | Path, EStepOutput, str | Path, TrainConfig], TrainResult]
 
 # `train.method` → the learner's fit(start_model, e_step, out_dir, train_config).
-LEARNERS: dict[str, Learner] = {"weighted": fit_weighted}
+LEARNERS: dict[str, Learner] = {"weighted": fit_weighted, "grpo": fit_grpo}
 
 
 def learner(method: str) -> Learner:

@@ -212,19 +212,25 @@ def train_weighted(
     )
     _check_encoded(result, len(examples), cfg.max_length)
     set_seed(cfg.seed)
-    model = _model_to_train(model_dir, cfg)
+    model = model_to_train(model_dir, cfg)
     with tempfile.TemporaryDirectory(prefix="exsearch-train-") as scratch:
         trainer = make_trainer(model, tokenizer, data, cfg, scratch, max_steps, progress)
         trainer.train()
-    result.loss_history = [
-        {"step": int(e["step"]), **{k: float(e[k]) for k in _LOGGED if k in e}}
+    result.loss_history = logged_history(trainer)
+    result.steps = trainer.state.global_step
+    save_trained(trainer, tokenizer, model_dir, out_dir, cfg)
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def logged_history(trainer: Any, extra: Sequence[str] = ()) -> list[dict[str, float]]:
+    """One entry per optimiser step: its step, loss, learning rate, … (and the `extra` keys)."""
+    keys = (*_LOGGED, *extra)
+    return [
+        {"step": int(e["step"]), **{k: float(e[k]) for k in keys if k in e}}
         for e in trainer.state.log_history
         if "loss" in e
     ]
-    result.steps = trainer.state.global_step
-    _save_trained(trainer, tokenizer, model_dir, out_dir, cfg)
-    result.seconds = time.monotonic() - start
-    return result
 
 
 def _check_encoded(result: TrainResult, n_given: int, max_length: int) -> None:
@@ -247,7 +253,7 @@ def _check_encoded(result: TrainResult, n_given: int, max_length: int) -> None:
     )
 
 
-def _model_to_train(model_dir: str | Path, cfg: TrainConfig) -> Any:
+def model_to_train(model_dir: str | Path, cfg: TrainConfig) -> Any:
     """The model an M-step trains: `model_dir`'s, in float32, with LoRA adapters or as one whole.
 
     Weights stay float32 and bf16 is autocast only: a bf16 weight would round away updates of
@@ -265,7 +271,7 @@ def _model_to_train(model_dir: str | Path, cfg: TrainConfig) -> Any:
     return model
 
 
-def _save_trained(
+def save_trained(
     trainer: Any, tokenizer: Any, model_dir: str | Path, out_dir: str | Path, cfg: TrainConfig
 ) -> None:
     """Save the trained model from one process; sharded weights are gathered by all first."""
@@ -280,6 +286,6 @@ def _save_trained(
 
 def _unsharded(model_dir: str | Path, cfg: TrainConfig, state: dict[str, torch.Tensor]) -> Any:
     """The trained model rebuilt in this process from the full state gathered after sharding."""
-    model = _model_to_train(model_dir, cfg)
+    model = model_to_train(model_dir, cfg)
     model.load_state_dict(state)
     return model

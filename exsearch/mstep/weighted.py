@@ -20,15 +20,10 @@ from exsearch.schema import Trajectory
 
 log = logging.getLogger(__name__)
 
-# How a trajectory that kept the format to the end finishes: it answered when done, or when
-# the search budget ran out. `malformed` (a turn with no action) and `length` (a turn or the
-# context cut by a token limit) mark broken ones.
-WELL_FORMED_ENDINGS = frozenset({"final", "max_steps"})
-
 
 def well_formed(trajectories: Sequence[Trajectory]) -> list[Trajectory]:
-    """The trajectories whose every turn parsed (`WELL_FORMED_ENDINGS`)."""
-    return [t for t in trajectories if t.finish_reason in WELL_FORMED_ENDINGS]
+    """The trajectories whose every turn parsed (`Trajectory.well_formed`)."""
+    return [t for t in trajectories if t.well_formed]
 
 
 def fit(
