@@ -141,3 +141,62 @@ def test_examples_weighted_below_min_weight_are_not_trained_on(tiny_model_dir):
     assert (counts.n_zero_weight_dropped, counts.n_light_dropped) == (1, 2)
     data, counts = encode_examples(tokenizer, given, 1024, progress=False)
     assert len(data) == 4 and counts.n_light_dropped == 0
+
+
+KILLED_RUN = """
+import os, signal, sys
+import transformers
+from chats import chat
+from exsearch.config.training import TrainConfig
+from exsearch.mstep.training import train_weighted
+
+model_dir, out, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+step = transformers.Trainer.training_step
+calls = []
+
+
+def training_step(self, *args, **kwargs):
+    loss = step(self, *args, **kwargs)
+    calls.append(self.state.global_step)
+    if len(calls) == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)  # mid-run, after the step's backward pass
+    return loss
+
+
+transformers.Trainer.training_step = training_step
+examples = [{"messages": chat(answer=str(n)), "weight": 1.0} for n in range(8)]
+cfg = TrainConfig(batch_size=2, learning_rate=1e-3, warmup_ratio=0.0, save_steps=1)
+result = train_weighted(model_dir, examples, out, cfg, max_steps=4, progress=False)
+print("steps", result.steps, "first step run", calls[0] + 1)
+"""
+
+
+def test_a_killed_m_step_resumes_at_its_last_checkpoint_and_ends_where_a_whole_run_ends(
+    tiny_model_dir, tmp_path
+):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "killed_run.py"
+    script.write_text(KILLED_RUN)
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent)}
+
+    def run(out, kill_at):
+        cmd = [sys.executable, str(script), str(tiny_model_dir), str(out), str(kill_at)]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+    killed = run(tmp_path / "resumed", kill_at=3)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resume = tmp_path / ".resumed.resume"
+    assert (resume / "checkpoint-2").is_dir()  # steps 1 and 2 saved, step 3 lost
+    again = run(tmp_path / "resumed", kill_at=0)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "steps 4 first step run 3" in again.stdout  # it went on at step 3
+    assert not resume.exists()  # gone once the model is saved
+    whole = run(tmp_path / "whole", kill_at=0)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    resumed = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed", dtype=torch.float32)
+    uninterrupted = AutoModelForCausalLM.from_pretrained(tmp_path / "whole", dtype=torch.float32)
+    for name, value in uninterrupted.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, atol=1e-6, rtol=1e-5)

@@ -221,6 +221,13 @@ class TrainConfig(Section):
         default=False, description="Liger's fused GPU kernels (SFTConfig; needs liger-kernel)."
     )
     seed: Seed = 0
+    save_steps: int = Field(
+        default=0,
+        ge=0,
+        description="Checkpoint the M-step (and the warm-up) every N optimiser steps, beside "
+        "its output (`.<model>.resume`), so a killed run resumes at the last checkpoint; the "
+        "folder goes when the run succeeds. 0: no checkpoints (a killed M-step starts over).",
+    )
     start_from: Literal["previous", "warmup"] = Field(
         default="previous",
         description="The model each M-step fine-tunes: 'previous' (θ_t, METHOD.md §2) or "

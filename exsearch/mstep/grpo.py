@@ -20,7 +20,6 @@ multi-turn agent with BM25 in the loop. The loss is built from TRL's pieces unde
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,8 +39,10 @@ from exsearch.mstep.grpo_loss import AdvantageCollator, ClippedPolicyTrainer, ol
 from exsearch.mstep.inputs import EStepOutput
 from exsearch.mstep.training import (
     TrainResult,
+    fingerprint,
     logged_history,
     model_to_train,
+    resumable_run,
     save_trained,
     training_args,
 )
@@ -132,7 +133,8 @@ def fit(
         result.n_too_long,
         result.n_tokens_trained,
     )
-    with tempfile.TemporaryDirectory(prefix="exsearch-grpo-") as scratch:
+    stamp = fingerprint(start, data, cfg, max_steps)
+    with resumable_run(out_dir, cfg, stamp) as (scratch, resume):
         trainer = ClippedPolicyTrainer(
             model=model,
             args=training_args(cfg, scratch, max_steps, progress),
@@ -148,9 +150,9 @@ def fit(
         trainer.train_dataset = Dataset.from_list(
             [{**d, "old_logp": old} for d, old in zip(data, olds, strict=True)]
         )
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume)
+        save_trained(trainer, tokenizer, start, out_dir, cfg)
     result.loss_history = logged_history(trainer, WATCHED)
     result.steps = trainer.state.global_step
-    save_trained(trainer, tokenizer, start, out_dir, cfg)
     result.seconds = time.monotonic() - began
     return result

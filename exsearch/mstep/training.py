@@ -14,11 +14,15 @@ uniform-weighted trajectory. The model is a full model or LoRA adapters on it
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import math
+import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,7 +150,11 @@ def training_args(
         bf16=autocast_bf16(cfg.bf16),
         seed=cfg.seed,
         logging_steps=1,
-        save_strategy="no",
+        # `train.save_steps`: a checkpoint (model, optimiser, scheduler, RNG) every N steps, the
+        # last one kept, so a killed M-step resumes there (`resumable_run`).
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=1,
         eval_strategy="no",
         report_to="none",
         remove_unused_columns=False,
@@ -213,14 +221,57 @@ def train_weighted(
     _check_encoded(result, len(examples), cfg.max_length)
     set_seed(cfg.seed)
     model = model_to_train(model_dir, cfg)
-    with tempfile.TemporaryDirectory(prefix="exsearch-train-") as scratch:
+    stamp = fingerprint(model_dir, data, cfg, max_steps)
+    with resumable_run(out_dir, cfg, stamp) as (scratch, resume):
         trainer = make_trainer(model, tokenizer, data, cfg, scratch, max_steps, progress)
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume)
+        save_trained(trainer, tokenizer, model_dir, out_dir, cfg)
     result.loss_history = logged_history(trainer)
     result.steps = trainer.state.global_step
-    save_trained(trainer, tokenizer, model_dir, out_dir, cfg)
     result.seconds = time.monotonic() - start
     return result
+
+
+def fingerprint(
+    model_dir: str | Path, data: Sequence[dict[str, Any]], cfg: TrainConfig, *extra: Any
+) -> str:
+    """What an M-step's checkpoints belong to: its start model, encoded data and settings."""
+    h = hashlib.sha256()
+    for part in (str(model_dir), cfg.model_dump_json(), repr(extra)):
+        h.update(part.encode())
+    for example in data:
+        h.update(json.dumps(example, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def resumable_run(
+    out_dir: str | Path, cfg: TrainConfig, stamp: str
+) -> Iterator[tuple[str, bool | None]]:
+    """The trainer's folder, and `True` where a checkpoint of this same run waits in it.
+
+    Without `train.save_steps` a temporary folder, gone afterwards. With it, `.<out>.resume`
+    beside the output: it holds the last checkpoint and `stamp` (`fingerprint`), and a rerun
+    with the same stamp resumes from the checkpoint, while one with another stamp (other data,
+    other settings) starts afresh. The folder goes once the run succeeds.
+    """
+    if not cfg.save_steps:
+        with tempfile.TemporaryDirectory(prefix="exsearch-train-") as scratch:
+            yield scratch, None
+        return
+    out_dir = Path(out_dir)
+    folder = out_dir.parent / f".{out_dir.name}.resume"
+    stamp_file = folder / "fingerprint"
+    if folder.exists() and (not stamp_file.is_file() or stamp_file.read_text() != stamp):
+        log.info("%s holds checkpoints of another run: starting afresh", folder)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp_file.write_text(stamp)
+    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if checkpoints:
+        log.info("resuming the M-step from %s", checkpoints[-1])
+    yield str(folder), True if checkpoints else None
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def logged_history(trainer: Any, extra: Sequence[str] = ()) -> list[dict[str, float]]:
