@@ -1,4 +1,8 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -174,13 +178,9 @@ print("steps", result.steps, "first step run", calls[0] + 1)
 def test_a_killed_m_step_resumes_at_its_last_checkpoint_and_ends_where_a_whole_run_ends(
     tiny_model_dir, tmp_path
 ):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     script = tmp_path / "killed_run.py"
     script.write_text(KILLED_RUN)
-    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
 
     def run(out, kill_at):
         cmd = [sys.executable, str(script), str(tiny_model_dir), str(out), str(kill_at)]
