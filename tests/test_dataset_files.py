@@ -368,3 +368,36 @@ def test_skip_and_limit_split_one_file_between_dev_and_train(tmp_path):
     train = read_dataset(DatasetFile(path=str(path), format="hotpotqa", dataset="d", skip=2))
     assert [q.id for q in dev.questions] == ["q0", "q1"]
     assert [q.id for q in train.questions] == ["q2", "q3", "q4"]
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (
+            lambda r: r["context"].__setitem__(0, ["Noise", "a plain string"]),
+            r"context paragraph 'Noise' must be a list of strings, got str 'a plain string'",
+        ),
+        (lambda r: r.__setitem__("answer", ["Paris"]), r"answer \['Paris'\] is a list"),
+        (lambda r: r.__setitem__("answer_aliases", "Paris"), r"answer_aliases must be a list"),
+        (
+            lambda r: r.__setitem__("supporting_facts", [["Tower", "0"]]),
+            r"supporting fact 'Tower': sentence index '0'",
+        ),
+    ],
+)
+def test_a_field_of_the_wrong_type_is_an_error_naming_file_record_and_field(tmp_path, change, why):
+    rec = hotpot_record("q2")
+    change(rec)
+    path = write(tmp_path / "h.json", [hotpot_record(), rec])
+    with pytest.raises(ValueError, match=rf"h\.json: record 1 \(id 'q2'\): {why}"):
+        read_dataset(spec(path, "hotpotqa"))
+    got = read_dataset(spec(path, "hotpotqa"), skip_invalid=True)
+    assert [q.id for q in got.questions] == ["q1"] and len(got.skipped) == 1
+
+
+def test_a_musique_paragraph_without_text_is_an_error_not_a_key_error(tmp_path):
+    rec = musique_record()
+    rec["paragraphs"][0]["paragraph_text"] = None
+    path = write(tmp_path / "m.json", [rec])
+    with pytest.raises(ValueError, match=r"key 'paragraph_text' has the wrong type"):
+        read_dataset(spec(path, "musique"))

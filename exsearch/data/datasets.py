@@ -100,9 +100,13 @@ def _hotpot_like(rec: dict, dataset: str, _: str) -> tuple[Question, list[Contex
         facts = list(zip(facts["title"], facts["sent_id"], strict=True))
     paragraphs: dict[str, list[str]] = {}
     for title, sentences in context:
-        paragraphs.setdefault(title, [s for s in sentences if s.strip()])
+        what = f"context paragraph {title!r}"
+        paragraphs.setdefault(_string(title, "a context title"), _strings(sentences, what))
+    paragraphs = {t: [s for s in sents if s.strip()] for t, sents in paragraphs.items()}
     wanted: dict[str, list[int]] = {}  # title -> sentence indices, titles in supporting_facts order
     for title, i in facts:
+        if not isinstance(i, int) or isinstance(i, bool):
+            raise InvalidRecord(f"supporting fact {title!r}: sentence index {i!r} is not a number")
         if title not in paragraphs:
             raise InvalidRecord(f"supporting fact title {title!r} is not among the context titles")
         wanted.setdefault(title, []).append(i)
@@ -114,7 +118,7 @@ def _hotpot_like(rec: dict, dataset: str, _: str) -> tuple[Question, list[Contex
         support.append(_hop(title, join_sentences(sents), picked or [s.strip() for s in sents]))
     extra = {k: rec[k] for k in ("type", "level", "evidences") if rec.get(k)}
     question = _question(
-        _id(rec, "_id", "id"), rec, "question", [rec.get("answer"), *rec.get("answer_aliases", [])]
+        _id(rec, "_id", "id"), rec, "question", [rec.get("answer"), *_aliases(rec)]
     )
     return _with_support(question, dataset, support, extra), [
         (t, join_sentences(s)) for t, s in paragraphs.items()
@@ -128,7 +132,10 @@ def _ircot(rec: dict, dataset: str, _: str) -> tuple[Question, list[Context]]:
         date = " ".join(str(v) for v in (obj.get("date") or {}).values() if v)
         answers += obj.get("spans") or [obj.get("number") or date]
     question = _question(_id(rec, "question_id"), rec, "question_text", answers)
-    contexts = [(c["title"], c["paragraph_text"]) for c in rec.get("contexts") or []]
+    contexts = [
+        (require(c, "title", str), require(c, "paragraph_text", str))
+        for c in rec.get("contexts") or []
+    ]
     gold = [
         (c["title"], c["paragraph_text"])
         for c in rec.get("contexts") or []
@@ -143,9 +150,12 @@ def _ircot(rec: dict, dataset: str, _: str) -> tuple[Question, list[Context]]:
 def _musique(rec: dict, dataset: str, _: str) -> tuple[Question, list[Context]]:
     """MuSiQue: paragraphs [{idx, title, paragraph_text, is_supporting}], question_decomposition."""
     paragraphs = require(rec, "paragraphs", list)
+    for para in paragraphs:
+        require(para, "title", str)
+        require(para, "paragraph_text", str)
     by_idx = {p.get("idx", i): p for i, p in enumerate(paragraphs)}
     qid = _id(rec, "id")
-    question = _question(qid, rec, "question", [rec.get("answer"), *rec.get("answer_aliases", [])])
+    question = _question(qid, rec, "question", [rec.get("answer"), *_aliases(rec)])
     support, sub_answers = [], []
     for step in rec.get("question_decomposition") or []:
         sub_q = re.sub(
@@ -212,12 +222,40 @@ def _question(qid: str, rec: dict, key: str, answers: Iterable[Any]) -> Question
         raise InvalidRecord(f"no question text (key {key!r})")
     clean: list[str] = []
     for a in answers:
+        if isinstance(a, list | dict | tuple):  # str() would make "['x']" an answer
+            raise InvalidRecord(f"answer {a!r} is a {type(a).__name__}, not a string or number")
         a = "" if a is None or isinstance(a, bool) else str(a).strip()
         if a and a not in clean:
             clean.append(a)
     if not clean:
         raise InvalidRecord("no answer")
     return Question(id=qid, question=text.strip(), answers=clean, dataset="")
+
+
+def _string(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidRecord(f"{what} must be a string, got {_shown(value)}")
+    return value
+
+
+def _strings(value: Any, what: str) -> list[str]:
+    """`value` if it is a list of strings; a string here would be read character by character."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRecord(f"{what} must be a list of strings, got {_shown(value)}")
+    return value
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'…' if len(text) > 40 else ''}"
+
+
+def _aliases(rec: dict) -> list[Any]:
+    """`answer_aliases`, a list (absent or null: none)."""
+    aliases = rec.get("answer_aliases") or []
+    if not isinstance(aliases, list):
+        raise InvalidRecord(f"answer_aliases must be a list, got {_shown(aliases)}")
+    return aliases
 
 
 def _hop(
