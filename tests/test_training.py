@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from chats import chat
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from exsearch.checkpoints.adapters import BASE_MODEL_FILE, load_for_training
+from exsearch.config.params import ConfigError, parse_params
 from exsearch.config.training import TrainConfig
 from exsearch.mstep.training import TrainResult, run_stats, train_weighted, training_args
 
@@ -200,3 +202,12 @@ def test_a_killed_m_step_resumes_at_its_last_checkpoint_and_ends_where_a_whole_r
     uninterrupted = AutoModelForCausalLM.from_pretrained(tmp_path / "whole", dtype=torch.float32)
     for name, value in uninterrupted.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, atol=1e-6, rtol=1e-5)
+
+
+def test_save_steps_under_a_launcher_is_refused_before_any_work():
+    raw = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    raw["train"]["save_steps"] = 10
+    assert parse_params(raw).train.save_steps == 10
+    raw["train"]["launcher"] = "configs/accelerate/ddp.yaml"
+    with pytest.raises(ConfigError, match="train.save_steps"):
+        parse_params(raw)

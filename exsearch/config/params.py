@@ -298,6 +298,15 @@ class Params(Section):
         return self
 
     @model_validator(mode="after")
+    def _resume_in_one_process(self) -> Params:
+        if self.train.save_steps and self.train.launcher != "none":
+            raise ValueError(
+                "train.save_steps resumes a run of one process; under train.launcher the "
+                "processes would share one checkpoint folder: set save_steps to 0 there"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _grpo_has_advantages(self) -> Params:
         if self.train.method == "grpo" and self.weigh.advantage == "none":
             raise ValueError(

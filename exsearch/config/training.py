@@ -226,7 +226,8 @@ class TrainConfig(Section):
         ge=0,
         description="Checkpoint the M-step (and the warm-up) every N optimiser steps, beside "
         "its output (`.<model>.resume`), so a killed run resumes at the last checkpoint; the "
-        "folder goes when the run succeeds. 0: no checkpoints (a killed M-step starts over).",
+        "folder goes when the run succeeds. 0: no checkpoints (a killed M-step starts over). "
+        "One process only (not with train.launcher).",
     )
     start_from: Literal["previous", "warmup"] = Field(
         default="previous",
