@@ -65,6 +65,8 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     # where one search cannot suffice, and the selection action.
     "records-score": ("sample.score=records",),
     "search2": ("sample.min_searches=2",),
+    # budget forcing, and the M-step leaves out the samples that broke the format
+    "search2-wf": ("sample.min_searches=2", "train.weighted.well_formed_only=true"),
     "well-formed": ("train.weighted.well_formed_only=true",),
     "first-hop": ("warmup.first_search=hop",),
     "select10": ("agent.select_from=10",),
