@@ -100,9 +100,10 @@ def _hotpot_like(rec: dict, dataset: str, _: str) -> tuple[Question, list[Contex
         facts = list(zip(facts["title"], facts["sent_id"], strict=True))
     paragraphs: dict[str, list[str]] = {}
     for title, sentences in context:
-        what = f"context paragraph {title!r}"
-        paragraphs.setdefault(_string(title, "a context title"), _strings(sentences, what))
-    paragraphs = {t: [s for s in sents if s.strip()] for t, sents in paragraphs.items()}
+        sentences = _strings(sentences, f"context paragraph {title!r}")
+        paragraphs.setdefault(
+            _string(title, "a context title"), [s for s in sentences if s.strip()]
+        )
     wanted: dict[str, list[int]] = {}  # title -> sentence indices, titles in supporting_facts order
     for title, i in facts:
         if not isinstance(i, int) or isinstance(i, bool):

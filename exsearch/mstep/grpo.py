@@ -29,17 +29,11 @@ from transformers import AutoTokenizer, set_seed
 
 from exsearch.checkpoints import base_of, ensure_pad_token, save_model
 from exsearch.config import TrainConfig
-from exsearch.mstep.chat_encoding import (
-    IGNORE_INDEX,
-    MIN_PASSAGE_TOKENS,
-    ConversationTooLong,
-    fit_conversation,
-)
 from exsearch.mstep.grpo_loss import AdvantageCollator, ClippedPolicyTrainer, old_logps
 from exsearch.mstep.inputs import EStepOutput
 from exsearch.mstep.training import (
     TrainResult,
-    fingerprint,
+    encode_counted,
     logged_history,
     model_to_train,
     resumable_run,
@@ -82,17 +76,9 @@ def encode_advantaged(
         if advantage == 0 and not keep_zero:
             counts.n_zero_weight_dropped += 1
             continue
-        try:
-            enc, trimmed = fit_conversation(
-                tokenizer, traj.messages, max_length, MIN_PASSAGE_TOKENS
-            )
-        except ConversationTooLong as e:
-            counts.n_too_long += 1
-            log.warning("sample %s skipped: %s", traj.key, e)
-            continue
-        counts.n_truncated += trimmed
-        counts.n_tokens_trained += sum(t != IGNORE_INDEX for t in enc["labels"])
-        encoded.append({**enc, "advantage": advantage})
+        enc = encode_counted(tokenizer, traj.messages, max_length, counts, f"sample {traj.key}")
+        if enc is not None:
+            encoded.append({**enc, "advantage": advantage})
     counts.n_examples = len(encoded)
     return encoded, counts
 
@@ -133,8 +119,7 @@ def fit(
         result.n_too_long,
         result.n_tokens_trained,
     )
-    stamp = fingerprint(start, data, cfg, max_steps)
-    with resumable_run(out_dir, cfg, stamp) as (scratch, resume):
+    with resumable_run(out_dir, cfg, start, data, max_steps) as (scratch, resume):
         trainer = ClippedPolicyTrainer(
             model=model,
             args=training_args(cfg, scratch, max_steps, progress),

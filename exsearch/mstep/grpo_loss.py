@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from trl import SFTTrainer
-from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from trl.trainer.utils import selective_log_softmax
 
 from exsearch.mstep.chat_encoding import IGNORE_INDEX
+from exsearch.mstep.weighted_loss import WeightedCollator
 
 # What the collator adds for the loss; the model is given everything else.
 _LOSS_ONLY = ("labels", "advantage", "old_logp", "seq_idx", "weight")
@@ -137,7 +137,7 @@ def old_logps(model: torch.nn.Module, encoded: Sequence[dict[str, Any]], pad_tok
 
     One forward pass per chat, the model in eval mode; unlabelled positions get 0.
     """
-    collate = DataCollatorForLanguageModeling(pad_token_id=pad_token_id)
+    collate = WeightedCollator(pad_token_id).collate_tokens
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -156,26 +156,17 @@ def old_logps(model: torch.nn.Module, encoded: Sequence[dict[str, Any]], pad_tok
     return out
 
 
-@dataclass
-class AdvantageCollator:
-    """TRL's language-modelling collator, plus each sequence's advantage and π_old's log-probs.
+class AdvantageCollator(WeightedCollator):
+    """The weighted learner's collation with each sequence's advantage and π_old's log-probs.
+
+    They take the place of the weight.
 
     `old_logp` comes out shaped as `labels` (right-padded rows, or one padding-free row).
     """
 
-    pad_token_id: int
-    padding_free: bool = False
-
-    def __post_init__(self) -> None:
-        self._collate = DataCollatorForLanguageModeling(
-            pad_token_id=self.pad_token_id, padding_free=self.padding_free
-        )
-
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Collate encoded chats with their `advantage` and `old_logp`."""
-        batch = self._collate(
-            [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]
-        )
+        batch = self.collate_tokens(features)
         rows = [torch.tensor(f["old_logp"], dtype=torch.float32) for f in features]
         if self.padding_free:
             batch["old_logp"] = torch.cat(rows)[None]

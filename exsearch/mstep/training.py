@@ -116,19 +116,26 @@ def encode_examples(
         if w < min_weight:
             counts.n_light_dropped += 1
             continue
-        try:
-            enc, trimmed = fit_conversation(
-                tokenizer, ex["messages"], max_length, MIN_PASSAGE_TOKENS
-            )
-        except ConversationTooLong as e:
-            counts.n_too_long += 1
-            log.warning("example %d skipped: %s", n, e)
-            continue
-        counts.n_truncated += trimmed
-        counts.n_tokens_trained += sum(t != IGNORE_INDEX for t in enc["labels"])
-        encoded.append({**enc, "weight": w})
+        enc = encode_counted(tokenizer, ex["messages"], max_length, counts, f"example {n}")
+        if enc is not None:
+            encoded.append({**enc, "weight": w})
     counts.n_examples = len(encoded)
     return encoded, counts
+
+
+def encode_counted(
+    tokenizer: Any, messages: Sequence[dict], max_length: int, counts: TrainResult, name: str
+) -> dict[str, list[int]] | None:
+    """One chat encoded to fit `max_length`, counted in `counts`; None (logged) if it cannot fit."""
+    try:
+        enc, trimmed = fit_conversation(tokenizer, messages, max_length, MIN_PASSAGE_TOKENS)
+    except ConversationTooLong as e:
+        counts.n_too_long += 1
+        log.warning("%s skipped: %s", name, e)
+        return None
+    counts.n_truncated += trimmed
+    counts.n_tokens_trained += sum(t != IGNORE_INDEX for t in enc["labels"])
+    return enc
 
 
 def training_args(
@@ -221,8 +228,7 @@ def train_weighted(
     _check_encoded(result, len(examples), cfg.max_length)
     set_seed(cfg.seed)
     model = model_to_train(model_dir, cfg)
-    stamp = fingerprint(model_dir, data, cfg, max_steps)
-    with resumable_run(out_dir, cfg, stamp) as (scratch, resume):
+    with resumable_run(out_dir, cfg, model_dir, data, max_steps) as (scratch, resume):
         trainer = make_trainer(model, tokenizer, data, cfg, scratch, max_steps, progress)
         trainer.train(resume_from_checkpoint=resume)
         save_trained(trainer, tokenizer, model_dir, out_dir, cfg)
@@ -246,19 +252,24 @@ def fingerprint(
 
 @contextlib.contextmanager
 def resumable_run(
-    out_dir: str | Path, cfg: TrainConfig, stamp: str
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    model_dir: str | Path,
+    data: Sequence[dict[str, Any]],
+    max_steps: int | None,
 ) -> Iterator[tuple[str, bool | None]]:
     """The trainer's folder, and `True` where a checkpoint of this same run waits in it.
 
     Without `train.save_steps` a temporary folder, gone afterwards. With it, `.<out>.resume`
-    beside the output: it holds the last checkpoint and `stamp` (`fingerprint`), and a rerun
-    with the same stamp resumes from the checkpoint, while one with another stamp (other data,
-    other settings) starts afresh. The folder goes once the run succeeds.
+    beside the output: it holds the last checkpoint and the run's `fingerprint` (start model,
+    encoded data, settings), and a rerun with the same fingerprint resumes from the checkpoint,
+    while one with another starts afresh. The folder goes once the run succeeds.
     """
     if not cfg.save_steps:
         with tempfile.TemporaryDirectory(prefix="exsearch-train-") as scratch:
             yield scratch, None
         return
+    stamp = fingerprint(model_dir, data, cfg, max_steps)
     out_dir = Path(out_dir)
     folder = out_dir.parent / f".{out_dir.name}.resume"
     stamp_file = folder / "fingerprint"

@@ -90,11 +90,15 @@ class WeightedCollator:
             pad_token_id=self.pad_token_id, padding_free=self.padding_free
         )
 
-    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Collate pre-tokenised examples into one batch."""
-        batch = self._collate(
+    def collate_tokens(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The token columns of pre-tokenised examples (ids, labels, mask or positions)."""
+        return self._collate(
             [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]
         )
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Collate pre-tokenised examples into one batch."""
+        batch = self.collate_tokens(features)
         batch["weight"] = torch.tensor([float(f["weight"]) for f in features], dtype=torch.float32)
         return batch
 
