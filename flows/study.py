@@ -67,6 +67,11 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     "search2": ("sample.min_searches=2",),
     # budget forcing, and the M-step leaves out the samples that broke the format
     "search2-wf": ("sample.min_searches=2", "train.weighted.well_formed_only=true"),
+    "search2-wf-seed1": (
+        "sample.min_searches=2",
+        "train.weighted.well_formed_only=true",
+        "sample.seed=1",
+    ),
     "well-formed": ("train.weighted.well_formed_only=true",),
     "first-hop": ("warmup.first_search=hop",),
     "select10": ("agent.select_from=10",),
