@@ -83,6 +83,46 @@ def test_exponent_floats_are_numbers(tmp_path, raw):
     assert load_params(tmp_path / "params.yaml").train.learning_rate == 3e-4
 
 
+# Scalars on which YAML 1.1 (PyYAML) and YAML 1.2 (ruamel.yaml, DVC's parser) disagree, and a
+# few on which they agree: params.yaml must mean to the stages what it means to dvc.lock.
+YAML_SCALARS = "a: on\nb: yes\nc: off\nd: 017\ne: 0o17\nf: 1e-4\ng: 0x1F\nh: 1_000\ni: .5\n"
+
+
+def test_params_are_read_as_dvc_reads_them():
+    from dvc.utils.serialize import parse_yaml
+
+    from exsearch.config.strict_yaml import load_yaml
+
+    ours = load_yaml(YAML_SCALARS)
+    assert ours == parse_yaml(YAML_SCALARS, "params.yaml")
+    assert ours["a"] == "on" and ours["d"] == 17 and ours["e"] == 15 and ours["f"] == 1e-4
+
+
+def test_a_yaml11_boolean_word_is_refused_not_read_as_true(tmp_path, raw):
+    raw["train"].setdefault("weighted", {})["well_formed_only"] = "PLACEHOLDER"
+    text = yaml.safe_dump(raw).replace("PLACEHOLDER", "on")
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"train\.weighted\.well_formed_only:.*boolean.*'on'"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_a_duplicate_key_names_its_first_line_even_deep_in_a_section(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "prepare: {train: [], dev: []}\n"
+        "train:\n"
+        "  epochs: 2\n"
+        "  weighted:\n"
+        "    well_formed_only: true\n"
+        "    min_weight: 0.0\n"
+        "    well_formed_only: false\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"params\.yaml:7: duplicate key 'well_formed_only'.*line 5"
+    ):
+        load_params(params)
+
+
 def test_yaml_syntax_errors_name_the_file(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("prepare: [unclosed\n")

@@ -17,12 +17,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from exsearch.config.data import PrepareConfig
 from exsearch.config.section import Section, Seed
-from exsearch.config.strict_yaml import DuplicateKeyError, load_yaml
+from exsearch.config.strict_yaml import DuplicateKeyError, YAMLError, load_yaml
 from exsearch.config.training import SampleConfig, TrainConfig, WarmupConfig, WeighConfig
 from exsearch.files import read_text
 
@@ -374,6 +373,6 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
             f"{path}:{e.line}: duplicate key {e.key!r} (first given at line {e.first_line}); "
             "YAML would silently keep only the last one: delete one of them"
         ) from None
-    except yaml.YAMLError as e:
+    except YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     return parse_params(raw, str(path))

@@ -1,4 +1,11 @@
-"""YAML as params.yaml is read: `1e-4` is a float, and a key given twice is an error.
+"""YAML as DVC reads params.yaml (YAML 1.2), and a key given twice is an error naming both lines.
+
+DVC parses params.yaml with ruamel.yaml's safe loader, which follows YAML 1.2: `on`, `yes` and
+`off` are strings, `017` is seventeen, `0o17` is fifteen and `1e-4` a float. A YAML 1.1 reader
+(PyYAML) disagrees on each of them, so the stages could run with another value than the one
+DVC records in dvc.lock and shows in `dvc exp show`. Reading with the same parser removes the
+disagreement; a value of the wrong type (`well_formed_only: on`) is then refused by the strict
+sections rather than silently turned into a boolean.
 
 Kept apart from the sections (`config`) because it knows nothing of them: it turns text into
 plain mappings, and `config.load_params` turns its errors into `ConfigError`s.
@@ -6,13 +13,16 @@ plain mappings, and `config.load_params` turns its errors into `ConfigError`s.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.constructor import SafeConstructor
+from ruamel.yaml.error import YAMLError
+
+__all__ = ["DuplicateKeyError", "YAMLError", "load_yaml"]
 
 
-class DuplicateKeyError(yaml.YAMLError):
+class DuplicateKeyError(ValueError):
     """A key given twice in one mapping; `line` is the second, `first_line` the first (1-based)."""
 
     def __init__(self, key: Any, line: int, first_line: int):
@@ -20,39 +30,33 @@ class DuplicateKeyError(yaml.YAMLError):
         self.key, self.line, self.first_line = key, line, first_line
 
 
-class StrictLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, stricter and closer to what researchers write.
+class _StrictConstructor(SafeConstructor):
+    """ruamel.yaml's safe constructor, whose duplicate-key error names the key's first line.
 
-    YAML 1.1 reads `1e-4` as a string: the exponent forms are floats here. A key given twice in
-    one mapping is an error: PyYAML silently keeps the last one, so a forgotten earlier line
-    would win over the one being edited (or the reverse).
+    ruamel refuses duplicates too, but its error points at the mapping's start and the second
+    key; a researcher fixing it needs the line of the other one.
     """
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        first: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if isinstance(key, str | int | float | bool) and key in first:
-                raise DuplicateKeyError(key, line, first[key])
-            first.setdefault(key, line)
-        return super().construct_mapping(node, deep=deep)
-
-
-StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+    def check_mapping_key(
+        self, node: Any, key_node: Any, mapping: Any, key: Any, value: Any
+    ) -> bool:
+        if key not in mapping:
+            return True
+        first = next(
+            k
+            for k, _ in node.value
+            if k is not key_node and self.construct_object(k, deep=True) == key
+        )
+        raise DuplicateKeyError(key, key_node.start_mark.line + 1, first.start_mark.line + 1)
 
 
 def load_yaml(text: str) -> Any:
-    """Parse one YAML document with `StrictLoader`.
+    """Parse one YAML document as DVC does (YAML 1.2, ruamel.yaml's safe loader).
 
     Raises:
         DuplicateKeyError: a mapping gives a key twice.
-        yaml.YAMLError: the text is not valid YAML.
+        YAMLError: the text is not valid YAML (ruamel's message names line and column).
     """
-    return yaml.load(text, Loader=StrictLoader)  # noqa: S506
+    yaml = YAML(typ="safe", pure=True)  # pure: the marks that name lines
+    yaml.Constructor = _StrictConstructor
+    return yaml.load(text)
