@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
             generator = make_generator(model_dir, params.model, params.generation)
             scores = generator.gold_answer_scores(trajectories)
         table = compute_weights(score_table(trajectories, scores), cfg.scheme, tau=cfg.tau, c=cfg.c)
+        advantages: dict[str, float] = {}
         if cfg.advantage != "none":
             table = with_advantages(
                 table,
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
                 kind=cfg.reward.kind,
                 format_penalty=cfg.reward.format_penalty,
             )
+            advantages = advantage_stats(table)
         stats = {
             "scheme": cfg.scheme,
             **weight_stats(table),
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             "searches_mean": float(table["searches"].mean()),
             "distinct_queries_mean": float(table["distinct_queries"].mean()),
             **{f"evidence_{k}": v for k, v in evidence_stats(table).items()},
-            **(advantage_stats(table) if cfg.advantage != "none" else {}),
+            **advantages,
             "seconds": round(time.perf_counter() - started, 1),
         }
         with files.atomic_path(out) as tmp:

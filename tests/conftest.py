@@ -29,6 +29,27 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model") / "model")
 
 
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir):
+    """The tiny model's tokenizer, loaded once per test module."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    """The tiny model in float32 and eval mode, loaded once per test module.
+
+    Per module, so gradients a module's tests leave behind stay in that module; trainers switch
+    to train mode themselves.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
 @pytest.fixture(autouse=True)
 def _tracking_store_gets_a_new_chance():
     """tracking/store.py gives up on a failed store for the rest of the process: per test here."""

@@ -1,6 +1,5 @@
 import pytest
 from chats import chat
-from transformers import AutoTokenizer
 
 from exsearch import prompts as P
 from exsearch.mstep.chat_encoding import (
@@ -11,11 +10,6 @@ from exsearch.mstep.chat_encoding import (
 )
 
 EOT = "<|im_end|>"
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 def trained_runs(tok, enc):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 from chats import chat
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from exsearch.config import TrainConfig
 from exsearch.config.params import ConfigError, parse_params
@@ -87,16 +87,6 @@ def test_grpo_without_advantages_or_with_replay_is_refused_before_any_work():
 
 
 # --- the loss (tiny model, float32) ---------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
 
 
 def grpo_batch(tok, model, advantages, shift=0.0):

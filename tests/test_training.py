@@ -16,11 +16,6 @@ from exsearch.config.training import TrainConfig
 from exsearch.mstep.training import TrainResult, run_stats, train_weighted, training_args
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-
-
 def examples(n=4, zero_weight=1):
     chats = [chat(), chat(question="Who built the bridge?", n_passages=1), chat(answer="1820")]
     weights = [1.0, 0.5, 2.0, 0.25, 1.5]

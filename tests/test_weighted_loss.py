@@ -2,22 +2,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from chats import chat
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from exsearch.config.training import TrainConfig
 from exsearch.mstep.chat_encoding import IGNORE_INDEX, encode_conversation
 from exsearch.mstep.training import make_trainer
 from exsearch.mstep.weighted_loss import WeightedCollator, lean_weighted_loss
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
 
 
 def reference_loss(logits, labels, weights, denominator=None):

@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from exsearch import prompts as P
 from exsearch.estep.weighting import (
@@ -18,16 +17,6 @@ from exsearch.estep.weighting import (
 from exsearch.generation.hf import HFGenerator
 from exsearch.prompts import gold_answer_tokens, with_gold_answer
 from exsearch.schema import Step, Trajectory
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
 
 
 def trajectory(qid="q1", sample=0, gold="John Smith", prediction="Paris", n_passages=2):

@@ -33,11 +33,7 @@ from torch.nn.utils.rnn import pad_sequence
 from trl import SFTTrainer
 from trl.trainer.utils import selective_log_softmax
 
-from exsearch.mstep.chat_encoding import IGNORE_INDEX
-from exsearch.mstep.weighted_loss import WeightedCollator
-
-# What the collator adds for the loss; the model is given everything else.
-_LOSS_ONLY = ("labels", "advantage", "old_logp", "seq_idx", "weight")
+from exsearch.mstep.weighted_loss import WeightedCollator, labelled_logits
 
 
 def labelled_logps(
@@ -45,27 +41,11 @@ def labelled_logps(
 ) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
     """The log π_θ of every labelled token, the sequence it belongs to, and how to pick alike.
 
-    Returns `(logp, seq_of, pick)`: `logp` and `seq_of` have one entry per labelled token
-    (row-major), and `pick(x)` takes a (rows, seq) tensor aligned with `labels` (such as the
-    batch's `old_logp`) to the same entries. The vocabulary projection runs only at positions
-    that predict a labelled token (`logits_to_keep`); padded and padding-free batches alike.
+    `(logp, seq_of, pick)` as in `weighted_loss.labelled_logits`, whose lean forward it shares
+    with the weighted loss; the log-probs are TRL's `selective_log_softmax`.
     """
-    targets = batch["labels"][:, 1:]  # (rows, seq-1): the token each position predicts
-    mask = targets != IGNORE_INDEX
-    keep = mask.any(0).nonzero().squeeze(1)  # (kept,)
-    inputs = {k: v for k, v in batch.items() if k not in _LOSS_ONLY}
-    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (rows, kept, vocab)
-    kept_mask = mask[:, keep]  # (rows, kept)
-
-    def pick(x: torch.Tensor) -> torch.Tensor:
-        return x[:, 1:][:, keep][kept_mask]
-
-    logp = selective_log_softmax(logits[kept_mask].float(), targets[:, keep][kept_mask])
-    if "seq_idx" in batch:  # padding-free: one row, each token's sequence from seq_idx
-        seq_of = pick(batch["seq_idx"]).long()
-    else:  # padded: a row is a sequence
-        seq_of = kept_mask.nonzero(as_tuple=True)[0]
-    return logp, seq_of, pick
+    out = labelled_logits(model, batch)
+    return selective_log_softmax(out.logits, out.targets), out.seq_of, out.pick
 
 
 @dataclass(frozen=True)

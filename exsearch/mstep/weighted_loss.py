@@ -20,7 +20,7 @@ CPU, or TRL's padding-free batches on a GPU). The trainer is TRL's SFTTrainer wi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,38 +31,64 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from exsearch.mstep.chat_encoding import IGNORE_INDEX
 
+# What the collators add for the losses (the weighted one's and GRPO's); the model is given
+# everything else: ids, attention mask or position ids, varlen bounds.
+LOSS_ONLY = ("labels", "weight", "seq_idx", "advantage", "old_logp")
+
+
+@dataclass(frozen=True)
+class LabelledLogits:
+    """The model's logits at the positions that predict a labelled token, one row per token.
+
+    `logits` (labelled, vocab) in float32 and `targets` (labelled,) are row-major over the
+    batch; `seq_of` (labelled,) is the sequence each token belongs to; `pick(x)` takes a
+    (rows, seq) tensor aligned with `labels` (such as GRPO's `old_logp`) to the same entries.
+    """
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    seq_of: torch.Tensor
+    pick: Callable[[torch.Tensor], torch.Tensor]
+
+
+def labelled_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LabelledLogits:
+    """Run `model` on `batch`, projecting to the vocabulary only where a token is labelled.
+
+    The lean part of both learners' losses: ~85% of an agent trajectory's tokens are prompts and
+    passages, so `logits_to_keep` skips their projection and the (batch, seq, vocab) logits are
+    never built. Called through the model's own forward, so DDP, FSDP and PEFT wrappers see an
+    ordinary call. Works on right-padded batches (`attention_mask`) and on padding-free ones
+    (one row of concatenated sequences with `position_ids` and `seq_idx`, as TRL's collator
+    makes them).
+    """
+    targets = batch["labels"][:, 1:]  # (rows, seq-1): the token each position predicts
+    mask = targets != IGNORE_INDEX  # (rows, seq-1)
+    keep = mask.any(0).nonzero().squeeze(1)  # (kept,) positions some row trains on
+    inputs = {k: v for k, v in batch.items() if k not in LOSS_ONLY}
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (rows, kept, vocab)
+    kept_mask = mask[:, keep]  # (rows, kept)
+
+    def pick(x: torch.Tensor) -> torch.Tensor:
+        return x[:, 1:][:, keep][kept_mask]
+
+    if "seq_idx" in batch:  # padding-free: one row, each token's sequence from seq_idx
+        seq_of = pick(batch["seq_idx"]).long()
+    else:  # padded: a row is a sequence
+        seq_of = kept_mask.nonzero(as_tuple=True)[0]
+    return LabelledLogits(logits[kept_mask].float(), pick(batch["labels"]), seq_of, pick)
+
 
 def lean_weighted_loss(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], denominator: float
 ) -> torch.Tensor:
     """Σ_i w_i · (mean CE over sequence i's labelled tokens) / denominator.
 
-    The lean form: the model projects to the vocabulary only the positions that predict a
-    labelled token (`logits_to_keep`; ~15% of an agent trajectory, the rest being prompts and
-    passages), so the (batch, seq, vocab) logits are never built. Called through the model's
-    own forward, so DDP, FSDP and PEFT wrappers see an ordinary call. Works on right-padded
-    batches (`attention_mask`) and on padding-free ones (one row of concatenated sequences with
-    `position_ids` and `seq_idx`, as TRL's collator makes them). A sequence with no labelled
-    token contributes 0.
+    The lean form (`labelled_logits`): the vocabulary projection runs only at positions that
+    predict a labelled token. A sequence with no labelled token contributes 0.
     """
-    labels = batch["labels"]  # (rows, seq)
-    targets = labels[:, 1:]  # (rows, seq-1): the token each position predicts
-    mask = targets != IGNORE_INDEX  # (rows, seq-1)
-    keep = mask.any(0).nonzero().squeeze(1)  # (kept,) positions some row trains on
-    # Everything the collator made for the model: ids, mask or position ids, varlen bounds.
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "weight", "seq_idx")}
-    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (rows, kept, vocab)
-    kept_mask = mask[:, keep]  # (rows, kept)
-    # Row-major over (rows, kept): (labelled, vocab) logits against (labelled,) targets.
-    ce = F.cross_entropy(
-        logits[kept_mask].float(), targets[:, keep][kept_mask], reduction="none"
-    )  # (labelled,)
-    weights = batch["weight"]  # (sequences,)
-    # (labelled,): the sequence each labelled token belongs to, in the order of `ce`.
-    if "seq_idx" in batch:  # padding-free: one row, the sequence of each target from seq_idx
-        seq_of = batch["seq_idx"][0, 1:][keep][kept_mask[0]].long()
-    else:  # padded: a row is a sequence
-        seq_of = kept_mask.nonzero(as_tuple=True)[0]
+    out = labelled_logits(model, batch)
+    ce = F.cross_entropy(out.logits, out.targets, reduction="none")  # (labelled,)
+    weights, seq_of = batch["weight"], out.seq_of  # (sequences,), (labelled,)
     n_seq = weights.shape[0]
     # (sequences,): summed cross-entropy and labelled-token count of each sequence
     total = torch.zeros(n_seq, device=ce.device, dtype=ce.dtype).index_add(0, seq_of, ce)
