@@ -240,6 +240,29 @@ def test_the_model_loads_only_when_a_query_needs_it(retriever, tmp_path):
         loaded.search(["hamlet"], k=1)
 
 
+def test_stages_open_a_dense_index_with_its_encoder_so_a_missing_one_fails_first(
+    retriever, tmp_path
+):
+    from exsearch.retrieval import open_index
+
+    retriever.save(tmp_path)
+    assert open_index(tmp_path)._encoder is not None  # loaded before any LLM would be
+    meta = json.loads((tmp_path / "exsearch_index.json").read_text())
+    meta["config"]["dense_model"] = str(tmp_path / "gone")
+    (tmp_path / "exsearch_index.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"(?s)index\.dense_model: cannot load .*gone"):
+        open_index(tmp_path)
+
+
+def test_a_non_finite_embedding_is_refused_at_every_open(retriever, tmp_path):
+    retriever.save(tmp_path)
+    emb = np.load(tmp_path / "embeddings.npy", mmap_mode="r+")
+    emb[1, 0] = np.nan
+    emb.flush()
+    with pytest.raises(ValueError, match=r"embeddings\.npy: an embedding is not finite"):
+        load_retriever(tmp_path)
+
+
 def test_a_query_model_of_another_size_is_rejected(cfg):
     encoder = TableEncoder({"q": np.ones(3, dtype=np.float32)})
     retriever = DenseRetriever(np.eye(2, dtype=np.float32), cfg, PASSAGES[:2], encoder)

@@ -16,6 +16,7 @@ from exsearch.retrieval import (
     BM25Retriever,
     CorruptIndex,
     load_retriever,
+    open_index,
 )
 from exsearch.schema import Passage
 
@@ -49,7 +50,7 @@ def test_a_missing_index_folder_says_to_run_dvc_repro_index(tmp_path, mmap):
 @pytest.mark.parametrize("mmap", [False, True])
 def test_a_truncated_passage_file_is_a_clear_error(index, mmap):
     truncate(index / PASSAGES_FILE)
-    with pytest.raises(CorruptIndex, match=rf"{index}: .*truncated or damaged.*{FIX}"):
+    with pytest.raises(CorruptIndex, match=rf"{index}[:/].*truncated.*{FIX}"):
         load_retriever(index, mmap=mmap)
 
 
@@ -79,7 +80,7 @@ def test_a_passage_garbled_between_the_spot_checks_fails_when_read_not_silently(
 @pytest.mark.parametrize("mmap", [False, True])
 def test_a_truncated_array_or_json_file_is_a_clear_error(index, name, mmap):
     truncate(index / name)
-    with pytest.raises(CorruptIndex, match=rf"{index}: .*{FIX}"):
+    with pytest.raises(CorruptIndex, match=rf"{index}[:/].*{FIX}"):
         load_retriever(index, mmap=mmap)
 
 
@@ -91,7 +92,7 @@ def test_a_garbled_meta_file_is_a_clear_error(index):
 
 def test_a_missing_score_array_is_a_clear_error(index):
     next(index.glob("data.csc.index.npy")).unlink()
-    with pytest.raises(CorruptIndex, match=rf"{index}: .*{FIX}"):
+    with pytest.raises(CorruptIndex, match=rf"{index}[:/].*{FIX}"):
         load_retriever(index)
 
 
@@ -99,6 +100,73 @@ def test_an_intact_index_still_loads(index):
     assert len(load_retriever(index, mmap=True)) == len(PASSAGES)
     meta = json.loads((index / "exsearch_index.json").read_text())
     assert meta["passages"] == len(PASSAGES)
+
+
+SCORES = "data.csc.index.npy"
+
+
+def damage_array(path, change):
+    """Apply `change` to a saved .npy array in place: same file size, other content."""
+    arr = np.load(path, mmap_mode="r+")
+    change(arr)
+    arr.flush()
+
+
+def test_score_arrays_overwritten_with_same_size_bytes_fail_the_hash_check(index):
+    size = (index / SCORES).stat().st_size
+    header = (index / SCORES).read_bytes()[:128]
+    rng = np.random.default_rng(0)
+    (index / SCORES).write_bytes(header + rng.bytes(size - len(header)))
+    with pytest.raises(CorruptIndex, match=rf"{SCORES}: its content differs from the SHA-256"):
+        load_retriever(index, verify=True)
+    with pytest.raises(ValueError, match=rf"{index / SCORES}: .*{FIX}"):
+        open_index(index)  # what the stages call
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "problem"),
+    [
+        (SCORES, lambda a: a.__setitem__(3, np.nan), "a score is not finite"),
+        ("indptr.csc.index.npy", lambda a: a.__setitem__(slice(1, None), a[:-1].copy()), "span"),
+        ("indptr.csc.index.npy", lambda a: a.__setitem__(2, a[-1]), "decrease"),
+        ("indices.csc.index.npy", lambda a: a.__setitem__(0, 10**6), "out of range"),
+    ],
+    ids=["nan", "shifted-offsets", "decreasing-offsets", "doc-out-of-range"],
+)
+@pytest.mark.parametrize("mmap", [False, True])
+def test_damaged_score_arrays_fail_at_every_open_even_without_hashes(
+    index, name, change, problem, mmap
+):
+    damage_array(index / name, change)
+    with pytest.raises(CorruptIndex, match=rf"score arrays are damaged \(.*{problem}.*{FIX}"):
+        load_retriever(index, mmap=mmap)
+
+
+def test_a_file_of_another_size_or_missing_is_named(index):
+    with open(index / "vocab.index.json", "a") as f:
+        f.write(" ")
+    with pytest.raises(CorruptIndex, match=r"vocab\.index\.json: \d+ bytes where .* says \d+"):
+        load_retriever(index)
+    (index / OFFSETS_FILE).unlink()
+    with pytest.raises(CorruptIndex, match=rf"{OFFSETS_FILE}: missing from the index"):
+        load_retriever(index)
+
+
+def test_an_index_built_before_the_manifest_asks_for_a_rebuild(index):
+    meta_path = index / "exsearch_index.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["files"]
+    meta_path.write_text(json.dumps({**meta, "format": 1}))
+    with pytest.raises(ValueError, match=rf"index format 1, this code reads 2; .*{FIX}"):
+        load_retriever(index)
+
+
+def test_the_meta_file_lists_every_other_file_with_its_size_and_hash(index):
+    meta = json.loads((index / "exsearch_index.json").read_text())
+    on_disk = {p.name for p in index.iterdir()} - {"exsearch_index.json"}
+    assert set(meta["files"]) == on_disk
+    assert all(f["bytes"] == (index / n).stat().st_size for n, f in meta["files"].items())
+    assert all(len(f["sha256"]) == 64 for f in meta["files"].values())
 
 
 def _no_model(*args, **kwargs):
@@ -138,5 +206,5 @@ def test_stages_that_search_open_the_index_before_loading_a_model(
         "evaluate": ["--iteration", "iter_0"],
         "warmup": [],
     }[stage]
-    with pytest.raises(SystemExit, match=rf"error: {index}: .*{FIX}"):
+    with pytest.raises(SystemExit, match=rf"error: {index}[:/].*{FIX}"):
         module.main([*args, "--index", str(index), "--questions", "questions.jsonl"])

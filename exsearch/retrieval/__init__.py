@@ -82,10 +82,15 @@ INDEX_KINDS: dict[str, IndexKind] = {
 }
 
 
-def load_retriever(directory: str | Path, *, mmap: bool = False) -> Retriever:
-    """Open a saved index of any kind, as its meta file says; see the kinds' loaders."""
+def load_retriever(directory: str | Path, *, mmap: bool = False, verify: bool = False) -> Retriever:
+    """Open a saved index of any kind, as its meta file says; see the kinds' loaders.
+
+    Every open checks each file's size and the arrays' bounds; `verify` also checks every
+    file's SHA-256 against the build's (one read of the folder: 0.02 s for the default 15 MB
+    index on these 2 cores, about 1 s per GB).
+    """
     directory = Path(directory)
-    kind = read_index_meta(directory)["kind"]
+    kind = read_index_meta(directory, hashes=verify)["kind"]
     if kind not in INDEX_KINDS:
         raise ValueError(f"{directory / META_FILE}: unknown index kind {kind!r}; {REBUILD}")
     return INDEX_KINDS[kind].load(directory, mmap=mmap)
@@ -94,9 +99,13 @@ def load_retriever(directory: str | Path, *, mmap: bool = False) -> Retriever:
 def open_index(directory: str | Path) -> Retriever:
     """Open the index a stage searches; a missing or damaged one raises ValueError saying why.
 
-    Stages call this before loading a model, so a bad index costs seconds, not a model load.
+    Stages call this before loading a model, so a bad index costs seconds, not a model load:
+    the hashes are checked (`verify`), and a dense index's query encoder is loaded now.
     """
     try:
-        return load_retriever(directory)
-    except FileNotFoundError as e:
+        retriever = load_retriever(directory, verify=True)
+        if isinstance(retriever, DenseRetriever):
+            retriever.encoder  # noqa: B018 (loads it: a missing encoder fails before the LLM)
+        return retriever
+    except (OSError, ImportError) as e:  # a missing folder or file, or encoder
         raise ValueError(str(e)) from None

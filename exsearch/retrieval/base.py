@@ -2,13 +2,20 @@
 
 The passages (`passages.jsonl`, with the byte offset of every line in `passages.offsets.npy`,
 so a memory-mapped index reads one passage without the others), the meta file
-(`exsearch_index.json`: kind and IndexConfig), and the hit and passage formats the agent sees.
-BM25 (`bm25.py`) and dense (`dense.py`) indexes build on it.
+(`exsearch_index.json`: kind, IndexConfig, and the size and SHA-256 of every other file), and
+the hit and passage formats the agent sees. BM25 (`bm25.py`) and dense (`dense.py`) indexes
+build on it.
+
+The meta file's manifest is what lets a damaged index fail instead of retrieving garbage: a
+score array overwritten with bytes of the same size still loads, and BM25 over it returns
+other passages with nothing said. Opening checks every file's size (free); `load_retriever`
+with `verify=True`, which the stages use, also checks the hashes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import mmap as mmap_module
 import re
@@ -34,7 +41,8 @@ PASSAGES_FILE = "passages.jsonl"
 OFFSETS_FILE = "passages.offsets.npy"
 
 
-FORMAT_VERSION = 1
+# 2: the meta file lists every file's size and SHA-256.
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -173,10 +181,60 @@ def write_passages(
     offsets.append(f.tell())
 
 
-def read_index_meta(directory: Path, kind: str | None = None) -> dict[str, Any]:
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def file_manifest(directory: Path) -> dict[str, dict[str, Any]]:
+    """The size and SHA-256 of every file of an index folder but its meta file, by name."""
+    return {
+        p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != META_FILE
+    }
+
+
+def write_index_meta(directory: Path, meta: dict[str, Any]) -> None:
+    """Write the meta file last, with the manifest of every file written before it."""
+    meta = {"format": FORMAT_VERSION, **meta, "files": file_manifest(directory)}
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def check_index_files(directory: Path, meta: dict[str, Any], *, hashes: bool) -> None:
+    """Every file the manifest lists is there with its size, and with `hashes` its SHA-256.
+
+    Raises:
+        CorruptIndex: a file is missing, of another size or (with `hashes`) other content.
+    """
+    files = meta.get("files")
+    if not isinstance(files, dict) or not files:
+        raise CorruptIndex(f"{directory / META_FILE}: lists no files; {REBUILD}")
+    for name, want in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise CorruptIndex(f"{path}: missing from the index; {REBUILD}")
+        size = path.stat().st_size
+        if size != want["bytes"]:
+            raise CorruptIndex(
+                f"{path}: {size} bytes where {META_FILE} says {want['bytes']}: truncated or "
+                f"replaced; {REBUILD}"
+            )
+        if hashes and _sha256(path) != want["sha256"]:
+            raise CorruptIndex(
+                f"{path}: its content differs from the SHA-256 in {META_FILE}: damaged or "
+                f"edited since the build; {REBUILD}"
+            )
+
+
+def read_index_meta(
+    directory: Path, kind: str | None = None, *, hashes: bool = False
+) -> dict[str, Any]:
     """Read an index folder's meta file, checking it exists, its format and (if given) its kind.
 
-    Indexes whose meta names no kind (written before dense retrieval existed) are BM25.
+    Every file's size is checked against the meta file's manifest, and with `hashes` its
+    SHA-256 (a read of the whole folder: `check_index_files`). Indexes whose meta names no kind
+    (written before dense retrieval existed) are BM25.
     """
     meta_path = directory / META_FILE
     if not directory.is_dir():
@@ -203,6 +261,8 @@ def read_index_meta(directory: Path, kind: str | None = None) -> dict[str, Any]:
             f"{directory}: a {meta['kind']} index, not a {kind} one; open it with "
             "exsearch.retrieval.load_retriever, which picks the retriever by kind"
         )
+    with reading_index(directory):
+        check_index_files(directory, meta, hashes=hashes)
     return meta
 
 

@@ -12,7 +12,6 @@ like the corpus).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from array import array
@@ -29,7 +28,6 @@ from tqdm.auto import tqdm
 
 from exsearch.config import IndexConfig
 from exsearch.retrieval.base import (
-    FORMAT_VERSION,
     META_FILE,
     OFFSETS_FILE,
     PASSAGES_FILE,
@@ -41,6 +39,7 @@ from exsearch.retrieval.base import (
     index_text,
     read_index_meta,
     reading_index,
+    write_index_meta,
     write_passages,
 )
 from exsearch.retrieval.bm25_build import build_bm25
@@ -119,13 +118,12 @@ def _save_arrays(
     bm25.save(str(directory), show_progress=False)
     np.save(directory / OFFSETS_FILE, np.frombuffer(offsets, dtype=np.int64))
     meta = {
-        "format": FORMAT_VERSION,
         "kind": "bm25",
         "passages": n,
         "config": cfg.model_dump(mode="json"),
         "bm25s_version": bm25s.__version__,
     }
-    (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_index_meta(directory, meta)
 
 
 def build_index(
@@ -153,6 +151,41 @@ def build_index(
     _save_arrays(bm25, cfg, n, offsets, directory)
     log.info("indexed %d passages in %.1fs", n, seconds)
     return IndexStats(n, len(tokenizer.get_vocab_dict()), seconds)
+
+
+# Elements checked at a time: bounded memory over memory-mapped arrays of any size.
+_CHECK_CHUNK = 1 << 22
+
+
+def _score_problem(scores: dict, n_terms: int) -> str | None:
+    """What is wrong with bm25s's CSC score matrix (one column per term), or None."""
+    indptr, indices, data = scores["indptr"], scores["indices"], scores["data"]
+    if len(indptr) != n_terms + 1:
+        return f"{len(indptr)} column offsets for {n_terms} terms"
+    if indptr[0] != 0 or indptr[-1] != len(indices) or len(indices) != len(data):
+        return "the column offsets do not span the score arrays"
+    for start in range(0, len(indptr) - 1, _CHECK_CHUNK):
+        if (np.diff(indptr[start : start + _CHECK_CHUNK + 1]) < 0).any():
+            return "the column offsets decrease"
+    for start in range(0, len(data), _CHECK_CHUNK):
+        if not np.isfinite(data[start : start + _CHECK_CHUNK]).all():
+            return "a score is not finite"
+        docs = indices[start : start + _CHECK_CHUNK]
+        if docs.min() < 0 or docs.max() >= scores["num_docs"]:
+            return "a document number is out of range"
+    return None
+
+
+def _check_scores(directory: Path, scores: dict, n_terms: int) -> None:
+    """Refuse score arrays that load but would rank garbage: the bounds, at every open.
+
+    A pass over the arrays, chunked so a memory-mapped index stays mapped; the hashes catch
+    any change (`verify`), this catches the damage that breaks search even where they are not
+    checked: non-finite scores, offsets that do not span or decrease, documents out of range.
+    """
+    problem = _score_problem(scores, n_terms)
+    if problem:
+        raise CorruptIndex(f"{directory}: the BM25 score arrays are damaged ({problem}); {REBUILD}")
 
 
 class BM25Retriever(PassageIndex):
@@ -218,6 +251,7 @@ class BM25Retriever(PassageIndex):
                     f"{directory}: {len(store)} passages and {bm25.scores['num_docs']} indexed "
                     f"documents, but {META_FILE} says {meta['passages']}; {REBUILD}"
                 )
+            _check_scores(directory, bm25.scores, len(bm25.vocab_dict))
             passages = store if mmap else [store[i] for i in range(len(store))]
             return cls(bm25, cfg, passages)
 

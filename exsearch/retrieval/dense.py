@@ -25,7 +25,6 @@ The default model folder comes from `python scripts/fetch_dense_model.py` (no mo
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from array import array
@@ -39,7 +38,6 @@ from tqdm.auto import tqdm
 
 from exsearch.config import IndexConfig
 from exsearch.retrieval.base import (
-    FORMAT_VERSION,
     META_FILE,
     OFFSETS_FILE,
     PASSAGES_FILE,
@@ -50,6 +48,7 @@ from exsearch.retrieval.base import (
     PassageIndex,
     read_index_meta,
     reading_index,
+    write_index_meta,
     write_passages,
 )
 from exsearch.retrieval.embedding import Encoder, embed, embed_chunks, load_encoder, passage_text
@@ -119,14 +118,13 @@ class _NpyRows:
 
 def _save_meta(cfg: IndexConfig, n: int, dim: int, directory: Path) -> None:
     meta = {
-        "format": FORMAT_VERSION,
         "kind": "dense",
         "passages": n,
         "dim": dim,
         "dtype": cfg.dense_dtype,
         "config": cfg.model_dump(mode="json"),
     }
-    (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_index_meta(directory, meta)
 
 
 def _as_dense(cfg: IndexConfig | None) -> IndexConfig:
@@ -255,6 +253,12 @@ class DenseRetriever(PassageIndex):
                     f"{directory}: {len(store)} passages and embeddings of shape {emb.shape}, "
                     f"but {META_FILE} says {meta['passages']} × {meta['dim']}; {REBUILD}"
                 )
+            for start in range(0, len(emb), SEARCH_CHUNK_ROWS):
+                if not np.isfinite(emb[start : start + SEARCH_CHUNK_ROWS]).all():
+                    raise CorruptIndex(
+                        f"{directory / EMBEDDINGS_FILE}: an embedding is not finite: the index "
+                        f"is damaged; {REBUILD}"
+                    )
             passages = store if mmap else [store[i] for i in range(len(store))]
             return cls(emb, cfg, passages, encoder)
 
