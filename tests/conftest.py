@@ -41,8 +41,8 @@ def tok(tiny_model_dir):
 def model(tiny_model_dir):
     """The tiny model in float32 and eval mode, loaded once per test module.
 
-    Per module, so gradients a module's tests leave behind stay in that module; trainers switch
-    to train mode themselves.
+    Per module, so what a module's tests leave behind (gradients; weights, where a test trains
+    it) stays in that module; trainers switch to train mode themselves.
     """
     import torch
     from transformers import AutoModelForCausalLM

@@ -234,6 +234,16 @@ def test_a_duplicate_section_is_refused_too(tmp_path):
         load_params(params)
 
 
+def test_a_duplicate_beside_a_merge_key_is_refused_and_an_override_is_not(tmp_path):
+    from exsearch.config.strict_yaml import load_yaml
+
+    assert load_yaml("b: &b {x: 1, y: 0}\nm: {<<: *b, y: 3}\n")["m"] == {"x": 1, "y": 3}
+    params = tmp_path / "params.yaml"
+    params.write_text("prepare: {train: [], dev: []}\nb: &b {x: 1}\nm: {<<: *b, y: 1, y: 2}\n")
+    with pytest.raises(ConfigError, match=r"params\.yaml:3: duplicate key 'y'"):
+        load_params(params)
+
+
 def test_params_that_are_not_utf8_name_the_file_and_line(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_bytes(b"prepare: {train: [], dev: []}\n# caf\xe9\nseed: 1\n")

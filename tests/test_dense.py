@@ -183,12 +183,13 @@ def test_load_retriever_picks_the_retriever_of_each_kind(retriever, tmp_path):
     assert isinstance(load_retriever(tmp_path / "bm25", mmap=True), BM25Retriever)
 
 
-def test_an_index_without_a_kind_is_bm25(tmp_path):
+def test_an_index_whose_meta_names_no_kind_asks_for_a_rebuild(tmp_path):
     BM25Retriever.build(PASSAGES, IndexConfig()).save(tmp_path)
     meta = json.loads((tmp_path / "exsearch_index.json").read_text())
     del meta["kind"]
     (tmp_path / "exsearch_index.json").write_text(json.dumps(meta))
-    assert isinstance(load_retriever(tmp_path), BM25Retriever)
+    with pytest.raises(ValueError, match=r"exsearch_index\.json: unknown index kind None.*rebuild"):
+        load_retriever(tmp_path)
 
 
 def test_loading_the_wrong_kind_is_a_clear_error(retriever, tmp_path):
@@ -254,13 +255,17 @@ def test_stages_open_a_dense_index_with_its_encoder_so_a_missing_one_fails_first
         open_index(tmp_path)
 
 
-def test_a_non_finite_embedding_is_refused_at_every_open(retriever, tmp_path):
+def test_a_non_finite_embedding_is_refused_read_into_memory_and_by_the_hash_when_mapped(
+    retriever, tmp_path
+):
     retriever.save(tmp_path)
     emb = np.load(tmp_path / "embeddings.npy", mmap_mode="r+")
     emb[1, 0] = np.nan
     emb.flush()
     with pytest.raises(ValueError, match=r"embeddings\.npy: an embedding is not finite"):
         load_retriever(tmp_path)
+    with pytest.raises(ValueError, match=r"embeddings\.npy: its content differs from the SHA"):
+        load_retriever(tmp_path, mmap=True, verify=True)
 
 
 def test_a_query_model_of_another_size_is_rejected(cfg):

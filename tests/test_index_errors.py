@@ -123,23 +123,45 @@ def test_score_arrays_overwritten_with_same_size_bytes_fail_the_hash_check(index
         open_index(index)  # what the stages call
 
 
+OFFSETS = "indptr.csc.index.npy"
+
+
 @pytest.mark.parametrize(
     ("name", "change", "problem"),
     [
-        (SCORES, lambda a: a.__setitem__(3, np.nan), "a score is not finite"),
-        ("indptr.csc.index.npy", lambda a: a.__setitem__(slice(1, None), a[:-1].copy()), "span"),
-        ("indptr.csc.index.npy", lambda a: a.__setitem__(2, a[-1]), "decrease"),
-        ("indices.csc.index.npy", lambda a: a.__setitem__(0, 10**6), "out of range"),
+        (OFFSETS, lambda a: a.__setitem__(slice(1, None), a[:-1].copy()), "span"),
+        (OFFSETS, lambda a: a.__setitem__(2, a[-1]), "decrease"),
     ],
-    ids=["nan", "shifted-offsets", "decreasing-offsets", "doc-out-of-range"],
+    ids=["shifted-offsets", "decreasing-offsets"],
 )
 @pytest.mark.parametrize("mmap", [False, True])
-def test_damaged_score_arrays_fail_at_every_open_even_without_hashes(
+def test_damaged_column_offsets_fail_at_every_open_even_without_hashes(
     index, name, change, problem, mmap
 ):
     damage_array(index / name, change)
     with pytest.raises(CorruptIndex, match=rf"score arrays are damaged \(.*{problem}.*{FIX}"):
         load_retriever(index, mmap=mmap)
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "problem"),
+    [
+        (SCORES, lambda a: a.__setitem__(3, np.nan), "a score is not finite"),
+        ("indices.csc.index.npy", lambda a: a.__setitem__(0, 10**6), "out of range"),
+    ],
+    ids=["nan", "doc-out-of-range"],
+)
+def test_damaged_entries_fail_an_index_read_into_memory_and_the_hash_check_when_mapped(
+    index, name, change, problem
+):
+    damage_array(index / name, change)
+    with pytest.raises(CorruptIndex, match=rf"score arrays are damaged \(.*{problem}.*{FIX}"):
+        load_retriever(index)
+    # Mapped, the pass over every entry is skipped (it would read the whole matrix at every
+    # open); the stages' hash check still refuses it.
+    assert len(load_retriever(index, mmap=True)) == len(PASSAGES)
+    with pytest.raises(CorruptIndex, match=rf"{name}: its content differs from the SHA-256"):
+        load_retriever(index, mmap=True, verify=True)
 
 
 def test_a_file_of_another_size_or_missing_is_named(index):
@@ -161,10 +183,29 @@ def test_an_index_built_before_the_manifest_asks_for_a_rebuild(index):
         load_retriever(index)
 
 
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [(None, "lists no files"), ({PASSAGES_FILE: {"sha256": "0" * 64}}, "unreadable")],
+    ids=["no-manifest", "entry-without-size"],
+)
+def test_a_manifest_that_is_missing_or_malformed_asks_for_a_rebuild(index, files, message):
+    meta_path = index / "exsearch_index.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "files": files}))
+    with pytest.raises(CorruptIndex, match=rf"{message}.*{FIX}"):
+        load_retriever(index)
+
+
 def test_the_meta_file_lists_every_other_file_with_its_size_and_hash(index):
     meta = json.loads((index / "exsearch_index.json").read_text())
-    on_disk = {p.name for p in index.iterdir()} - {"exsearch_index.json"}
-    assert set(meta["files"]) == on_disk
+    bm25s_files = {
+        SCORES,
+        OFFSETS,
+        "indices.csc.index.npy",
+        "params.index.json",
+        "vocab.index.json",
+    }
+    assert set(meta["files"]) == bm25s_files | {PASSAGES_FILE, OFFSETS_FILE}
     assert all(f["bytes"] == (index / n).stat().st_size for n, f in meta["files"].items())
     assert all(len(f["sha256"]) == 64 for f in meta["files"].values())
 

@@ -371,7 +371,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     except DuplicateKeyError as e:
         raise ConfigError(
             f"{path}:{e.line}: duplicate key {e.key!r} (first given at line {e.first_line}); "
-            "YAML would silently keep only the last one: delete one of them"
+            "DVC refuses it too: delete one of them"
         ) from None
     except YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None

@@ -13,6 +13,7 @@ plain mappings, and `config.load_params` turns its errors into `ConfigError`s.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 from ruamel.yaml import YAML
@@ -34,20 +35,25 @@ class _StrictConstructor(SafeConstructor):
     """ruamel.yaml's safe constructor, whose duplicate-key error names the key's first line.
 
     ruamel refuses duplicates too, but its error points at the mapping's start and the second
-    key; a researcher fixing it needs the line of the other one.
+    key, and it does not look in a mapping that holds a `<<:` merge key. This check runs on the
+    mapping's own keys before the merge is applied (a key a merge brings in may be overridden).
     """
 
-    def check_mapping_key(
-        self, node: Any, key_node: Any, mapping: Any, key: Any, value: Any
-    ) -> bool:
-        if key not in mapping:
-            return True
-        first = next(
-            k
-            for k, _ in node.value
-            if k is not key_node and self.construct_object(k, deep=True) == key
-        )
-        raise DuplicateKeyError(key, key_node.start_mark.line + 1, first.start_mark.line + 1)
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, list):  # `? [a, b]`: ruamel makes it a tuple
+                key = tuple(key)
+            if not isinstance(key, Hashable):
+                continue  # ruamel's own error (an unhashable key) follows
+            line = key_node.start_mark.line + 1
+            if key in first:
+                raise DuplicateKeyError(key, line, first[key])
+            first[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_yaml(text: str) -> Any:

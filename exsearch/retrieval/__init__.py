@@ -90,7 +90,7 @@ def load_retriever(directory: str | Path, *, mmap: bool = False, verify: bool = 
     index, which takes 0.41 s to load; about 1.5 s per GB, README).
     """
     directory = Path(directory)
-    kind = read_index_meta(directory, hashes=verify)["kind"]
+    kind = read_index_meta(directory, hashes=verify).get("kind")
     if kind not in INDEX_KINDS:
         raise ValueError(f"{directory / META_FILE}: unknown index kind {kind!r}; {REBUILD}")
     return INDEX_KINDS[kind].load(directory, mmap=mmap)

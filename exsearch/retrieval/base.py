@@ -187,7 +187,11 @@ def _sha256(path: Path) -> str:
 
 
 def file_manifest(directory: Path) -> dict[str, dict[str, Any]]:
-    """The size and SHA-256 of every file of an index folder but its meta file, by name."""
+    """The size and SHA-256 of every file of an index folder but its meta file, by name.
+
+    Every file: an index is built into a folder of its own (the index stage's temporary one),
+    so what is there is what the build wrote.
+    """
     return {
         p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
         for p in sorted(directory.iterdir())
@@ -233,8 +237,8 @@ def read_index_meta(
     """Read an index folder's meta file, checking it exists, its format and (if given) its kind.
 
     Every file's size is checked against the meta file's manifest, and with `hashes` its
-    SHA-256 (a read of the whole folder: `check_index_files`). Indexes whose meta names no kind
-    (written before dense retrieval existed) are BM25.
+    SHA-256 (a read of the whole folder: `check_index_files`). The meta file itself is not
+    hashed: its settings are validated where they are read (IndexConfig).
     """
     meta_path = directory / META_FILE
     if not directory.is_dir():
@@ -255,10 +259,9 @@ def read_index_meta(
             f"{meta_path}: index format {meta.get('format')!r}, this code reads "
             f"{FORMAT_VERSION}; {REBUILD}"
         )
-    meta.setdefault("kind", "bm25")
-    if kind is not None and meta["kind"] != kind:
+    if kind is not None and meta.get("kind") != kind:
         raise ValueError(
-            f"{directory}: a {meta['kind']} index, not a {kind} one; open it with "
+            f"{directory}: a {meta.get('kind')} index, not a {kind} one; open it with "
             "exsearch.retrieval.load_retriever, which picks the retriever by kind"
         )
     with reading_index(directory):

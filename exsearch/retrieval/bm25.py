@@ -157,8 +157,12 @@ def build_index(
 _CHECK_CHUNK = 1 << 22
 
 
-def _score_problem(scores: dict, n_terms: int) -> str | None:
-    """What is wrong with bm25s's CSC score matrix (one column per term), or None."""
+def _score_problem(scores: dict, n_terms: int, *, entries: bool) -> str | None:
+    """What is wrong with bm25s's CSC score matrix (one column per term), or None.
+
+    The column offsets (one per term) are always checked; the entries (scores finite,
+    documents in range: a pass over the whole matrix) only with `entries`.
+    """
     indptr, indices, data = scores["indptr"], scores["indices"], scores["data"]
     if len(indptr) != n_terms + 1:
         return f"{len(indptr)} column offsets for {n_terms} terms"
@@ -167,7 +171,7 @@ def _score_problem(scores: dict, n_terms: int) -> str | None:
     for start in range(0, len(indptr) - 1, _CHECK_CHUNK):
         if (np.diff(indptr[start : start + _CHECK_CHUNK + 1]) < 0).any():
             return "the column offsets decrease"
-    for start in range(0, len(data), _CHECK_CHUNK):
+    for start in range(0, len(data) if entries else 0, _CHECK_CHUNK):
         if not np.isfinite(data[start : start + _CHECK_CHUNK]).all():
             return "a score is not finite"
         docs = indices[start : start + _CHECK_CHUNK]
@@ -176,14 +180,16 @@ def _score_problem(scores: dict, n_terms: int) -> str | None:
     return None
 
 
-def _check_scores(directory: Path, scores: dict, n_terms: int) -> None:
-    """Refuse score arrays that load but would rank garbage: the bounds, at every open.
+def _check_scores(directory: Path, scores: dict, n_terms: int, *, mmap: bool) -> None:
+    """Refuse score arrays that load but would rank garbage: their bounds, at every open.
 
-    A pass over the arrays, chunked so a memory-mapped index stays mapped; the hashes catch
-    any change (`verify`), this catches the damage that breaks search even where they are not
-    checked: non-finite scores, offsets that do not span or decrease, documents out of range.
+    The hashes catch any change but are checked only where asked (`verify`); this catches the
+    damage that breaks search wherever the index is opened: column offsets that do not span the
+    arrays or decrease, and, for an index read into memory, non-finite scores and documents out
+    of range. A memory-mapped index skips that pass over its entries, which would read the
+    whole matrix at every open (6 GB at 5M passages) where mapping reads only what queries touch.
     """
-    problem = _score_problem(scores, n_terms)
+    problem = _score_problem(scores, n_terms, entries=not mmap)
     if problem:
         raise CorruptIndex(f"{directory}: the BM25 score arrays are damaged ({problem}); {REBUILD}")
 
@@ -251,7 +257,7 @@ class BM25Retriever(PassageIndex):
                     f"{directory}: {len(store)} passages and {bm25.scores['num_docs']} indexed "
                     f"documents, but {META_FILE} says {meta['passages']}; {REBUILD}"
                 )
-            _check_scores(directory, bm25.scores, len(bm25.vocab_dict))
+            _check_scores(directory, bm25.scores, len(bm25.vocab_dict), mmap=mmap)
             passages = store if mmap else [store[i] for i in range(len(store))]
             return cls(bm25, cfg, passages)
 

@@ -253,7 +253,9 @@ class DenseRetriever(PassageIndex):
                     f"{directory}: {len(store)} passages and embeddings of shape {emb.shape}, "
                     f"but {META_FILE} says {meta['passages']} × {meta['dim']}; {REBUILD}"
                 )
-            for start in range(0, len(emb), SEARCH_CHUNK_ROWS):
+            # Read into memory: one pass says every row is finite. Mapped: skipped, as for
+            # BM25 (a pass would read the whole matrix at every open); `verify` hashes it.
+            for start in range(0, 0 if mmap else len(emb), SEARCH_CHUNK_ROWS):
                 if not np.isfinite(emb[start : start + SEARCH_CHUNK_ROWS]).all():
                     raise CorruptIndex(
                         f"{directory / EMBEDDINGS_FILE}: an embedding is not finite: the index "
