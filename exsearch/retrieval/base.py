@@ -181,6 +181,14 @@ def write_passages(
     offsets.append(f.tell())
 
 
+def all_finite(array: np.ndarray, chunk: int) -> bool:
+    """Whether every element of `array` (along its first axis, `chunk` rows at a time) is finite.
+
+    Chunked so a check over a large array holds one chunk's mask, not the whole array's.
+    """
+    return all(np.isfinite(array[i : i + chunk]).all() for i in range(0, len(array), chunk))
+
+
 def _sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()

@@ -36,6 +36,7 @@ from exsearch.retrieval.base import (
     Hit,
     PassageFile,
     PassageIndex,
+    all_finite,
     index_text,
     read_index_meta,
     reading_index,
@@ -171,9 +172,11 @@ def _score_problem(scores: dict, n_terms: int, *, entries: bool) -> str | None:
     for start in range(0, len(indptr) - 1, _CHECK_CHUNK):
         if (np.diff(indptr[start : start + _CHECK_CHUNK + 1]) < 0).any():
             return "the column offsets decrease"
-    for start in range(0, len(data) if entries else 0, _CHECK_CHUNK):
-        if not np.isfinite(data[start : start + _CHECK_CHUNK]).all():
-            return "a score is not finite"
+    if not entries:
+        return None
+    if not all_finite(data, _CHECK_CHUNK):
+        return "a score is not finite"
+    for start in range(0, len(indices), _CHECK_CHUNK):
         docs = indices[start : start + _CHECK_CHUNK]
         if docs.min() < 0 or docs.max() >= scores["num_docs"]:
             return "a document number is out of range"

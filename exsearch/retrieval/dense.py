@@ -46,6 +46,7 @@ from exsearch.retrieval.base import (
     Hit,
     PassageFile,
     PassageIndex,
+    all_finite,
     read_index_meta,
     reading_index,
     write_index_meta,
@@ -255,12 +256,11 @@ class DenseRetriever(PassageIndex):
                 )
             # Read into memory: one pass says every row is finite. Mapped: skipped, as for
             # BM25 (a pass would read the whole matrix at every open); `verify` hashes it.
-            for start in range(0, 0 if mmap else len(emb), SEARCH_CHUNK_ROWS):
-                if not np.isfinite(emb[start : start + SEARCH_CHUNK_ROWS]).all():
-                    raise CorruptIndex(
-                        f"{directory / EMBEDDINGS_FILE}: an embedding is not finite: the index "
-                        f"is damaged; {REBUILD}"
-                    )
+            if not mmap and not all_finite(emb, SEARCH_CHUNK_ROWS):
+                raise CorruptIndex(
+                    f"{directory / EMBEDDINGS_FILE}: an embedding is not finite: the index "
+                    f"is damaged; {REBUILD}"
+                )
             passages = store if mmap else [store[i] for i in range(len(store))]
             return cls(emb, cfg, passages, encoder)
 
