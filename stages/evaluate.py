@@ -24,11 +24,17 @@ from pathlib import Path
 from exsearch import files
 from exsearch.agent import METHODS, Decoding, SearchAgent
 from exsearch.data import read_questions, write_trajectories
-from exsearch.evaluation import evaluate_methods, metrics_markdown, relabel, select_questions
+from exsearch.evaluation import (
+    evaluate_methods,
+    metrics_markdown,
+    prediction_rows,
+    relabel,
+    select_questions,
+)
 from exsearch.generation import make_generator
 from exsearch.retrieval import open_index
 from stages import _common
-from tracking import log_iteration_metrics
+from tracking import checkpoint_name, log_iteration_metrics
 
 log = logging.getLogger("stages.evaluate")
 
@@ -92,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
             _common.fail(e)
         if not questions:
             _common.fail(f"{args.questions}: no dev questions; check prepare.dev")
+        dev = run.log_dataset(args.questions, "dev", "evaluation")
         log.info("evaluating %s on %d questions: %s", model_dir, len(questions), methods)
         retriever = _common.or_fail(
             open_index, args.index
@@ -117,11 +124,17 @@ def main(argv: list[str] | None = None) -> None:
             **doc["comparisons"],
             **{f"hops_{h}": agg for h, agg in behaviour["by_hops"].items()},
         }
+        model_id = run.checkpoint_model(checkpoint_name(args.iteration, args.label), model_dir)
         log_iteration_metrics(
-            params, args.iteration, {args.label: scores} if args.label else scores
+            params,
+            args.iteration,
+            {args.label: scores} if args.label else scores,
+            model_id=model_id,
+            dataset=dev,
         )
         for path in (metrics_file, table_file, predictions_file):
             run.log_artifact(path)
+        run.log_table(prediction_rows(records), "predictions_table.json")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> Path:
         except (FileNotFoundError, ValueError) as e:
             fail(e)
         log.info("base model %r written to %s", params.model.base, out)
-        run.log_model_dir(out)
+        run.log_checkpoint("base", out)
         return out
 
 

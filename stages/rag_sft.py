@@ -29,6 +29,7 @@ from exsearch.data import read_questions, read_trajectories
 from exsearch.mstep import run_stats, train_weighted
 from exsearch.retrieval import open_index
 from stages import _common
+from tracking import LiveMetrics, checkpoint_name
 
 log = logging.getLogger("stages.rag_sft")
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             log.info("%s trained no steps: %s is a copy of %s", args.iteration, args.out, start)
             return
         pool = read_questions(args.questions)
+        run.log_dataset(args.questions, "train", "training")
         trained = read_trajectories(args.trained_on)
         questions = _common.or_fail(questions_trained_on, trained, pool)
         retriever = _common.or_fail(open_index, args.index)
@@ -87,11 +89,12 @@ def main(argv: list[str] | None = None) -> None:
             len(examples),
             steps,
         )
-        result = train_weighted(start, examples, args.out, cfg, max_steps=steps)
+        live = [LiveMetrics(run)]
+        result = train_weighted(start, examples, args.out, cfg, max_steps=steps, callbacks=live)
         stats = {"matched_steps": steps, "questions": len(examples), **run_stats(result)}
         files.write_json(args.stats, stats)
         run.log_metrics(stats)  # the loss history, a list, is left out by log_metrics itself
-        run.log_history(result.loss_history)
+        run.log_checkpoint(checkpoint_name(args.iteration, "rag_sft"), args.out)
 
 
 if __name__ == "__main__":

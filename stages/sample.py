@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         )  # before any work: a bad index fails fast
         if not (pool := read_questions(args.questions)):
             _common.fail(f"{args.questions}: no training questions; check prepare.train")
+        run.log_dataset(args.questions, "train", "training")
         warmup_ids = _left_out(args.warmup) if cfg.exclude_warmup else set()
         step, seed = checkpoint_step(args.iteration), params.seed + cfg.seed
         draw = iteration_questions(pool, step, cfg.questions, seed=seed, exclude=warmup_ids)

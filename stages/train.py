@@ -29,6 +29,7 @@ from exsearch import files
 from exsearch.data import read_trajectories
 from exsearch.mstep import EStepOutput, learner, replay_draw, run_stats
 from stages import _common, _inputs, _launch
+from tracking import LiveMetrics
 
 log = logging.getLogger("stages.train")
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             len(e_step.trajectories),
             len(e_step.replay),
         )
-        result = fit(start, e_step, model_out, cfg)
+        result = fit(start, e_step, model_out, cfg, callbacks=[LiveMetrics(run)])
         if not _launch.is_main_process():
             return  # rank 0 writes the outputs
         stats = run_stats(result)
@@ -104,8 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             "trained %s: %d steps, final loss %s", model_out, result.steps, stats["final_loss"]
         )
         run.log_metrics(stats)
-        run.log_history(result.loss_history)
-        run.log_model_dir(model_out)
+        run.log_checkpoint(args.iteration, model_out)
 
 
 def _check_weighted(e_step: EStepOutput) -> None:

@@ -33,6 +33,7 @@ from exsearch.data import read_questions
 from exsearch.mstep import run_stats, train_weighted
 from exsearch.retrieval import open_index
 from stages import _common, _launch
+from tracking import LiveMetrics
 
 log = logging.getLogger("stages.warmup")
 
@@ -61,7 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     with _common.stage_run(params, "warmup", sections=["warmup", "train"]) as run:
         if cfg.teacher_file:
             trajectories = teacher_trajectories(cfg.teacher_file)
+            run.log_dataset(cfg.teacher_file, "teacher", "training")
         else:
+            run.log_dataset(args.questions, "train", "training")
             questions = warmup_questions(read_questions(args.questions), cfg, params.seed)
             retriever = _common.or_fail(open_index, args.index)
             trajectories = derived_trajectories(
@@ -76,13 +79,14 @@ def main(argv: list[str] | None = None) -> None:
             log.info("warm-up disabled: %s is a copy of %s", args.out, args.base)
             return
         train_cfg = warmup_train_config(params.train, cfg)
-        result = train_weighted(args.base, warmup_examples(trajectories), args.out, train_cfg)
+        examples = warmup_examples(trajectories)
+        live = [LiveMetrics(run)]
+        result = train_weighted(args.base, examples, args.out, train_cfg, callbacks=live)
         if not main_process:
             return
         files.write_json(args.stats, {"enabled": True, **run_stats(result)})
         run.log_metrics(run_stats(result))
-        run.log_history(result.loss_history)
-        run.log_model_dir(args.out)
+        run.log_checkpoint("iter_0", args.out)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from exsearch.evaluation.summary import (
     compare_records,
     metrics_document,
     metrics_markdown,
+    prediction_rows,
     retrieved_passages,
     score_records,
     select_questions,
@@ -57,6 +58,29 @@ def record(
 def score_record(rec: Trajectory, passages=PASSAGES) -> dict:
     """One trajectory's scores, as `score_records` gives them for a list of one."""
     return {key: result.per_sample[0] for key, result in score_records([rec], passages).items()}
+
+
+def test_a_prediction_row_holds_the_answer_its_scores_and_how_it_searched():
+    rec = dataclasses.replace(
+        record(steps=[["p2"], ["p1"]], prediction="Lima, Peru", answers=("Lima", "Lima city")),
+        steps=[Step("capital of Peru", ["p2"]), Step("Lima", ["p1"])],
+        support_recall=1.0,
+    )
+    (row,) = prediction_rows([rec])
+    assert row == {
+        "method": "agent",
+        "dataset": "toy",
+        "qid": "q1",
+        "question": "",
+        "answers": "Lima | Lima city",
+        "prediction": "Lima, Peru",
+        "em": 0.0,
+        "f1": pytest.approx(2 / 3),
+        "support_recall": 1.0,
+        "searches": 2,
+        "queries": "capital of Peru | Lima",
+        "finish_reason": "stop",
+    }
 
 
 def test_a_trajectory_without_search_counts_zero_in_retrieval_scores():

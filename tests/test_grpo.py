@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from chats import chat
+from step_logs import StepLogs
 from transformers import AutoModelForCausalLM
 
 from exsearch.config import TrainConfig
@@ -172,9 +173,12 @@ def test_one_step_raises_a_positive_advantage_sample_and_lowers_a_negative_one(
     good, bad = sampled("a", 0, "John"), sampled("a", 1, "Paris in 1820")
     table = pd.DataFrame({"qid": ["a", "a"], "sample": [0, 1], "advantage": [1.0, -1.0]})
     cfg = TrainConfig(method="grpo", lora=False, batch_size=2, learning_rate=1e-4, warmup_ratio=0.0)
-    fit = learner("grpo")
-    result = fit(tiny_model_dir, EStepOutput([good, bad], table), tmp_path / "m", cfg)
+    fit, live = learner("grpo"), StepLogs()
+    result = fit(
+        tiny_model_dir, EStepOutput([good, bad], table), tmp_path / "m", cfg, callbacks=[live]
+    )
     assert result.steps == 1 and result.n_examples == 2
+    assert {"loss", "kl", "clip_ratio"} <= set(live.seen[0][1])  # passed on to the trainer
     assert {"kl", "clip_ratio", "ratio"} <= set(result.loss_history[0])
     assert result.loss_history[0]["ratio"] == pytest.approx(1.0)  # the first step is on-policy
     after = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32)

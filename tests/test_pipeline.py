@@ -226,6 +226,26 @@ def test_mlflow_holds_one_parent_with_a_nested_run_per_stage(tiny_campaign):
     artifacts = {a.path for a in client.list_artifacts(nested["iter_1/evaluate"].info.run_id)}
     assert {"metrics.json", "predictions.jsonl"} <= artifacts
     assert client.get_metric_history(nested["iter_1/train"].info.run_id, "loss")
+    # MLflow 3's records: each checkpoint a LoggedModel (the Models tab) with the metrics its
+    # evaluate run scored; the data each stage read as its dataset inputs
+    exp_id = first.info.experiment_id
+    models = client.search_logged_models(
+        [exp_id], filter_string=f"tags.campaign = '{first.info.run_id}'"
+    )
+    by_name = {m.name: m for m in models}
+    assert set(by_name) == {
+        *("base", "iter_0", "iter_1", "iter_2"),
+        *(f"rag_sft-{i}" for i in ("iter_0", "iter_1", "iter_2")),
+    }
+    for name in ("base", "iter_0", "iter_1", "iter_2", "rag_sft-iter_1", "rag_sft-iter_2"):
+        scored = {m.key for m in by_name[name].metrics}
+        assert any(k.endswith("overall/f1") for k in scored), name
+    inputs = nested["iter_1/sample"].inputs.dataset_inputs
+    assert [(i.dataset.name, i.dataset.source_type) for i in inputs] == [("train", "local")]
+    evaluated = nested["iter_1/evaluate"].inputs.dataset_inputs
+    assert [i.dataset.name for i in evaluated] == ["dev"]
+    tables = {a.path for a in client.list_artifacts(nested["iter_1/evaluate"].info.run_id)}
+    assert "predictions_table.json" in tables
 
 
 @pytest.mark.slow

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pytest
@@ -27,6 +30,8 @@ from tracking import (
     stage_run,
     start_campaign_run,
 )
+from tracking.run_log import file_md5
+from tracking.stage import system_metrics_on
 from tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
 PARAMS = """\
@@ -39,12 +44,19 @@ tracking:
   experiment: unit
   required: {required}
   log_models: {log_models}
+  system_metrics: {system_metrics}
 """
 
 
-def write_params(root: Path, required: bool = True, log_models: bool = False):
+def write_params(
+    root: Path, required: bool = True, log_models: bool = False, system_metrics: str = "auto"
+):
     (root / "params.yaml").write_text(
-        PARAMS.format(required=str(required).lower(), log_models=str(log_models).lower())
+        PARAMS.format(
+            required=str(required).lower(),
+            log_models=str(log_models).lower(),
+            system_metrics=system_metrics,
+        )
     )
     return load_params(root / "params.yaml")
 
@@ -189,30 +201,117 @@ def test_logging_error_after_the_work_is_a_warning_not_a_failure(project, caplog
 
 
 @pytest.mark.parametrize("log_models", [False, True])
-def test_model_directory_is_uploaded_only_with_log_models(project, log_models):
+def test_a_checkpoint_is_a_logged_model_its_weights_uploaded_only_with_log_models(
+    project, log_models
+):
     params = write_params(project, log_models=log_models)
     model = project / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
     with stage_run(params, stage="train", iteration="iter_1") as run:
-        run.log_model_dir(model)
-    artifacts = [a.path for a in client().list_artifacts(run.run_id, "model")]
-    assert artifacts == (["model/config.json"] if log_models else [])
+        model_id = run.log_checkpoint("iter_1", model)
+    logged = client().get_logged_model(model_id)
+    assert (logged.name, logged.source_run_id, str(logged.status)) == (
+        "iter_1",
+        run.run_id,
+        "READY",
+    )
+    assert logged.tags["model_dir"] == str(model)
+    assert logged.tags["campaign"] == run.parent_id
+    uploaded = [a.path for a in client().list_logged_model_artifacts(model_id)]
+    assert uploaded == (["config.json"] if log_models else [])
     assert client().get_run(run.run_id).data.tags["model_dir"] == str(model)
 
 
-def test_history_rows_are_logged_at_their_own_steps(project):
+def test_the_evaluate_run_links_its_metrics_to_the_checkpoint_and_the_dev_set(project):
     params = write_params(project)
-    history = [{"step": 5, "loss": 2.0, "lr": 0.1}, {"step": 10, "loss": 1.5, "lr": 0.05}]
+    (project / "dev.jsonl").write_text('{"id": "q1"}\n')
+    with stage_run(params, stage="train", iteration="iter_1") as train:
+        trained = train.log_checkpoint("iter_1", project)
+    with stage_run(params, stage="evaluate", iteration="iter_1") as run:
+        dev = run.log_dataset(project / "dev.jsonl", "dev", "evaluation")
+        model_id = run.checkpoint_model("iter_1", project)
+        log_iteration_metrics(params, "iter_1", {"overall": {"f1": 0.4}}, model_id, dev)
+    assert model_id == trained  # the model the train stage of this campaign recorded
+    (metric,) = client().get_logged_model(model_id).metrics
+    assert (metric.key, metric.value, metric.run_id) == ("overall/f1", 0.4, run.run_id)
+    assert (metric.dataset_name, metric.dataset_digest) == ("dev", dev.digest)
+    (used,) = client().get_run(run.run_id).inputs.dataset_inputs
+    assert (used.dataset.name, used.dataset.digest) == ("dev", file_md5(project / "dev.jsonl"))
+    assert dev.digest == hashlib.md5(b'{"id": "q1"}\n').hexdigest()  # as DVC hashes a file
+    assert [t.value for t in used.tags if t.key == "mlflow.data.context"] == ["evaluation"]
+
+
+def test_a_checkpoint_scored_in_a_campaign_that_did_not_make_it_is_recorded_there(project):
+    params = write_params(project)
+    with stage_run(params, stage="evaluate", iteration="base") as run:
+        model_id = run.checkpoint_model("base", project)
+    logged = client().get_logged_model(model_id)
+    assert (logged.name, logged.source_run_id) == ("base", run.run_id)
+
+
+def test_the_m_step_loss_is_logged_at_each_step_as_the_trainer_logs_it(project):
+    from tracking.trainer_log import LiveMetrics
+
+    params = write_params(project)
     with stage_run(params, stage="train", iteration="iter_1") as run:
-        run.log_history(history)
-        run.log_metrics({"loss_history": history, "final_loss": 1.5})
-        run.log_dict(history, "history.json")
+        live = LiveMetrics(run)
+        for step, loss in ((1, 2.0), (2, 1.5)):
+            state = SimpleNamespace(global_step=step, is_world_process_zero=True)
+            live.on_log(None, state, None, logs={"loss": loss, "learning_rate": 0.1})
+        other_rank = SimpleNamespace(global_step=2, is_world_process_zero=False)
+        live.on_log(None, other_rank, None, logs={"loss": 9.0})
+        end = SimpleNamespace(global_step=2, is_world_process_zero=True)
+        live.on_log(None, end, None, logs={"train_loss": 1.7, "train_runtime": 3.0})
     steps = [(m.step, m.value) for m in client().get_metric_history(run.run_id, "loss")]
-    assert sorted(steps) == [(5, 2.0), (10, 1.5)]
-    assert "step" not in client().get_run(run.run_id).data.metrics
-    assert not any(k.startswith("loss_history") for k in client().get_run(run.run_id).data.metrics)
-    assert [a.path for a in client().list_artifacts(run.run_id)] == ["history.json"]
+    assert sorted(steps) == [(1, 2.0), (2, 1.5)]
+    assert "train_runtime" not in client().get_run(run.run_id).data.metrics
+
+
+def test_predictions_are_logged_as_a_table(project):
+    params = write_params(project)
+    rows = [{"qid": "q1", "prediction": "Paris", "f1": 1.0}]
+    with stage_run(params, stage="evaluate", iteration="iter_1") as run:
+        run.log_table(rows, "predictions_table.json")
+    (table,) = client().list_artifacts(run.run_id)
+    logged = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run.run_id, artifact_path=table.path, tracking_uri=tracking.tracking_uri()
+            )
+        ).read_text()
+    )
+    assert logged["columns"] == ["qid", "prediction", "f1"]
+    assert logged["data"] == [["q1", "Paris", 1.0]]
+
+
+def test_system_metrics_are_sampled_onto_a_run_with_a_local_store(project, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    params = write_params(project)
+    with stage_run(params, stage="train", iteration="iter_1") as run:
+        time.sleep(1.0)
+    metrics = client().get_run(run.run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics
+    assert "system/system_memory_usage_megabytes" in metrics
+
+
+@pytest.mark.parametrize(
+    ("setting", "uri", "on"),
+    [
+        ("auto", "sqlite:///mlflow.db", True),
+        # a server's samples would go out from MLflow's own thread, which the bounded cost
+        # of a failing server does not cover
+        ("auto", "http://127.0.0.1:5001", False),
+        ("true", "http://127.0.0.1:5001", True),
+        ("false", "sqlite:///mlflow.db", False),
+    ],
+)
+def test_system_metrics_follow_the_setting_auto_only_with_a_local_store(
+    project, monkeypatch, setting, uri, on
+):
+    params = write_params(project, system_metrics=setting)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert system_metrics_on(params) is on
 
 
 def test_iteration_metrics_outside_a_stage_run_are_an_error(project):
@@ -247,7 +346,10 @@ def test_tracking_switched_off_touches_no_store(project, monkeypatch):
         run.log_artifact(project / "params.yaml")
         run.log_artifacts(project)
         run.log_text("x", "x.txt")
-        run.log_model_dir(project)
+        run.log_checkpoint("iter_1", project)
+        run.log_dataset(project / "params.yaml", "dev", "evaluation")
+        run.log_table([{"a": 1}], "t.json")
+        assert run.checkpoint_model("iter_1", project) is None
         log_iteration_metrics(params, "iter_1", {"em": 1.0})
     assert not run.enabled and run.errors == 0
     assert not (project / "never.db").exists()

@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 from chats import chat
+from step_logs import StepLogs
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from exsearch.checkpoints.adapters import BASE_MODEL_FILE, load_for_training
@@ -34,11 +35,21 @@ def changed(before, after_dir):
 
 
 def test_train_weighted_with_lora_writes_a_merged_loadable_model(tiny_model_dir, model, tmp_path):
-    out = tmp_path / "model"
+    out, live = tmp_path / "model", StepLogs()
     result = train_weighted(
-        tiny_model_dir, examples(), out, cfg(lora=True), max_steps=2, progress=False
+        tiny_model_dir,
+        examples(),
+        out,
+        cfg(lora=True),
+        max_steps=2,
+        progress=False,
+        callbacks=[live],
     )
     assert [h["step"] for h in result.loss_history] == [1, 2]
+    # the caller's callbacks see each step's loss as it is logged, not only at the end
+    assert [(step, logs["loss"]) for step, logs in live.seen] == [
+        (h["step"], h["loss"]) for h in result.loss_history
+    ]
     assert all(h["loss"] > 0 for h in result.loss_history)
     assert (result.n_examples, result.n_zero_weight_dropped, result.steps) == (4, 1, 2)
     assert result.n_tokens_trained > 0

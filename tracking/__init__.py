@@ -10,9 +10,13 @@ A package of its own, beside `stages/` and `flows/`, because both use it: the st
 their runs through it and the flows and `exsearch repro` open and close the parent run. It imports
 neither of them, and the library (`exsearch/`) knows nothing of it. Its modules: `store` (where
 runs go, opening the store, a bounded cost when it fails), `campaign` (the parent run),
-`stage` (a stage's nested run), `run_log` (what is logged onto a run) and `provenance` (git
-commit, launching DVC process, dvc.lock hashes). Code outside the package imports from here.
+`stage` (a stage's nested run), `run_log` (what is logged onto a run), `trainer_log` (the
+M-step's loss as it is logged: `LiveMetrics`, imported on first use, as it needs transformers,
+which the flows do not) and `provenance` (git commit, launching DVC process, dvc.lock hashes).
+Code outside the package imports from here.
 """
+
+from typing import Any
 
 from tracking.campaign import (
     PARENT_ENV,
@@ -21,15 +25,18 @@ from tracking.campaign import (
     start_campaign_run,
     tag_run,
 )
-from tracking.run_log import StageRun, iteration_step
+from tracking.run_log import DatasetRef, StageRun, checkpoint_name, iteration_step
 from tracking.stage import log_iteration_metrics, stage_run
 from tracking.store import SWITCH_ENV, TrackingError, tracking_uri
 
 __all__ = [
     "PARENT_ENV",
+    "DatasetRef",
+    "LiveMetrics",
     "SWITCH_ENV",
     "StageRun",
     "TrackingError",
+    "checkpoint_name",
     "end_campaign_run",
     "iteration_step",
     "log_iteration_metrics",
@@ -39,3 +46,12 @@ __all__ = [
     "tag_run",
     "tracking_uri",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # `LiveMetrics` on first use (PEP 562): its module imports transformers.
+    if name == "LiveMetrics":
+        from tracking.trainer_log import LiveMetrics
+
+        return LiveMetrics
+    raise AttributeError(f"module 'tracking' has no attribute {name!r}")

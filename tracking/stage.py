@@ -6,7 +6,7 @@ Every stage wraps its work in `stage_run` and logs through the `StageRun` it yie
     with stage_run(params, stage="train", iteration="iter_2") as run:
         ...  # compute, then write the outputs atomically
         run.log_metrics({"loss": 0.12})
-        run.log_model_dir("models/iter_2")
+        run.log_checkpoint("iter_2", "models/iter_2")
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from exsearch.config import Params
 from tracking.campaign import record_lock_hashes, resolve_parent
 from tracking.provenance import git_commit
-from tracking.run_log import StageRun
+from tracking.run_log import DatasetRef, StageRun
 from tracking.store import (
     StoreDown,
     TrackingError,
@@ -63,8 +63,9 @@ def _open_stage_run(
             "dvc_exp": os.environ.get("DVC_EXP_NAME", ""),
             "params_hash": _sections_hash(params, sections) if sections else "",
         }
+        exp_id = client.get_run(parent_id).info.experiment_id
         run_id = client.create_run(
-            client.get_run(parent_id).info.experiment_id,
+            exp_id,
             run_name="/".join(filter(None, [iteration, stage])),
             tags={k: v for k, v in tags.items() if v},
         ).info.run_id
@@ -73,7 +74,14 @@ def _open_stage_run(
     except Exception as e:
         unusable(params, f"open the run of stage {stage}", e.__cause__ or e)
         return StageRun(), False
-    run = StageRun(client, run_id, parent_id, params.tracking.log_models, params.tracking.required)
+    run = StageRun(
+        client,
+        run_id,
+        parent_id,
+        params.tracking.log_models,
+        params.tracking.required,
+        experiment_id=exp_id,
+    )
     run.log_params({s: getattr(params, s).model_dump(mode="json") for s in sections})
     record_lock_hashes(parent_id)
     if store_failed():  # the store failed while the run was being set up
@@ -108,7 +116,12 @@ def stage_run(
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    warn_on_error("activate the run", mlflow.start_run, run_id=run.run_id)
+    warn_on_error(
+        "activate the run",
+        mlflow.start_run,
+        run_id=run.run_id,
+        log_system_metrics=system_metrics_on(params),
+    )
     status = "FAILED"
     try:
         yield run
@@ -127,6 +140,18 @@ def stage_run(
     finally:
         _ACTIVE.pop()
         _close(run, owned, status)
+
+
+def system_metrics_on(params: Params) -> bool:
+    """Whether MLflow samples CPU, memory and disk onto the stage run (`tracking.system_metrics`).
+
+    `auto`: with a local store only. MLflow sends the samples from a thread of its own, outside
+    the bounded cost of a failing server (tracking.store), and waits for it when the run ends.
+    """
+    setting = params.tracking.system_metrics
+    if setting == "auto":
+        return not tracking_uri().startswith(("http://", "https://"))
+    return setting
 
 
 def _close(run: StageRun, owned: bool, status: str) -> None:
@@ -148,13 +173,20 @@ def _close(run: StageRun, owned: bool, status: str) -> None:
         warn_on_error("close the campaign run", run.client.set_terminated, run.parent_id, status)
 
 
-def log_iteration_metrics(params: Params, iteration: str, metrics: Mapping[str, Any]) -> None:
+def log_iteration_metrics(
+    params: Params,
+    iteration: str,
+    metrics: Mapping[str, Any],
+    model_id: str | None = None,
+    dataset: DatasetRef | None = None,
+) -> None:
     """Log one iteration's evaluation metrics on the stage run and, with step k, on the parent.
 
     Call inside `stage_run` (the evaluate stage); `params` keeps the call shape uniform, the
-    enclosing `stage_run` decides where the metrics go. Nested dicts become `a/b` keys.
+    enclosing `stage_run` decides where the metrics go. Nested dicts become `a/b` keys. On the
+    stage run they are linked to the checkpoint's LoggedModel and the dev set's dataset input.
     """
     del params
     if not _ACTIVE:
         raise RuntimeError("log_iteration_metrics must be called inside `with stage_run(...)`")
-    _ACTIVE[-1].log_iteration_metrics(iteration, metrics)
+    _ACTIVE[-1].log_iteration_metrics(iteration, metrics, model_id, dataset)

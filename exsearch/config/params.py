@@ -268,6 +268,11 @@ class TrackingConfig(Section):
     experiment: str = "exsearch"
     required: bool = Field(default=True, description="Fail if MLflow is unreachable.")
     log_models: bool = Field(default=False, description="Log model weights as artifacts (large).")
+    system_metrics: bool | Literal["auto"] = Field(
+        default="auto",
+        description="CPU, memory and disk sampled onto every stage run (MLflow's system "
+        "metrics, every 10 s); auto: with a local store, not with a tracking server.",
+    )
 
 
 class Params(Section):

@@ -16,6 +16,7 @@ from exsearch.evaluation.summary import (
     compare_records,
     difference_cells,
     metrics_markdown,
+    prediction_rows,
     select_questions,
 )
 from exsearch.evaluation.tables import format_interval, markdown_table
@@ -32,6 +33,7 @@ __all__ = [
     "format_interval",
     "markdown_table",
     "metrics_markdown",
+    "prediction_rows",
     "relabel",
     "select_questions",
     "to_flashrag",

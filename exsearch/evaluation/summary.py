@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from statistics import fmean
+from typing import Any
 
 from exsearch.evaluation.tables import format_interval, markdown_table
 from exsearch.metrics import (
@@ -176,14 +177,39 @@ def answer_scores(records: Sequence[Trajectory]) -> dict[str, dict[str, float | 
     Support recall is the record's own (`Trajectory.support_recall`, set by evaluation): None
     where it was not measured or the question has no supporting titles.
     """
+    return {r.qid: record_scores(r) for r in records}
+
+
+def record_scores(record: Trajectory) -> dict[str, float | None]:
+    """One record's EM and F1 against its gold answers, and its support recall (0–1 or None)."""
     return {
-        r.qid: {
-            "em": exact_match(r.prediction, r.answers),
-            "f1": f1_score(r.prediction, r.answers),
-            "support_recall": r.support_recall,
+        "em": exact_match(record.prediction, record.answers),
+        "f1": f1_score(record.prediction, record.answers),
+        "support_recall": record.support_recall,
+    }
+
+
+def prediction_rows(records: Sequence[Trajectory]) -> list[dict[str, Any]]:
+    """One flat row per record: what a reader scans in a table, the chat left to the JSONL.
+
+    Method, question, gold answers and prediction, the record's scores (`record_scores`), and
+    how it searched: the queries in order, their count and how the chat ended.
+    """
+    return [
+        {
+            "method": r.method,
+            "dataset": r.dataset,
+            "qid": r.qid,
+            "question": r.question,
+            "answers": " | ".join(r.answers),
+            "prediction": r.prediction,
+            **record_scores(r),
+            "searches": r.n_searches,
+            "queries": " | ".join(s.query for s in r.steps),
+            "finish_reason": r.finish_reason,
         }
         for r in records
-    }
+    ]
 
 
 def compare_records(

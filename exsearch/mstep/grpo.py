@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,12 @@ def fit(
     *,
     max_steps: int | None = None,
     progress: bool = True,
+    callbacks: Sequence[Any] = (),
 ) -> TrainResult:
-    """Train `start` on the E-step's samples with GRPO's clipped objective; save to `out_dir`."""
+    """Train `start` on the E-step's samples with GRPO's clipped objective; save to `out_dir`.
+
+    `callbacks` go to the trainer, as in `train_weighted`.
+    """
     began = time.monotonic()
     chats = advantaged_chats(e_step)
     tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(start))
@@ -128,6 +133,7 @@ def fit(
             processing_class=tokenizer,
             epsilon=cfg.grpo.epsilon,
             beta=cfg.grpo.beta,
+            callbacks=list(callbacks),
         )
         # π_old: the start model as the trainer placed it, under the trainer's own autocast.
         with trainer.autocast_smart_context_manager():

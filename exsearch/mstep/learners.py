@@ -12,8 +12,9 @@ name in exsearch/config/training.py (tests/test_registries.py checks the two lis
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 from exsearch.config import TrainConfig
 from exsearch.mstep.grpo import fit as fit_grpo
@@ -21,7 +22,24 @@ from exsearch.mstep.inputs import EStepOutput
 from exsearch.mstep.training import TrainResult
 from exsearch.mstep.weighted import fit as fit_weighted
 
-Learner = Callable[[str | Path, EStepOutput, str | Path, TrainConfig], TrainResult]
+
+class Learner(Protocol):
+    """A learner's `fit`: train `start` on what the E-step wrote; save the model to `out_dir`.
+
+    `callbacks` are transformers `TrainerCallback`s the caller adds to the trainer (the train
+    stage's: the loss recorded as it is logged).
+    """
+
+    def __call__(
+        self,
+        start: str | Path,
+        e_step: EStepOutput,
+        out_dir: str | Path,
+        cfg: TrainConfig,
+        *,
+        callbacks: Sequence[Any] = (),
+    ) -> TrainResult: ...
+
 
 # `train.method` → the learner's fit(start_model, e_step, out_dir, train_config).
 LEARNERS: dict[str, Learner] = {"weighted": fit_weighted, "grpo": fit_grpo}

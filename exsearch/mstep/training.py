@@ -187,14 +187,20 @@ def make_trainer(
     output_dir: str,
     max_steps: int | None = None,
     progress: bool = True,
+    callbacks: Sequence[Any] = (),
 ) -> Any:
-    """The weighted M-step trainer over encoded examples (`encode_examples`)."""
+    """The weighted M-step trainer over encoded examples (`encode_examples`).
+
+    `callbacks`: transformers `TrainerCallback`s the caller adds, e.g. one that records the
+    loss as it is logged (the stages' tracking), which this library knows nothing of.
+    """
     return WeightedTrainer(
         model=model,
         args=training_args(cfg, output_dir, max_steps, progress),
         train_dataset=Dataset.from_list(list(data)),
         data_collator=WeightedCollator(tokenizer.pad_token_id, padding_free=cfg.padding_free),
         processing_class=tokenizer,
+        callbacks=list(callbacks),
     )
 
 
@@ -206,6 +212,7 @@ def train_weighted(
     *,
     max_steps: int | None = None,
     progress: bool = True,
+    callbacks: Sequence[Any] = (),
 ) -> TrainResult:
     """Fine-tune the model in `model_dir` on weighted chats; save the result to `out_dir`.
 
@@ -213,7 +220,8 @@ def train_weighted(
     further). With `cfg.lora`, LoRA adapters go on the attention and MLP projections; the saved
     directory then holds the merged model (`cfg.merge_lora`) or only the adapter plus
     `base_model.json` naming the base model (load it with `load_for_training`). The tokenizer
-    is saved too, and `out_dir` appears atomically. `max_steps` overrides `cfg.epochs` (for tests).
+    is saved too, and `out_dir` appears atomically. `max_steps` overrides `cfg.epochs` (for tests);
+    `callbacks` go to the trainer (`make_trainer`).
     `n_tokens_trained` counts labelled tokens in the encoded data (one epoch).
     """
     start = time.monotonic()
@@ -229,7 +237,7 @@ def train_weighted(
     set_seed(cfg.seed)
     model = model_to_train(model_dir, cfg)
     with resumable_run(out_dir, cfg, model_dir, data, max_steps) as (scratch, resume):
-        trainer = make_trainer(model, tokenizer, data, cfg, scratch, max_steps, progress)
+        trainer = make_trainer(model, tokenizer, data, cfg, scratch, max_steps, progress, callbacks)
         trainer.train(resume_from_checkpoint=resume)
         save_trained(trainer, tokenizer, model_dir, out_dir, cfg)
     result.loss_history = logged_history(trainer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from exsearch.config import TrainConfig
 from exsearch.mstep.examples import replayed_examples, weighted_examples
@@ -27,9 +28,17 @@ def well_formed(trajectories: Sequence[Trajectory]) -> list[Trajectory]:
 
 
 def fit(
-    start: str | Path, e_step: EStepOutput, out_dir: str | Path, cfg: TrainConfig
+    start: str | Path,
+    e_step: EStepOutput,
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    *,
+    callbacks: Sequence[Any] = (),
 ) -> TrainResult:
-    """Fine-tune `start` on the E-step's weighted trajectories; save the model to `out_dir`."""
+    """Fine-tune `start` on the E-step's weighted trajectories; save the model to `out_dir`.
+
+    `callbacks` go to the trainer, as in `train_weighted`.
+    """
     trajectories = e_step.trajectories
     if cfg.weighted.well_formed_only:
         trajectories = well_formed(trajectories)
@@ -39,4 +48,5 @@ def fit(
             len(e_step.trajectories),
         )
     examples = weighted_examples(trajectories, e_step.table)
-    return train_weighted(start, examples + replayed_examples(e_step.replay), out_dir, cfg)
+    examples += replayed_examples(e_step.replay)
+    return train_weighted(start, examples, out_dir, cfg, callbacks=callbacks)
