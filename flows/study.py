@@ -71,9 +71,9 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     # seed because it is the one lever that moved support recall (docs/study.md)
     "search2-wf": SEARCH2_WF,
     "search2-wf-seed1": (*SEARCH2_WF, "sample.seed=1"),
-    # ... and a context budget that two searches of five passages do not exhaust: 75-80 of 250
-    # search2-wf chats ended at 2,048 tokens. The warm-up does not read it, so iter_0 is shared;
-    # the M-step still trims passages to train.max_length.
+    # ... and a longer context budget: run, and every output is search2-wf's (the longest prompt
+    # is 1,364 tokens; its `length` endings are turns cut at agent.max_new_tokens, docs/study.md).
+    # The warm-up does not read it, so iter_0 is shared.
     "search2-wf-ctx3k": (*SEARCH2_WF, "agent.max_context_tokens=3072"),
     "well-formed": ("train.weighted.well_formed_only=true",),
     "first-hop": ("warmup.first_search=hop",),
