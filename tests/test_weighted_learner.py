@@ -34,7 +34,7 @@ def trained_on(monkeypatch):
     """What `fit` hands the trainer, instead of training."""
     seen: list[dict] = []
 
-    def fake_train(start, examples, out_dir, cfg):
+    def fake_train(start, examples, out_dir, cfg, *, callbacks=()):
         seen.extend(examples)
 
     monkeypatch.setattr(weighted_learner, "train_weighted", fake_train)
