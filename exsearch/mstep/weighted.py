@@ -47,6 +47,5 @@ def fit(
             len(trajectories),
             len(e_step.trajectories),
         )
-    examples = weighted_examples(trajectories, e_step.table)
-    examples += replayed_examples(e_step.replay)
+    examples = weighted_examples(trajectories, e_step.table) + replayed_examples(e_step.replay)
     return train_weighted(start, examples, out_dir, cfg, callbacks=callbacks)
